@@ -1,0 +1,62 @@
+# callgate: `make run` to try it, `make test` to check it. Everything else is set up by these.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
+HOST ?= 127.0.0.1
+PORT ?= 8000
+# Debian packages the tests drive for real: Chromium (Playwright e2e) and coturn (TURN).
+SYSTEM_PACKAGES := chromium coturn
+
+.PHONY: run test lint bench install system-deps services fmt clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	rm -f $(VENV)/.installed-*
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: install
+	$(BIN)/callgate migrate
+	$(BIN)/callgate demo
+	$(BIN)/callgate serve --host $(HOST) --port $(PORT)
+
+system-deps:
+	@missing=""; \
+	for pkg in $(SYSTEM_PACKAGES); do dpkg -s $$pkg >/dev/null 2>&1 || missing="$$missing $$pkg"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+# Start PostgreSQL and Redis when installed but stopped; then wait until both answer.
+services: install
+	@pg_isready -q -h 127.0.0.1 -p 5432 || { command -v pg_ctlcluster >/dev/null && \
+	  pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql | head -1) main start; } || true
+	@redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 || { command -v redis-server >/dev/null && \
+	  mkdir -p /var/lib/redis /var/log/redis && \
+	  redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no \
+	    --dir /var/lib/redis --logfile /var/log/redis/ci.log; } || true
+	$(BIN)/python -m tests.services
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+fmt: install
+	$(BIN)/ruff check --fix .
+
+test: install system-deps services lint
+	$(BIN)/pytest
+
+bench: install services
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,103 @@
+"""The app factory. `create_app()` builds settings once; the lifespan owns every resource.
+
+Background services (room provisioning, the consent gate, signaling hub, recorder, workers)
+are entered on the lifespan's exit stack, so they close in reverse order of opening.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+
+from fastapi import FastAPI
+
+from api import problems
+from api.observability import Metrics, RequestContext
+from api.routers import admin_consent, admin_page, health, pages, ws
+from api.routers import bookings as bookings_router
+from api.routers import consent as consent_router
+from api.routers import join as join_router
+from api.routers import livekit_webhook as livekit_router
+from api.routers import privacy as privacy_router
+from api.routers import recordings as recordings_router
+from api.routers import summaries as summaries_router
+from api.subjects import privacy_service
+from consent.live import LiveGate
+from core.clock import Clock
+from core.logs import configure_logging
+from core.runtime import Runtime
+from core.settings import Settings
+from media.egress import Egress
+from media.recorder import Recorder
+from signaling.hub import Hub
+from signaling.join import JoinReader
+from signaling.livekit import Rooms
+from summaries.service import ai_jobs
+
+DESCRIPTION = """
+callgate provisions booked live video sessions, admits exactly the booked people during the
+booked window, and records or processes each person's data only while that person consents.
+
+**Auth.** Scheduler and admin endpoints take an API key: `Authorization: Bearer cg_...`.
+Participant endpoints take the personal join credential from the join link.
+
+**Errors** are RFC 9457 `application/problem+json` with a stable `code`; validation
+problems list every bad field under `errors`.
+"""
+
+
+def create_app(settings: Settings | None = None, *, clock: Clock | None = None) -> FastAPI:
+    settings = settings or Settings()
+    configure_logging(settings.log_level, json=settings.log_json)
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        runtime = Runtime.open(settings, clock=clock)
+        app.state.runtime = runtime
+        async with AsyncExitStack() as stack:
+            stack.push_async_callback(runtime.close)
+            runtime.extras["gate"] = await stack.enter_async_context(LiveGate(runtime))
+            runtime.extras["signaling"] = await stack.enter_async_context(Hub(runtime))
+            runtime.extras["recorder"] = await stack.enter_async_context(
+                Recorder(runtime, gate=lambda: runtime.extras.get("gate"))
+            )
+            runtime.extras["egress"] = await stack.enter_async_context(
+                Egress(
+                    runtime,
+                    gate=lambda: runtime.extras.get("gate"),
+                    active=runtime.extras["recorder"].is_active,
+                )
+            )
+            await stack.enter_async_context(Rooms(runtime))
+            await stack.enter_async_context(JoinReader(runtime))
+            runtime.extras["ai_jobs"] = await stack.enter_async_context(ai_jobs(runtime))
+            runtime.extras["privacy"] = await stack.enter_async_context(privacy_service(runtime))
+            yield
+
+    app = FastAPI(
+        title="callgate",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        docs_url="/docs",
+        openapi_url="/openapi.json",
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    problems.install(app)
+    app.include_router(health.router)
+    app.include_router(join_router.router)  # first: the hottest route matches at once
+    app.include_router(consent_router.router)
+    app.include_router(admin_consent.router)
+    app.include_router(admin_page.router)
+    app.include_router(ws.router)
+    app.include_router(recordings_router.router)
+    app.include_router(livekit_router.router)
+    app.include_router(pages.router)
+    app.include_router(bookings_router.router)
+    app.include_router(summaries_router.router)
+    app.include_router(summaries_router.pages)
+    app.include_router(privacy_router.router)
+    app.add_middleware(RequestContext, metrics=metrics)
+    return app

@@ -1,0 +1,1 @@
+"""One router per resource; each only translates HTTP <-> domain calls."""

@@ -1,0 +1,51 @@
+"""Liveness, readiness and metrics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from api.deps import RuntimeDep
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/healthz", summary="Process is alive")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get(
+    "/readyz",
+    summary="Ready to serve",
+    description="200 when the database (and Redis, when configured) answer; 503 naming what "
+    "does not.",
+    responses={503: {"description": "A dependency is unreachable"}},
+)
+async def readyz(runtime: RuntimeDep) -> JSONResponse:
+    checks: dict[str, Any] = {}
+    try:
+        await runtime.db.ping()
+        checks["database"] = "ok"
+    except Exception as exc:  # readiness reports, it does not raise
+        checks["database"] = f"unreachable: {type(exc).__name__}"
+    if runtime.redis is not None:
+        try:
+            await runtime.redis.ping()
+            checks["redis"] = "ok"
+        except Exception as exc:
+            checks["redis"] = f"unreachable: {type(exc).__name__}"
+    ready = all(v == "ok" for v in checks.values())
+    return JSONResponse(
+        {"status": "ready" if ready else "unavailable", "checks": checks},
+        status_code=200 if ready else 503,
+    )
+
+
+@router.get("/metrics", summary="Prometheus metrics", include_in_schema=True)
+async def metrics(request: Request) -> Response:
+    registry = request.app.state.metrics.registry
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,38 @@
+"""LiveKit webhooks: participants, tracks and egress state, which drive consent-gated egress."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Request
+
+from api.deps import RuntimeDep
+from api.problems import responses
+from core.errors import NotFound
+from media.egress import Egress, verify_webhook
+
+router = APIRouter(tags=["livekit"])
+
+
+@router.post(
+    "/v1/livekit/webhook",
+    summary="LiveKit webhook receiver (livekit media mode)",
+    description="Verifies the signature (a JWT signed with the API secret carrying the raw "
+    "body's SHA-256) and deduplicates by event id, then follows `participant_joined/left`, "
+    "`track_published/unpublished` and `egress_started/updated/ended`, starting and "
+    "stopping Track Egress for exactly the tracks their people consent to record.",
+    responses=responses(401, 404, 422),
+)
+async def post_webhook(
+    request: Request,
+    runtime: RuntimeDep,
+    authorization: Annotated[str | None, Header()] = None,
+) -> dict[str, str]:
+    egress: Egress | None = runtime.extras.get("egress")
+    if egress is None or not egress.enabled:
+        raise NotFound("LiveKit media mode is not enabled")
+    event = verify_webhook(runtime.settings, await request.body(), authorization)
+    if not await egress.first_time(event.id):
+        return {"status": "duplicate", "id": event.id}
+    await egress.handle(event)
+    return {"status": "ok", "id": event.id}

@@ -1,0 +1,59 @@
+"""The call page: `GET /join/{credential}` and its static files (plain HTML/CSS/JS).
+
+The page is the same for every credential shape; it asks `POST /v1/join` itself and shows
+"too early", "cancelled" or "link invalid" from the answer. The credential is in the URL,
+so the page sends no Referer anywhere and is never cached.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from fastapi import APIRouter, Request
+from fastapi.responses import FileResponse, HTMLResponse
+
+from core.errors import NotFound
+from core.settings import Settings
+
+router = APIRouter(tags=["pages"], include_in_schema=False)
+
+STATIC = Path(__file__).resolve().parent.parent / "static"
+ASSETS = {"call.js": "text/javascript", "call.css": "text/css"}
+
+
+def _headers(settings: Settings) -> dict[str, str]:
+    ws_origin = settings.public_origin.replace("http", "ws", 1)
+    lk = settings.livekit_client_url
+    lk_origin = "/".join(lk.split("/")[:3]) if lk.startswith("http") else ""
+    lk_ws = settings.livekit_url or ""
+    csp = (
+        "default-src 'self'; "
+        f"script-src 'self' {lk_origin}; "
+        f"connect-src 'self' {ws_origin} {lk_ws} {lk_ws.replace('ws', 'http', 1)}; "
+        "img-src 'self' data:; media-src 'self' blob: mediastream:; style-src 'self'; "
+        "frame-ancestors 'none'; base-uri 'none'"
+    )
+    return {
+        "Content-Security-Policy": " ".join(csp.split()),
+        "Referrer-Policy": "no-referrer",
+        "Cache-Control": "no-store",
+        "X-Content-Type-Options": "nosniff",
+    }
+
+
+@router.get("/join/{credential}", response_class=HTMLResponse)
+async def call_page(request: Request, credential: str) -> HTMLResponse:
+    settings: Settings = request.app.state.settings
+    config = {"livekitClientUrl": settings.livekit_client_url}
+    page = (STATIC / "call.html").read_text()
+    page = page.replace("{{config}}", json.dumps(config).replace("<", "\\u003c"))
+    return HTMLResponse(page, headers=_headers(settings))
+
+
+@router.get("/call/{name}")
+async def call_asset(request: Request, name: str) -> FileResponse:
+    media_type = ASSETS.get(name)
+    if media_type is None:
+        raise NotFound("no such file")
+    return FileResponse(STATIC / name, media_type=media_type, headers={"Cache-Control": "no-cache"})

@@ -1,0 +1,151 @@
+"""Data-subject rights for admins (search, export, erasure, restriction, retention) and
+withdraw-and-delete for participants (by their join link).
+
+Thin: the work is `privacy.service.Privacy` (`runtime.extras["privacy"]`).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Query, Request
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, Field
+
+from api.deps import AdminCaller, ParticipantDep
+from api.problems import responses
+from consent.purposes import Purpose
+from core.errors import InvalidInput
+from privacy.records import Trigger
+from privacy.service import Privacy
+
+router = APIRouter(tags=["privacy"])
+
+SubjectPath = Annotated[
+    str, Path(min_length=1, max_length=200, description="The platform's id of the person.")
+]
+
+
+def get_privacy(request: Request) -> Privacy:
+    privacy: Privacy = request.app.state.runtime.extras["privacy"]
+    return privacy
+
+
+@router.get(
+    "/v1/admin/subjects",
+    summary="Find people by external id or display name",
+    responses=responses(401, 403, 422),
+)
+async def search_subjects(
+    request: Request,
+    caller: AdminCaller,
+    q: Annotated[str, Query(min_length=1, max_length=200, description="Part of an external "
+                            "id or display name (case-insensitive).")],
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+) -> dict[str, Any]:
+    return {"subjects": await get_privacy(request).search(q, limit)}
+
+
+@router.post(
+    "/v1/admin/subjects/{external_id}/export",
+    summary="Everything callgate holds about a person, as a ZIP (JSON Lines + recordings)",
+    description="Streams `application/zip`: `subject.jsonl`, `bookings.jsonl`, `joins.jsonl`, "
+    "`consent_decisions.jsonl` (with each notice's text), `recordings.jsonl` and the person's "
+    "own recordings decrypted under `recordings/`, `transcript_segments.jsonl`, "
+    "`summaries.jsonl`, `agendas.jsonl`, `processing_register.jsonl`. The export is logged.",
+    responses=responses(401, 403, 404),
+    response_class=StreamingResponse,
+)
+async def export_subject(
+    request: Request, caller: AdminCaller, external_id: SubjectPath
+) -> StreamingResponse:
+    export_id, body = await get_privacy(request).do_export(external_id, caller.key_id)
+    name = f"callgate-export-{export_id}.zip"
+    return StreamingResponse(
+        body,
+        media_type="application/zip",
+        headers={"Content-Disposition": f'attachment; filename="{name}"',
+                 "Cache-Control": "no-store"},
+    )
+
+
+class EraseBody(BaseModel):
+    confirm: str = Field(description="The external id again, to confirm an irreversible erasure.")
+
+
+@router.post(
+    "/v1/admin/subjects/{external_id}/erase",
+    summary="Erase a person: destroy their data key, delete their words, tombstone them",
+    description="Irreversible. `confirm` must repeat the external id (else 422). Returns the "
+    "tombstone now standing for the person and what was erased per domain. The consent "
+    "ledger keeps its entries, which no longer lead to the person.",
+    responses=responses(401, 403, 404, 422),
+)
+async def erase_subject(
+    request: Request, caller: AdminCaller, external_id: SubjectPath, body: EraseBody
+) -> dict[str, Any]:
+    if body.confirm != external_id:
+        raise InvalidInput.field(("body", "confirm"), "must repeat the external id")
+    return await get_privacy(request).do_erase(external_id, caller.key_id)
+
+
+@router.post(
+    "/v1/admin/subjects/{external_id}/restriction",
+    summary="Restrict a person's processing: no new recording or AI job about them",
+    responses=responses(401, 403, 404),
+)
+async def restrict_subject(
+    request: Request, caller: AdminCaller, external_id: SubjectPath
+) -> dict[str, Any]:
+    return await get_privacy(request).do_restrict(external_id, True, caller.key_id)
+
+
+@router.delete(
+    "/v1/admin/subjects/{external_id}/restriction",
+    summary="Lift a person's restriction of processing",
+    responses=responses(401, 403, 404),
+)
+async def lift_restriction(
+    request: Request, caller: AdminCaller, external_id: SubjectPath
+) -> dict[str, Any]:
+    return await get_privacy(request).do_restrict(external_id, False, caller.key_id)
+
+
+@router.get(
+    "/v1/admin/retention",
+    summary="Retention per data category: period, expired now, last purge",
+    responses=responses(401, 403),
+)
+async def retention_status(request: Request, caller: AdminCaller) -> dict[str, Any]:
+    return await get_privacy(request).retention_status()
+
+
+@router.post(
+    "/v1/admin/retention/run",
+    summary="Run the retention purge now (`dry_run=true`: only count)",
+    responses=responses(401, 403),
+)
+async def run_retention(
+    request: Request,
+    caller: AdminCaller,
+    dry_run: Annotated[bool, Query(description="Count what would go; change nothing.")] = False,
+) -> dict[str, Any]:
+    return await get_privacy(request).run_retention(dry_run=dry_run, trigger=Trigger.API)
+
+
+class WithdrawBody(BaseModel):
+    purpose: Purpose
+
+
+@router.post(
+    "/v1/consent/withdraw-and-delete",
+    summary="Withdraw a consent and delete what was captured under it",
+    description="Appends `withdrawn` to the ledger (against the current notice), then deletes "
+    "this person's data of that purpose in this booking (recordings of that kind, transcript "
+    "segments, summaries or agendas made with their words); the deletion is logged.",
+    responses=responses(404, 410, 422),
+)
+async def withdraw_and_delete(
+    request: Request, participant: ParticipantDep, body: WithdrawBody
+) -> dict[str, Any]:
+    return await get_privacy(request).do_withdraw_and_delete(participant.id, body.purpose)

@@ -1,0 +1,251 @@
+"""Recordings: the page's recording connection, the host's start/stop, list and download."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Header, Request
+from fastapi.responses import Response, StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, Field
+
+from api.deps import ParticipantDep, RuntimeDep
+from api.problems import problem, responses
+from core.accounts import access_caller
+from core.bookings import BookingStatus, Participant
+from core.errors import AuthenticationFailed, Conflict, Gone, InvalidInput, OutsideJoinWindow
+from core.runtime import Runtime
+from media.keys import access_data_key
+from media.recorder import Recorder
+from media.recordings import (
+    Recording,
+    RecordingState,
+    Viewer,
+    access_recording,
+    access_recording_control,
+    do_log_download,
+    list_recordings,
+)
+from signaling.credentials import access_participant
+
+router = APIRouter(tags=["recordings"])
+_bearer = HTTPBearer(auto_error=False, description="Admin API key: `Authorization: Bearer cg_...`")
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
+def get_recorder(request: Request) -> Recorder:
+    runtime: Runtime = request.app.state.runtime
+    recorder: Recorder = runtime.extras["recorder"]
+    return recorder
+
+
+RecorderDep = Annotated[Recorder, Depends(get_recorder)]
+
+
+async def get_viewer(
+    runtime: RuntimeDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    x_join_credential: Annotated[
+        str | None, Header(description="A participant's join credential (instead of a key).")
+    ] = None,
+) -> Viewer:
+    """A participant by join credential, or an API caller by key (401 with neither)."""
+    async with runtime.db.session() as session:
+        if x_join_credential is not None:
+            return Viewer(participant=await access_participant(session, x_join_credential))
+        if credentials is not None:
+            return Viewer(caller=await access_caller(session, credentials.credentials))
+    raise AuthenticationFailed("send X-Join-Credential or an admin API key")
+
+
+ViewerDep = Annotated[Viewer, Depends(get_viewer)]
+
+
+class SessionDescription(BaseModel):
+    sdp: str = Field(max_length=100_000, description="The SDP (RFC 8866) of the description.")
+    type: Literal["offer", "answer"]
+
+
+class RecordingView(BaseModel):
+    id: uuid.UUID
+    participant_id: uuid.UUID
+    kind: str
+    state: str
+    media_type: str
+    started_at: datetime
+    ended_at: datetime | None
+    consent_entry_ids: list[str]
+    frames: int
+    size: int
+    sha256: str | None
+    retain_until: datetime
+
+    @classmethod
+    def of(cls, row: Recording) -> RecordingView:
+        return cls(
+            id=row.id,
+            participant_id=row.participant_id,
+            kind=row.kind.value,
+            state=row.state.value,
+            media_type=row.media_type,
+            started_at=row.started_at,
+            ended_at=row.ended_at,
+            consent_entry_ids=list(row.consent_entry_ids),
+            frames=row.frames,
+            size=row.size,
+            sha256=row.sha256,
+            retain_until=row.retain_until,
+        )
+
+
+class RecordingList(BaseModel):
+    booking_id: uuid.UUID
+    recording: bool = Field(description="Whether recording is switched on for the booking.")
+    recordings: list[RecordingView]
+
+
+@router.post(
+    "/v1/recording/offer",
+    summary="Connect my page to the recording peer (SDP offer in, answer out)",
+    description="The page offers the tracks its person consented to; the server writes each "
+    "frame only while the consent gate allows that person and purpose, whatever the page "
+    "sends. Recording state changes are published as `recording.changed`.",
+    responses=responses(403, 404, 410, 422),
+)
+async def post_offer(
+    runtime: RuntimeDep,
+    recorder: RecorderDep,
+    participant: ParticipantDep,
+    body: SessionDescription,
+) -> SessionDescription:
+    if body.type != "offer":
+        raise InvalidInput.field(("body", "type"), "must be 'offer'")
+    booking = participant.booking
+    if booking.status is BookingStatus.CANCELLED:
+        raise Gone("the booking is cancelled")
+    settings = runtime.settings
+    opens_at, closes_at = booking.join_window(settings.join_lead, settings.join_grace)
+    now = runtime.clock.now()
+    if not opens_at <= now < closes_at:
+        raise OutsideJoinWindow(
+            "the recording connection opens with the join window",
+            extra={
+                "opens_at": opens_at.isoformat(),
+                "closes_at": closes_at.isoformat(),
+                "starts_at": booking.starts_at.isoformat(),
+            },
+        )
+    answer = await recorder.answer(participant, body.sdp, body.type)
+    return SessionDescription(sdp=answer.sdp, type="answer")
+
+
+@router.post(
+    "/v1/bookings/{booking_id}/recording/{action}",
+    summary="Start or stop recording a booking (its host, or an admin)",
+    description="Starting does not record anyone by itself: each person is recorded only for "
+    "the purposes they granted, frame by frame.",
+    responses=responses(401, 403, 404),
+)
+async def post_control(
+    booking_id: uuid.UUID,
+    action: Literal["start", "stop"],
+    recorder: RecorderDep,
+    viewer: ViewerDep,
+) -> dict[str, Any]:
+    access_recording_control(viewer, booking_id)
+    if action == "start":
+        await recorder.start(booking_id)
+    else:
+        await recorder.stop(booking_id)
+    return {"booking_id": str(booking_id), "recording": recorder.is_active(booking_id)}
+
+
+@router.get(
+    "/v1/bookings/{booking_id}/recordings",
+    summary="A booking's recordings (its participants, or an admin)",
+    responses=responses(401, 403, 404),
+)
+async def get_recordings(
+    booking_id: uuid.UUID, runtime: RuntimeDep, recorder: RecorderDep, viewer: ViewerDep
+) -> RecordingList:
+    async with runtime.db.session() as session:
+        rows = await list_recordings(session, viewer, booking_id)
+    return RecordingList(
+        booking_id=booking_id,
+        recording=recorder.is_active(booking_id),
+        recordings=[RecordingView.of(row) for row in rows],
+    )
+
+
+def _byte_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """[start, end) of a single `Range: bytes=` request (RFC 9110 §14.1.2), None = whole."""
+    if header is None:
+        return None
+    match = _RANGE.match(header.strip())
+    if match is None:
+        return None  # not a range we serve: answer with the whole file (RFC 9110 §14.2)
+    first, last = match.groups()
+    if not first and not last:
+        return None
+    if not first:
+        start, end = max(0, size - int(last)), size
+    else:
+        start = int(first)
+        end = min(size, int(last) + 1) if last else size
+    if start >= size or start >= end:
+        raise ValueError(f"the recording has {size} bytes")
+    return start, end
+
+
+@router.get(
+    "/v1/bookings/{booking_id}/recordings/{recording_id}",
+    summary="Download one recording, decrypted on the fly (HTTP Range supported)",
+    description="Every download is logged with who fetched it and which range.",
+    response_class=StreamingResponse,
+    responses={
+        200: {"content": {"audio/ogg": {}, "video/webm": {}}},
+        206: {"description": "Partial content"},
+        **responses(401, 403, 404, 409, 410, 416),
+    },
+)
+async def download(
+    booking_id: uuid.UUID,
+    recording_id: uuid.UUID,
+    runtime: RuntimeDep,
+    viewer: ViewerDep,
+    range_header: Annotated[str | None, Header(alias="Range")] = None,
+) -> Response:
+    now = runtime.clock.now()
+    async with runtime.db.session() as session:
+        row = await access_recording(session, viewer, booking_id, recording_id)
+        if row.state is RecordingState.RECORDING:
+            raise Conflict("this recording is still being written")
+        owner = await session.get(Participant, row.participant_id)
+        if owner is None:
+            raise Gone("the person this recording belongs to was removed")
+        key = await access_data_key(session, runtime.keys, owner.external_id, now)
+        try:
+            byte_range = _byte_range(range_header, row.size)
+        except ValueError as exc:
+            return problem(
+                416, "Range not satisfiable", str(exc), code="range_not_satisfiable",
+                instance=f"/v1/bookings/{booking_id}/recordings/{recording_id}",
+                headers={"Content-Range": f"bytes */{row.size}"},
+            )
+        logged = f"bytes={byte_range[0]}-{byte_range[1] - 1}" if byte_range else None
+        await do_log_download(session, viewer, row, logged, now)
+    start, end = byte_range or (0, row.size)
+    headers = {"Accept-Ranges": "bytes", "Content-Length": str(end - start)}
+    if byte_range:
+        headers["Content-Range"] = f"bytes {start}-{end - 1}/{row.size}"
+    filename = f"{row.kind.value}-{row.participant_id}-{row.id}.{row.kind.extension}"
+    headers["Content-Disposition"] = f'attachment; filename="{filename}"'
+    body: Iterator[bytes] = runtime.extras["recorder"].store.read(row.path, key, start, end)
+    return StreamingResponse(
+        body, status_code=206 if byte_range else 200, media_type=row.media_type, headers=headers
+    )
+

@@ -1,0 +1,289 @@
+"""AI jobs and their outputs: agenda, transcript and summary of a booking; the register.
+
+Outputs and jobs are readable by the booking's own participants (X-Join-Credential) and by
+admins (API key), nobody else (docs/privacy.md). The processing register is for admins and
+auditors. Job progress is pushed as server-sent events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Query
+from fastapi.responses import FileResponse, HTMLResponse, StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import AwareDatetime, BaseModel
+
+from api.deps import ReviewerCaller, RuntimeDep
+from api.problems import responses
+from core.accounts import Scope, access_caller
+from core.bookings import Booking
+from core.bus import Event, Topic
+from core.errors import AuthenticationFailed, NotFound, PermissionDenied
+from core.runtime import Runtime
+from signaling.credentials import access_participant
+from summaries import outputs
+from summaries.jobs import JobKind, get_jobs
+from summaries.provider import AiUnavailable
+from summaries.register import get_register
+from summaries.service import AiJobs
+
+router = APIRouter(tags=["ai"])
+pages = APIRouter(include_in_schema=False)
+
+STATIC = Path(__file__).resolve().parent.parent / "static"
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; script-src 'self'; connect-src 'self'; "
+    "style-src 'self'; img-src 'self'; frame-ancestors 'none'; base-uri 'none'",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+    "X-Content-Type-Options": "nosniff",
+}
+
+_bearer = HTTPBearer(auto_error=False, description="Admin API key: `Authorization: Bearer cg_...`")
+KEEPALIVE_S = 15.0
+
+
+@dataclass(frozen=True)
+class Reader:
+    """Who reads a booking's AI data: one of its participants, or an admin."""
+
+    booking_id: uuid.UUID
+    participant_id: uuid.UUID | None
+
+
+async def booking_reader(
+    booking_id: uuid.UUID,
+    runtime: RuntimeDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    x_join_credential: Annotated[
+        str | None, Header(description="The credential from a participant's join link.")
+    ] = None,
+) -> Reader:
+    """The booking's participants and admins get in; anyone else sees 404 (or 401/403)."""
+    async with runtime.db.session() as session:
+        if x_join_credential is not None:
+            participant = await access_participant(session, x_join_credential)
+            if participant.booking_id != booking_id:
+                raise NotFound("this join link is not valid for that booking")
+            return Reader(booking_id, participant.id)
+        presented = credentials.credentials if credentials is not None else None
+        if presented is None:
+            raise AuthenticationFailed("a join credential or an admin API key is required")
+        caller = await access_caller(session, presented)
+        if caller.scope is not Scope.ADMIN:
+            raise PermissionDenied("only the booking's participants and admins may read this")
+        if await session.get(Booking, booking_id) is None:
+            raise NotFound(f"no booking {booking_id}")
+    return Reader(booking_id, None)
+
+
+ReaderDep = Annotated[Reader, Depends(booking_reader)]
+
+
+def ai_jobs(runtime: Runtime) -> AiJobs:
+    service = runtime.extras.get("ai_jobs")
+    if not isinstance(service, AiJobs) or not service.available:
+        raise AiUnavailable("no AI provider is configured (CALLGATE_OPENAI_BASE_URL)")
+    return service
+
+
+class JobRequest(BaseModel):
+    kind: JobKind
+
+
+@router.post(
+    "/v1/bookings/{booking_id}/jobs",
+    status_code=202,
+    summary="Ask for an AI job (ai.agenda, transcription, ai.summary) on this booking",
+    description="Creates the job once (asking again returns the same job) and queues it. It "
+    "runs only with the consent its purpose needs; otherwise it ends `skipped` with the "
+    "reason. 503 `ai_unavailable` when no provider is configured.",
+    responses=responses(401, 403, 404, 422, 503),
+)
+async def post_job(runtime: RuntimeDep, reader: ReaderDep, body: JobRequest) -> dict[str, Any]:
+    job = await ai_jobs(runtime).request(reader.booking_id, body.kind)
+    return job.view()
+
+
+@router.get(
+    "/v1/bookings/{booking_id}/jobs",
+    summary="This booking's AI jobs: status, attempts, progress, error",
+    responses=responses(401, 403, 404),
+)
+async def list_jobs(runtime: RuntimeDep, reader: ReaderDep) -> dict[str, Any]:
+    async with runtime.db.session() as session:
+        jobs = await get_jobs(session, reader.booking_id)
+    service = runtime.extras.get("ai_jobs")
+    available = isinstance(service, AiJobs) and service.available
+    return {"available": available, "jobs": [job.view() for job in jobs]}
+
+
+def _sse(event: str, data: dict[str, Any]) -> str:
+    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
+
+
+async def _job_stream(runtime: Runtime, booking_id: uuid.UUID) -> AsyncIterator[str]:
+    """Current jobs, then each change, until none is queued or running (the page reconnects
+    for later ones). The database is re-read on every quiet interval, since bus delivery is
+    at-most-once."""
+    seen: dict[str, dict[str, Any]] = {}
+
+    async def snapshot() -> list[dict[str, Any]]:
+        async with runtime.db.session() as session:
+            return [job.view() for job in await get_jobs(session, booking_id)]
+
+    def fresh(views: list[dict[str, Any]]) -> list[str]:
+        out = []
+        for view in views:
+            if seen.get(view["id"]) != view:
+                seen[view["id"]] = view
+                out.append(_sse("job", view))
+        return out
+
+    def pending() -> bool:
+        return any(v["status"] in ("queued", "running") for v in seen.values())
+
+    queue: asyncio.Queue[Event] = asyncio.Queue()
+    async with runtime.bus.subscribe(Topic.JOB_PROGRESS.value) as subscription:
+
+        async def pump() -> None:
+            async for event in subscription:
+                if event.data.get("booking_id") == str(booking_id):
+                    queue.put_nowait(event)
+
+        task = asyncio.create_task(pump())
+        try:
+            yield "retry: 5000\n\n"
+            for chunk in fresh(await snapshot()):
+                yield chunk
+            while True:
+                if not pending():  # a follow-up job may have been created meanwhile
+                    for chunk in fresh(await snapshot()):
+                        yield chunk
+                    if not pending():
+                        break
+                try:
+                    event = await asyncio.wait_for(queue.get(), KEEPALIVE_S)
+                    chunks = fresh([event.data])
+                except TimeoutError:
+                    chunks = [": keepalive\n\n", *fresh(await snapshot())]
+                for chunk in chunks:
+                    yield chunk
+            yield _sse("idle", {"booking_id": str(booking_id)})
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+@router.get(
+    "/v1/bookings/{booking_id}/jobs/events",
+    summary="Server-sent events: job progress and results of this booking",
+    description="`event: job` with the job (as in the list) at once for every job and on "
+    "every change; `event: idle` and the end of the stream once no job is queued or running.",
+    responses=responses(401, 403, 404),
+    response_class=StreamingResponse,
+)
+async def job_events(runtime: RuntimeDep, reader: ReaderDep) -> StreamingResponse:
+    return StreamingResponse(
+        _job_stream(runtime, reader.booking_id),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+    )
+
+
+def _meta(row: outputs.Summary | outputs.Agenda | outputs.Transcript) -> dict[str, Any]:
+    return {
+        "id": str(row.id),
+        "booking_id": str(row.booking_id),
+        "job_id": str(row.job_id),
+        "purpose": row.purpose.value,
+        "language": row.language,
+        "created_at": row.created_at.isoformat(),
+        "retain_until": row.retain_until.isoformat(),
+    }
+
+
+@router.get(
+    "/v1/bookings/{booking_id}/summary",
+    summary="The session's summary: summary, decisions, action items with owners",
+    responses=responses(401, 403, 404),
+)
+async def get_summary(runtime: RuntimeDep, reader: ReaderDep) -> dict[str, Any]:
+    async with runtime.db.session() as session:
+        row = await outputs.get_latest_summary(session, reader.booking_id, runtime.clock.now())
+    if row is None:
+        raise NotFound("this booking has no summary")
+    return {**_meta(row), **row.body, "speakers": len(row.subjects)}
+
+
+@router.get(
+    "/v1/bookings/{booking_id}/agenda",
+    summary="The draft agenda: items with time boxes",
+    responses=responses(401, 403, 404),
+)
+async def get_agenda(runtime: RuntimeDep, reader: ReaderDep) -> dict[str, Any]:
+    async with runtime.db.session() as session:
+        row = await outputs.get_latest_agenda(session, reader.booking_id, runtime.clock.now())
+    if row is None:
+        raise NotFound("this booking has no agenda")
+    return {**_meta(row), "items": row.items}
+
+
+@router.get(
+    "/v1/bookings/{booking_id}/transcript",
+    summary="The transcript: consented speakers' segments with pseudonymous labels",
+    responses=responses(401, 403, 404),
+)
+async def get_transcript(runtime: RuntimeDep, reader: ReaderDep) -> dict[str, Any]:
+    now = runtime.clock.now()
+    async with runtime.db.session() as session:
+        row = await outputs.get_latest_transcript(session, reader.booking_id)
+        if row is None or row.retain_until <= now:
+            raise NotFound("this booking has no transcript")
+        segments = [
+            {"speaker": s.label, "start_ms": s.start_ms, "end_ms": s.end_ms, "text": s.text}
+            for s in row.segments
+        ]
+    return {**_meta(row), "segments": segments}
+
+
+@router.get(
+    "/v1/admin/processing",
+    summary="The processing register: every AI processing step, newest first",
+    description="Who (pseudonymous subject ids), which data categories, purpose, consent "
+    "ledger entries, provider, model, endpoint, when, input size and outcome.",
+    responses=responses(401, 403, 422),
+)
+async def list_processing(
+    runtime: RuntimeDep,
+    caller: ReviewerCaller,
+    booking_id: Annotated[uuid.UUID | None, Query(description="Only this booking.")] = None,
+    before: Annotated[AwareDatetime | None, Query(description="Rows before this time.")] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+) -> dict[str, Any]:
+    async with runtime.db.session() as session:
+        rows = await get_register(session, booking_id=booking_id, limit=limit, before=before)
+    return {"entries": [row.view() for row in rows]}
+
+
+@pages.get("/summary/{credential}", response_class=HTMLResponse)
+async def summary_page(credential: str) -> HTMLResponse:
+    """The agenda/summary page reachable from a join link (`/join/<c>` -> `/summary/<c>`); it
+    reads everything through the API with the credential, so the page itself is static."""
+    return HTMLResponse((STATIC / "summary.html").read_text(), headers=PAGE_HEADERS)
+
+
+@pages.get("/summary-page/summary.js")
+async def summary_script() -> FileResponse:
+    return FileResponse(
+        STATIC / "summary.js", media_type="text/javascript", headers={"Cache-Control": "no-cache"}
+    )

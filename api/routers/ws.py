@@ -1,0 +1,60 @@
+"""`GET /v1/rooms/{room}/ws`: the signaling WebSocket (protocol in docs/signaling.md).
+
+The socket is accepted first so a refusal can carry its close code and reason (a refusal
+before accepting reaches the browser only as an HTTP 403 without either).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import structlog
+from fastapi import APIRouter, Query, WebSocket
+
+from core.errors import CallgateError
+from core.runtime import Runtime
+from signaling.admission import access_admission, close_code
+from signaling.hub import Hub
+from signaling.protocol import MAX_FRAME_BYTES, CloseCode
+
+router = APIRouter(tags=["signaling"])
+log = structlog.get_logger(__name__)
+
+
+def _too_big(text: str) -> bool:
+    # A character is at most 4 bytes in UTF-8: encode only when it could matter.
+    return len(text) * 4 > MAX_FRAME_BYTES and len(text.encode()) > MAX_FRAME_BYTES
+
+
+@router.websocket("/v1/rooms/{room}/ws")
+async def room_socket(
+    websocket: WebSocket, room: str, ticket: Annotated[str, Query(max_length=512)] = ""
+) -> None:
+    runtime: Runtime = websocket.app.state.runtime
+    hub: Hub = runtime.extras["signaling"]
+    await websocket.accept()
+    try:
+        admission = await access_admission(runtime, room, ticket, websocket.headers.get("origin"))
+    except CallgateError as exc:
+        await websocket.close(close_code(exc), exc.detail[:120])
+        return
+    conn = await hub.attach(
+        websocket, room_name=room, booking_id=str(admission.booking_id),
+        closes_at=admission.closes_at, peer=admission.peer, ice_servers=admission.ice_servers,
+        consent=admission.consent,
+    )
+    try:
+        while True:
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                break
+            text = message.get("text")
+            if text is None:
+                raw = message.get("bytes") or b""
+                text = raw.decode(errors="replace") if len(raw) <= MAX_FRAME_BYTES else None
+            if text is None or _too_big(text):
+                conn.finish(CloseCode.TOO_BIG, "frames are limited to 64 KiB")
+                break
+            await hub.handle(conn, text)
+    finally:
+        await hub.detach(conn)

@@ -1,0 +1,432 @@
+"""Signaling relay: messages/s and relay latency at 1,000 sockets; memory per idle socket.
+
+Rooms of two (host and client). Each relayed message is a `signal` from the host, stamped
+with its send time, read by the client; latency = client receive - host send, measured in
+this process (one clock). The load is open loop at RATE messages/s (paced, not "as fast as
+possible", so latency is not queueing behind our own backlog), then closed loop for the
+saturation rate. Baseline in the same run: a bare `websockets` relay server (no JSON, no
+admission) with the same clients and the same load.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import resource
+import secrets
+import statistics
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.typing import Origin
+
+from core.database import Database
+from core.runtime import build_keyring
+from tests import support
+from tests.liveserver import LiveServer, free_port, start_server
+from tests.signaling_support import Seeded, seed_bookings, ticket_for
+
+ROOMS = 500  # 1,000 sockets
+RATE = 5_000  # relayed messages per second, open loop
+LIGHT_RATE = 1_000  # a lighter load, for latency without saturation
+OPEN_S = 4.0
+CLOSED_S = 2.0
+ORIGIN = "https://bench.callgate.test"
+
+BASELINE_SERVER = textwrap.dedent(
+    """
+    import asyncio, sys
+    from websockets.asyncio.server import serve
+
+    pairs = {}
+
+    async def relay(ws):
+        room = ws.request.path
+        side = pairs.setdefault(room, [])
+        side.append(ws)
+        try:
+            async for message in ws:
+                for other in pairs.get(room, []):
+                    if other is not ws:
+                        await other.send(message)
+        finally:
+            side.remove(ws)
+
+    async def main():
+        async with serve(relay, "127.0.0.1", int(sys.argv[1]), compression=None,
+                         max_size=65536):
+            await asyncio.Future()
+
+    asyncio.run(main())
+    """
+)
+
+
+def progress(text: str) -> None:
+    print(f"  {time.strftime('%H:%M:%S')} {text}", file=sys.stderr, flush=True)
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def raise_fd_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = min(hard, 65536)
+    if soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+
+
+class Pair:
+    def __init__(self, host: ClientConnection, client: ClientConnection, to: str) -> None:
+        self.host = host
+        self.client = client
+        self.to = to
+
+
+class Harness:
+    """The sockets of one measurement and the latencies their readers record."""
+
+    def __init__(self, pairs: list[Pair], wrap: Callable[[Pair, int, int], str]) -> None:
+        self.pairs = pairs
+        self.wrap = wrap
+        self.phase = 0  # messages of an earlier phase arriving late are not counted
+        self.arrivals = 0  # every message, of any phase
+        self.latencies: list[float] = []
+        self.received = 0
+        self._readers: list[asyncio.Task[None]] = []
+        self._waiters: dict[int, asyncio.Future[None]] = {}
+
+    def start(self) -> None:
+        for index, pair in enumerate(self.pairs):
+            self._readers.append(asyncio.create_task(self._read(index, pair.client)))
+
+    async def _read(self, index: int, ws: ClientConnection) -> None:
+        with contextlib.suppress(Exception):
+            async for raw in ws:
+                now = time.perf_counter_ns()
+                self.arrivals += 1
+                marker = raw.rfind('"p":')
+                phase, sent = raw[marker + 4:raw.index("}", marker)].split(',"t":')
+                if int(phase) != self.phase:
+                    continue
+                self.latencies.append((now - int(sent)) / 1e6)
+                self.received += 1
+                waiter = self._waiters.pop(index, None)
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(None)
+
+    async def open_loop(self, rate: int, seconds: float) -> tuple[float, list[float]]:
+        """Send `rate` messages/s spread over the pairs; the achieved relay rate and latencies."""
+        self.phase += 1
+        self.latencies = []
+        self.received = 0
+        tick = 0.01
+        per_tick = max(1, int(rate * tick))
+        started = time.perf_counter()
+        sent = 0
+        index = 0
+        while time.perf_counter() - started < seconds:
+            for _ in range(per_tick):
+                pair = self.pairs[index % len(self.pairs)]
+                index += 1
+                await pair.host.send(self.wrap(pair, self.phase, time.perf_counter_ns()))
+                sent += 1
+            next_at = started + (sent / per_tick) * tick
+            await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
+        await asyncio.sleep(0.5)  # the last messages in flight
+        elapsed = time.perf_counter() - started
+        return self.received / elapsed, list(self.latencies)
+
+    async def settle(self, limit_s: float = 15.0) -> None:
+        """Wait until what an overloaded phase left queued has arrived (quiet for 0.5 s)."""
+        deadline = time.perf_counter() + limit_s
+        seen = -1
+        while seen != self.arrivals and time.perf_counter() < deadline:
+            seen = self.arrivals
+            await asyncio.sleep(0.5)
+
+    async def closed_loop(self, seconds: float) -> float:
+        """Every pair keeps one message in flight: the saturation relay rate."""
+        self.phase += 1
+        self.received = 0
+        stop = time.perf_counter() + seconds
+
+        async def drive(index: int, pair: Pair) -> None:
+            while time.perf_counter() < stop:
+                waiter = asyncio.get_running_loop().create_future()
+                self._waiters[index] = waiter
+                await pair.host.send(self.wrap(pair, self.phase, time.perf_counter_ns()))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(waiter, 1)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(drive(i, p) for i, p in enumerate(self.pairs)))
+        return self.received / (time.perf_counter() - started)
+
+    async def close(self) -> None:
+        for reader in self._readers:
+            reader.cancel()
+        await asyncio.gather(*self._readers, return_exceptions=True)
+        await asyncio.gather(
+            *(ws.close() for p in self.pairs for ws in (p.host, p.client)), return_exceptions=True
+        )
+
+
+async def gather_limited(jobs: list[Callable[[], Awaitable[Any]]], limit: int = 50) -> list[Any]:
+    gate = asyncio.Semaphore(limit)
+
+    async def run(job: Callable[[], Awaitable[Any]]) -> Any:
+        async with gate:
+            return await job()
+
+    return list(await asyncio.gather(*(run(job) for job in jobs)))
+
+
+async def ws_connect(url: str) -> ClientConnection:
+    return await connect(
+        url, origin=Origin(ORIGIN), compression=None, proxy=None, open_timeout=60,
+        ping_interval=None, max_queue=None, close_timeout=1,
+    )
+
+
+def signal_message(pair: Pair, phase: int, sent_ns: int) -> str:
+    return f'{{"type":"signal","to":"{pair.to}","payload":{{"p":{phase},"t":{sent_ns}}}}}'
+
+
+def bare_message(pair: Pair, phase: int, sent_ns: int) -> str:
+    return f'{{"payload":{{"p":{phase},"t":{sent_ns}}}}}'
+
+
+async def callgate_pairs(
+    seeded: list[Seeded], host_server: LiveServer, client_server: LiveServer
+) -> list[Pair]:
+    keys = build_keyring(host_server.settings)
+
+    def url(server: LiveServer, room: Seeded, index: int) -> str:
+        ticket = ticket_for(keys, room, room.people[index], datetime.now(UTC))
+        return f"{server.ws_base}/v1/rooms/{room.room}/ws?ticket={ticket}"
+
+    async def one(room: Seeded) -> Pair:
+        host = await ws_connect(url(host_server, room, 0))
+        await host.recv()  # welcome
+        client = await ws_connect(url(client_server, room, 1))
+        await client.recv()  # welcome
+        await host.recv()  # peer-joined
+        return Pair(host, client, str(room.client.id))
+
+    return await gather_limited([lambda r=room: one(r) for room in seeded])
+
+
+async def baseline_pairs(port: int, indexes: range) -> list[Pair]:
+    async def one(index: int) -> Pair:
+        host = await ws_connect(f"ws://127.0.0.1:{port}/r{index}")
+        client = await ws_connect(f"ws://127.0.0.1:{port}/r{index}")
+        return Pair(host, client, "")
+
+    return await gather_limited([lambda i=i: one(i) for i in indexes])
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def measure(
+    pairs: list[Pair], wrap: Callable[[Pair, int, int], str]
+) -> dict[str, float]:
+    harness = Harness(pairs, wrap)
+    harness.start()
+    try:
+        await harness.open_loop(500, 0.5)  # warm up
+        await harness.settle()
+        _, light = await harness.open_loop(LIGHT_RATE, OPEN_S)
+        await harness.settle()
+        rate, latencies = await harness.open_loop(RATE, OPEN_S)
+        await harness.settle()
+        saturation = await harness.closed_loop(CLOSED_S)
+    finally:
+        await harness.close()
+    return {
+        "rate": rate, "p50": statistics.median(latencies) if latencies else float("nan"),
+        "p99": pct(latencies, 0.99), "saturation": saturation, "count": len(latencies),
+        "light_p50": statistics.median(light) if light else float("nan"),
+        "light_p99": pct(light, 0.99),
+    }
+
+
+async def wait_idle_rss(pid: int) -> int:
+    await asyncio.sleep(1.5)
+    return rss_kib(pid)
+
+
+async def run() -> str:
+    raise_fd_limit()
+    template = support.make_pg_template()
+    work = Path(tempfile.mkdtemp(prefix="cg-bench-"))
+    servers: list[LiveServer] = []
+    baseline: asyncio.subprocess.Process | None = None
+    try:
+        url = support.pg_url(template)
+        keys_settings = {
+            "signaling_messages_per_s": 1000, "signaling_idle_timeout_s": 900,
+            "allowed_origins": [ORIGIN],
+        }
+        db = Database(url)
+        try:
+            keys = build_keyring(start_settings(url, work))
+            now = datetime.now(UTC) - timedelta(minutes=1)
+            seeded = await seed_bookings(db, keys, now, ROOMS)
+        finally:
+            await db.close()
+
+        # baseline: bare websockets relay
+        port = free_port()
+        baseline = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", BASELINE_SERVER, str(port)
+        )
+        await wait_port(port)
+        progress("baseline relay: connecting")
+        half = ROOMS // 2
+        pairs = await baseline_pairs(port, range(half))
+        base_rss0 = await wait_idle_rss(baseline.pid)
+        pairs += await baseline_pairs(port, range(half, ROOMS))
+        base_rss1 = await wait_idle_rss(baseline.pid)
+        progress("baseline relay: measuring")
+        base = await measure(pairs, bare_message)
+        baseline.terminate()
+        await baseline.wait()
+
+        # one callgate node
+        node = start_server(url, work / "one", keys_settings)
+        servers.append(node)
+        progress("one node: connecting")
+        pairs = await callgate_pairs(seeded[:half], node, node)
+        rss0 = await wait_idle_rss(node.process.pid)
+        pairs += await callgate_pairs(seeded[half:], node, node)
+        rss1 = await wait_idle_rss(node.process.pid)
+        progress("one node: measuring")
+        one = await measure(pairs, signal_message)
+        node.stop()
+
+        # two callgate nodes through Redis: every host on A, every client on B
+        shared = {
+            **keys_settings, "redis_url": support.REDIS_URL,
+            "redis_prefix": f"cgbench:{secrets.token_hex(4)}",
+        }
+        node_a = start_server(url, work / "a", shared)
+        node_b = start_server(url, work / "b", shared)
+        servers += [node_a, node_b]
+        progress("two nodes: connecting")
+        pairs = await callgate_pairs(seeded, node_a, node_b)
+        progress("two nodes: measuring")
+        two = await measure(pairs, signal_message)
+    finally:
+        for server in servers:
+            server.stop()
+        if baseline is not None and baseline.returncode is None:
+            baseline.terminate()
+            await baseline.wait()
+        support.run_blocking(lambda: support.drop_pg(template))
+    measured = (ROOMS - ROOMS // 2) * 2  # sockets added between the two RSS readings
+    per_conn = (rss1 - rss0) / measured
+    base_per_conn = (base_rss1 - base_rss0) / measured
+    return report(base, one, two, per_conn, base_per_conn)
+
+
+def start_settings(url: str, work: Path) -> Any:
+    from core.settings import Settings
+
+    return Settings(
+        database_url=url, data_dir=work, secret_key=support.SECRET, master_key=support.MASTER
+    )
+
+
+async def wait_port(port: int) -> None:
+    for _ in range(100):
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()
+            return
+        except OSError:
+            await asyncio.sleep(0.1)
+    raise RuntimeError("baseline relay did not start")
+
+
+def load_average() -> str:
+    return ", ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+HEADER = (
+    f"| server | p50 ms at {LIGHT_RATE:,}/s | p99 ms at {LIGHT_RATE:,}/s "
+    f"| relayed msg/s (offered {RATE:,}) | p50 ms | p99 ms | saturation msg/s |"
+)
+
+
+def report(
+    base: dict[str, float], one: dict[str, float], two: dict[str, float],
+    per_conn: float, base_per_conn: float,
+) -> str:
+    def row(name: str, figures: dict[str, float]) -> str:
+        return (
+            f"| {name} | {figures['light_p50']:.2f} | {figures['light_p99']:.2f} | "
+            f"{figures['rate']:,.0f} | {figures['p50']:.2f} | {figures['p99']:.2f} | "
+            f"{figures['saturation']:,.0f} |"
+        )
+
+    ok_one = one["rate"] >= RATE * 0.95 and one["p99"] < 10
+    ok_two = two["p99"] < 15
+    ok_mem = per_conn <= 40
+    return textwrap.dedent(
+        f"""
+        ## Signaling relay (`bench/signaling.py`)
+
+        {ROOMS} rooms of 2 = {ROOMS * 2} WebSockets; hosts send `signal` messages to their
+        room's client at {LIGHT_RATE:,} and then {RATE:,} messages/s in total (open loop,
+        {OPEN_S:.0f} s each), latency from
+        the host's send to the client's receive; then every pair keeps one message in flight
+        ({CLOSED_S:.0f} s) for the saturation rate. Clients, servers, PostgreSQL and Redis share
+        the machine, with the other work on it: load average {load_average()} at the end of the run.
+
+        {HEADER}
+        |---|---|---|---|---|---|---|
+        {row("baseline: bare websockets relay", base)}
+        {row("callgate, one node", one)}
+        {row("callgate, two nodes via Redis (host on A, client on B)", two)}
+
+        Ratios to the baseline (callgate / bare relay): one node p99 at {LIGHT_RATE:,}/s
+        {one["light_p99"] / base["light_p99"]:.1f}x, at {RATE:,}/s {one["p99"] / base["p99"]:.1f}x,
+        saturation {one["saturation"] / base["saturation"]:.2f}x; two nodes p99 at
+        {LIGHT_RATE:,}/s {two["light_p99"] / base["light_p99"]:.1f}x, at {RATE:,}/s
+        {two["p99"] / base["p99"]:.1f}x, saturation {two["saturation"] / base["saturation"]:.2f}x.
+        The bare relay does no parsing, admission or fan-out; the load generator (1,000 Python
+        websockets clients) runs on the same two cores, so every figure here is bounded by it.
+
+        Memory per idle connection (server RSS growth from {ROOMS} to {ROOMS * 2} open sockets,
+        divided by {ROOMS}, so one-time costs such as database pools are not counted): callgate
+        **{per_conn:.1f} KiB**, baseline {base_per_conn:.1f} KiB
+        ({per_conn / base_per_conn if base_per_conn > 0 else float("nan"):.1f}x).
+
+        Goals: >= 5,000 msg/s with p99 < 10 ms on one node: **{"met" if ok_one else "not met"}**;
+        p99 < 15 ms across nodes: **{"met" if ok_two else "not met"}**; <= 40 KiB per idle
+        connection: **{"met" if ok_mem else "not met"}**.
+        """
+    )
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    print(asyncio.run(run()))

@@ -1,0 +1,332 @@
+"""The live gate: the consent answer for sessions in progress, kept in memory.
+
+The recorder asks for every frame, so `allows()` is synchronous and reads only memory. The
+memory is loaded from the ledger (`ensure_booking`) and kept current from `consent.changed`
+on the bus. Bus delivery is at-most-once, so on every (re)subscription the loaded bookings are
+read again from the ledger. While the bus or the database cannot be confirmed (subscription
+lost, health check failed or overdue) every answer is **no**, and `explain()` says why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from types import TracebackType
+from typing import Any
+
+import structlog
+from sqlalchemy import select
+
+from consent.checkpoints import Signer, do_checkpoint, latest_checkpoint
+from consent.gate import BookingConsent, Reason, Recorded, Verdict, may
+from consent.ledger import Entry, chain_head
+from consent.notices import seed_notices
+from consent.purposes import Actor, Decision, Purpose
+from consent.restrictions import restricted_in_booking
+from core.bookings import Booking, BookingStatus
+from core.bus import Event, Topic
+from core.runtime import Runtime
+
+log = structlog.get_logger(__name__)
+
+WATCHED = (
+    Topic.CONSENT_CHANGED.value,
+    Topic.PARTICIPANT_JOINED.value,
+    Topic.PARTICIPANT_LEFT.value,
+    Topic.BOOKING_UPDATED.value,
+    Topic.BOOKING_CANCELLED.value,
+    Topic.SUBJECT_RESTRICTED.value,  # privacy: (un)restricted; the booking is read again
+    Topic.SUBJECT_ERASED.value,
+)
+
+
+@dataclass
+class Stay:
+    """One presence interval of a person in a live session."""
+
+    subject_id: uuid.UUID
+    joined_at: datetime
+    left_at: datetime | None = None
+
+
+class LiveGate:
+    """Consent answers for live sessions; enter it on the app lifespan (`async with`)."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        *,
+        health_interval_s: float = 2.0,
+        retry_s: float = 1.0,
+    ) -> None:
+        self._rt = runtime
+        self._health_interval = health_interval_s
+        self._retry_s = retry_s
+        self._bookings: dict[uuid.UUID, BookingConsent] = {}
+        self._stays: dict[uuid.UUID, list[Stay]] = {}
+        self._subscribed = False
+        self._db_ok = False
+        self._checked_at: float | None = None  # time.monotonic() of the last good check
+        self._why = "the consent gate has not started"
+        self._tasks: list[asyncio.Task[None]] = []
+        self._loading: dict[uuid.UUID, asyncio.Task[None]] = {}
+        self.signer = Signer.from_keyring(runtime.keys)
+        self._seeded = False
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def __aenter__(self) -> LiveGate:
+        await self._seed()
+        self._tasks = [
+            asyncio.create_task(self._listen(), name="consent-gate-listen"),
+            asyncio.create_task(self._watch_health(), name="consent-gate-health"),
+            asyncio.create_task(self._sign_periodically(), name="consent-gate-checkpoints"),
+        ]
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        tasks = self._tasks + list(self._loading.values())
+        self._tasks, self._loading = [], {}
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(BaseException):
+                await task
+        self._subscribed = False
+        self._why = "the consent gate is closed"
+
+    # -- answers ----------------------------------------------------------------------------
+
+    @property
+    def healthy(self) -> bool:
+        return self._problem() is None
+
+    def _problem(self) -> str | None:
+        if not self._subscribed:
+            return self._why
+        if not self._db_ok or self._checked_at is None:
+            return self._why
+        if time.monotonic() - self._checked_at > self._health_interval * 3 + 5:
+            return "the consent gate's health check is overdue"
+        return None
+
+    def explain(
+        self,
+        booking_id: uuid.UUID,
+        subject_id: uuid.UUID,
+        purpose: Purpose,
+        at: datetime | None = None,
+    ) -> Verdict:
+        """The answer with its reason; never raises, never yes while anything is unconfirmed."""
+        problem = self._problem()
+        if problem is not None:
+            return Verdict(False, Reason.UNHEALTHY, problem)
+        state = self._bookings.get(booking_id)
+        if state is None:
+            self._load_soon(booking_id)
+            return Verdict(False, Reason.NOT_LOADED, "call ensure_booking() first")
+        return may(subject_id, state, purpose, at or self._rt.clock.now())
+
+    def allows(self, booking_id: uuid.UUID, subject_id: uuid.UUID, purpose: Purpose) -> bool:
+        return self.explain(booking_id, subject_id, purpose).allowed
+
+    # -- state ------------------------------------------------------------------------------
+
+    async def ensure_booking(self, booking_id: uuid.UUID) -> None:
+        """Load (or reload) a booking's terms and every decision on it from the ledger."""
+        async with self._rt.db.session() as session:
+            booking = await session.get(Booking, booking_id)
+            if booking is None:
+                return
+            query = select(Entry).where(Entry.booking_id == booking_id).order_by(Entry.seq)
+            entries = list((await session.execute(query)).scalars())
+            restricted = await restricted_in_booking(session, booking_id)
+        state = BookingConsent(
+            booking_id=booking.id,
+            requested=booking.purposes,
+            policy=booking.recording_policy,
+            cancelled=booking.status is BookingStatus.CANCELLED,
+            minors=frozenset(p.id for p in booking.participants if not p.adult),
+            restricted=restricted,
+        )
+        old = self._bookings.get(booking_id)
+        if old is not None:
+            state.present = old.present
+            state.record_all(item for items in old.history.values() for item in items)
+        state.record_all(recorded(entry) for entry in entries)
+        self._bookings[booking_id] = state
+
+    def forget_booking(self, booking_id: uuid.UUID) -> None:
+        self._bookings.pop(booking_id, None)
+
+    def joined(self, booking_id: uuid.UUID, subject_id: uuid.UUID) -> None:
+        """Someone entered the room (all_or_nothing counts them from now on)."""
+        state = self._bookings.get(booking_id)
+        if state is not None:
+            state.present.add(subject_id)
+        stays = self._stays.setdefault(booking_id, [])
+        if not any(s.subject_id == subject_id and s.left_at is None for s in stays):
+            stays.append(Stay(subject_id, self._rt.clock.now()))
+
+    def left(self, booking_id: uuid.UUID, subject_id: uuid.UUID) -> None:
+        state = self._bookings.get(booking_id)
+        if state is not None:
+            state.present.discard(subject_id)
+        for stay in self._stays.get(booking_id, []):
+            if stay.subject_id == subject_id and stay.left_at is None:
+                stay.left_at = self._rt.clock.now()
+
+    def present(self, booking_id: uuid.UUID) -> frozenset[uuid.UUID]:
+        state = self._bookings.get(booking_id)
+        return frozenset(state.present) if state is not None else frozenset()
+
+    def presence(self, booking_id: uuid.UUID) -> list[Stay]:
+        """Presence intervals this node saw (for the admin timeline)."""
+        return list(self._stays.get(booking_id, []))
+
+    def _load_soon(self, booking_id: uuid.UUID) -> None:
+        if booking_id in self._loading:
+            return
+        try:
+            task = asyncio.get_running_loop().create_task(self._load(booking_id))
+        except RuntimeError:  # asked from a thread without a loop: the caller must load
+            return
+        self._loading[booking_id] = task
+
+    async def _load(self, booking_id: uuid.UUID) -> None:
+        try:
+            await self.ensure_booking(booking_id)
+        except Exception:
+            log.warning("consent_gate.load_failed", booking_id=str(booking_id))
+        finally:
+            self._loading.pop(booking_id, None)
+
+    # -- background -------------------------------------------------------------------------
+
+    async def _listen(self) -> None:
+        while True:
+            try:
+                async with self._rt.bus.subscribe(*WATCHED) as subscription:
+                    # Subscribed first, then re-read: nothing published in between is lost.
+                    for booking_id in list(self._bookings):
+                        await self.ensure_booking(booking_id)
+                    self._subscribed = True
+                    async for event in subscription:
+                        await self._apply(event)
+                self._lost("the bus subscription ended")
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self._lost(f"the bus cannot be reached ({type(exc).__name__})")
+            await asyncio.sleep(self._retry_s)
+
+    def _lost(self, why: str) -> None:
+        self._subscribed = False
+        self._why = why
+        log.warning("consent_gate.fail_closed", why=why)
+
+    async def _apply(self, event: Event) -> None:
+        try:
+            booking_id = uuid.UUID(str(event.data["booking_id"]))
+        except (KeyError, ValueError):
+            return
+        if event.topic == Topic.CONSENT_CHANGED.value:
+            state = self._bookings.get(booking_id)
+            if state is not None and state.minors and "actor" not in event.data:
+                # A guardian's decision is told apart only by the ledger row.
+                await self.ensure_booking(booking_id)
+            elif state is not None:
+                state.record(recorded_from_event(event.data))
+        elif event.topic in (Topic.PARTICIPANT_JOINED.value, Topic.PARTICIPANT_LEFT.value):
+            who = event.data.get("participant_id") or event.data.get("subject_id")
+            if who is not None:
+                subject = uuid.UUID(str(who))
+                if event.topic == Topic.PARTICIPANT_JOINED.value:
+                    self.joined(booking_id, subject)
+                else:
+                    self.left(booking_id, subject)
+        elif booking_id in self._bookings:
+            await self.ensure_booking(booking_id)
+
+    async def check_health(self) -> bool:
+        """Confirm the database and the bus answer; fail closed until they do."""
+        try:
+            await self._rt.db.ping()
+        except Exception as exc:
+            self._db_ok, self._why = False, f"the database cannot be reached ({type(exc).__name__})"
+            return False
+        try:
+            await self._rt.bus.ping()
+        except Exception as exc:
+            self._db_ok, self._why = False, f"the bus cannot be reached ({type(exc).__name__})"
+            return False
+        self._db_ok, self._checked_at = True, time.monotonic()
+        if not self._seeded:
+            await self._seed()
+        return self.healthy
+
+    async def _seed(self) -> None:
+        """Publish the default/operator notices; retried by the health check until it worked
+        (a database outage must not stop start-up, nor leave people without a notice)."""
+        try:
+            await seed_notices(self._rt.db, self._rt.settings, self._rt.clock.now())
+        except Exception:
+            log.warning("consent_gate.seed_failed")
+            return
+        self._seeded = True
+
+    async def _watch_health(self) -> None:
+        while True:
+            await self.check_health()
+            await asyncio.sleep(self._health_interval)
+
+    async def _sign_periodically(self) -> None:
+        interval = self._rt.settings.consent_checkpoint_interval_s
+        while True:
+            await asyncio.sleep(min(interval, 60))
+            try:
+                await self.checkpoint_if_due()
+            except Exception:
+                log.warning("consent_gate.checkpoint_failed")
+
+    async def checkpoint_if_due(self) -> bool:
+        """Sign the head when the last checkpoint is older than the interval and the chain
+        has grown since; True when a checkpoint was made."""
+        now = self._rt.clock.now()
+        interval = timedelta(seconds=self._rt.settings.consent_checkpoint_interval_s)
+        async with self._rt.db.session() as session:
+            last = await latest_checkpoint(session)
+            seq, _ = await chain_head(session)
+        if last is not None and (now - last.signed_at < interval or last.seq == seq):
+            return False
+        await do_checkpoint(self._rt.db, self.signer, now)
+        return True
+
+
+def recorded(entry: Entry) -> Recorded:
+    return Recorded(
+        entry.seq, entry.subject_id, entry.purpose, entry.decision, entry.at, entry.actor
+    )
+
+
+def recorded_from_event(data: dict[str, Any]) -> Recorded:
+    return Recorded(
+        seq=int(data["seq"]),
+        subject_id=uuid.UUID(str(data["subject_id"])),
+        purpose=Purpose(str(data["purpose"])),
+        decision=Decision(str(data["decision"])),
+        at=datetime.fromisoformat(str(data["at"])),
+        actor=Actor(str(data.get("actor", Actor.SUBJECT.value))),
+    )

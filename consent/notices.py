@@ -1,0 +1,176 @@
+"""Notices: the text a person reads before deciding, per purpose and language, versioned.
+
+A notice is identified by its SHA-256; an old version is never changed (the table refuses
+UPDATE and DELETE), a new text is a new version. Defaults ship in English
+(`consent/notices/<purpose>.md`); operators add their own as files
+(`<data_dir>/notices/<purpose>.<language>.md`, published at start-up when the text changed) or
+through the admin API.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from sqlalchemy import Integer, String, Text, Uuid, func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Mapped, mapped_column
+
+from consent.purposes import Purpose
+from core.crypto import sha256_hex
+from core.database import Base, Database, UTCDateTime, enum_column
+from core.errors import InvalidInput, NotFound
+from core.settings import Settings
+
+DEFAULTS = Path(__file__).resolve().parent / "notices"
+DEFAULT_LANGUAGE = "en"
+MAX_TEXT = 20_000
+
+
+class Notice(Base):
+    __tablename__ = "consent_notices"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    purpose: Mapped[Purpose] = mapped_column(enum_column(Purpose, 32))
+    language: Mapped[str] = mapped_column(String(35))
+    version: Mapped[int] = mapped_column(Integer)
+    text: Mapped[str] = mapped_column(Text)
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    source: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+@dataclass(frozen=True)
+class NoticeText:
+    purpose: Purpose
+    language: str
+    text: str
+    source: str
+
+
+def default_texts(settings: Settings) -> list[NoticeText]:
+    """The shipped English notices with the operator's names filled in, then the operator's
+    own files from `<data_dir>/notices/`."""
+    names = {
+        "operator": settings.consent_operator_name,
+        "ai_provider": settings.consent_ai_provider,
+    }
+    out = []
+    for purpose in Purpose:
+        raw = (DEFAULTS / f"{purpose.value}.md").read_text(encoding="utf-8")
+        out.append(NoticeText(purpose, DEFAULT_LANGUAGE, raw.format(**names), "default"))
+    folder = settings.data_dir / "notices"
+    if folder.is_dir():
+        for path in sorted(folder.glob("*.md")):
+            purpose_code, _, language = path.stem.rpartition(".")
+            if purpose_code in {p.value for p in Purpose} and language:
+                text = path.read_text(encoding="utf-8")
+                out.append(NoticeText(Purpose(purpose_code), language, text, f"file:{path.name}"))
+    return out
+
+
+def normalize_language(language: str) -> str:
+    return language.strip().replace("_", "-").lower()
+
+
+async def latest_notice(session: AsyncSession, purpose: Purpose, language: str) -> Notice | None:
+    query = (
+        select(Notice)
+        .where(Notice.purpose == purpose, Notice.language == normalize_language(language))
+        .order_by(Notice.version.desc())
+        .limit(1)
+    )
+    return (await session.execute(query)).scalar_one_or_none()
+
+
+async def current_notice(session: AsyncSession, purpose: Purpose, language: str) -> Notice:
+    """The notice shown for `purpose` to someone whose booking speaks `language`: that
+    language, else its primary subtag (de-AT -> de), else English."""
+    wanted = normalize_language(language)
+    for candidate in dict.fromkeys((wanted, wanted.split("-")[0], DEFAULT_LANGUAGE)):
+        notice = await latest_notice(session, purpose, candidate)
+        if notice is not None:
+            return notice
+    raise NotFound(f"no notice is published for {purpose.value}")
+
+
+async def do_publish_notice(
+    session: AsyncSession, text: NoticeText, now: datetime
+) -> tuple[Notice, bool]:
+    """Publish `text` as the next version, unless it equals the latest; (notice, created)."""
+    body = text.text.strip() + "\n"
+    if not text.text.strip():
+        raise InvalidInput.field(("body", "text"), "a notice cannot be empty")
+    if len(body) > MAX_TEXT:
+        raise InvalidInput.field(("body", "text"), f"at most {MAX_TEXT} characters")
+    language = normalize_language(text.language)
+    latest = await latest_notice(session, text.purpose, language)
+    digest = sha256_hex(body)
+    if latest is not None and latest.sha256 == digest:
+        return latest, False
+    notice = Notice(
+        purpose=text.purpose,
+        language=language,
+        version=(latest.version + 1) if latest is not None else 1,
+        text=body,
+        sha256=digest,
+        source=text.source,
+        created_at=now,
+    )
+    session.add(notice)
+    await session.flush()
+    return notice, True
+
+
+async def seed_notices(db: Database, settings: Settings, now: datetime) -> int:
+    """Publish the shipped and file notices that differ from the stored ones; how many were
+    new. Safe to run on several nodes at once (a lost race is a unique-key conflict)."""
+    created = 0
+    for text in default_texts(settings):
+        try:
+            async with db.session() as session:
+                latest = await latest_notice(session, text.purpose, text.language)
+                # A shipped default never replaces a version an operator published.
+                if latest is not None and text.source == "default":
+                    continue
+                _, new = await do_publish_notice(session, text, now)
+                created += int(new)
+        except IntegrityError:
+            continue
+    return created
+
+
+async def list_notices(session: AsyncSession) -> list[Notice]:
+    """The latest version of every (purpose, language)."""
+    newest = (
+        select(Notice.purpose, Notice.language, func.max(Notice.version).label("version"))
+        .group_by(Notice.purpose, Notice.language)
+        .subquery()
+    )
+    query = (
+        select(Notice)
+        .join(
+            newest,
+            (Notice.purpose == newest.c.purpose)
+            & (Notice.language == newest.c.language)
+            & (Notice.version == newest.c.version),
+        )
+        .order_by(Notice.purpose, Notice.language)
+    )
+    return list((await session.execute(query)).scalars())
+
+
+def notice_view(notice: Notice) -> dict[str, object]:
+    return {
+        "id": str(notice.id),
+        "purpose": notice.purpose.value,
+        "version": notice.version,
+        "language": notice.language,
+        "text": notice.text,
+        "sha256": notice.sha256,
+        "source": notice.source,
+        "created_at": notice.created_at.isoformat(),
+    }

@@ -1,0 +1,91 @@
+"""API keys: who is calling the scheduler and admin APIs, and with which scope.
+
+A key is `cg_<key id>_<secret>`; only SHA-256 of the secret is stored (the secret has 256
+random bits, so a fast hash is enough), and the whole key is shown once, at creation.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import hmac
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import String, select
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Mapped, mapped_column
+
+from core.database import Base, UTCDateTime, enum_column
+from core.errors import AuthenticationFailed, NotFound
+
+KEY_PREFIX = "cg"
+
+
+class Scope(enum.StrEnum):
+    SCHEDULER = "scheduler"
+    ADMIN = "admin"
+    AUDITOR = "auditor"
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(24), primary_key=True)
+    secret_hash: Mapped[str] = mapped_column(String(64))
+    scope: Mapped[Scope] = mapped_column(enum_column(Scope, 16))
+    label: Mapped[str] = mapped_column(String(200), default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+@dataclass(frozen=True)
+class Caller:
+    """An authenticated API caller."""
+
+    key_id: str
+    scope: Scope
+
+
+def _hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+async def do_create_key(
+    session: AsyncSession, scope: Scope, label: str, now: datetime
+) -> tuple[ApiKey, str]:
+    """Create a key; returns the row and the plaintext key, which is never stored."""
+    key_id = uuid.uuid4().hex[:16]
+    secret = secrets.token_urlsafe(32)
+    row = ApiKey(id=key_id, secret_hash=_hash(secret), scope=scope, label=label, created_at=now)
+    session.add(row)
+    await session.flush()
+    return row, f"{KEY_PREFIX}_{key_id}_{secret}"
+
+
+async def do_revoke_key(session: AsyncSession, key_id: str, now: datetime) -> ApiKey:
+    row = await session.get(ApiKey, key_id)
+    if row is None:
+        raise NotFound(f"no API key {key_id!r}")
+    if row.revoked_at is None:
+        row.revoked_at = now
+    return row
+
+
+async def access_caller(session: AsyncSession, presented: str | None) -> Caller:
+    """The caller behind a presented key, or AuthenticationFailed (same error for every miss)."""
+    if not presented:
+        raise AuthenticationFailed("an API key is required (Authorization: Bearer <key>)")
+    prefix, _, rest = presented.partition("_")
+    key_id, _, secret = rest.partition("_")
+    row = None
+    if prefix == KEY_PREFIX and key_id and secret:
+        query = select(ApiKey).where(ApiKey.id == key_id)
+        row = (await session.execute(query)).scalar_one_or_none()
+    expected = row.secret_hash if row is not None else _hash("")
+    matches = hmac.compare_digest(expected, _hash(secret))
+    if row is None or not matches or row.revoked_at is not None:
+        raise AuthenticationFailed("the API key is not valid")
+    return Caller(key_id=row.id, scope=row.scope)

@@ -1,0 +1,112 @@
+"""Bookings and their participants: the identity every domain refers to.
+
+A booking is a scheduled session between one host and 1..N clients. Each participant has a
+pseudonymous id (`Participant.id`, the consent subject and media identity) and a personal
+join credential, of which only a hash is stored.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from datetime import datetime, timedelta
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    Uuid,
+)
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from core.database import Base, UTCDateTime, enum_column
+from core.purposes import Purpose, RecordingPolicy
+
+
+class BookingStatus(enum.StrEnum):
+    SCHEDULED = "scheduled"
+    CANCELLED = "cancelled"
+
+
+class Role(enum.StrEnum):
+    HOST = "host"
+    CLIENT = "client"
+
+
+class RoomState(enum.StrEnum):
+    """Where the booking's media room stands (LiveKit mode; built-in rooms need nothing)."""
+
+    NOT_NEEDED = "not_needed"
+    PENDING = "pending"
+    CREATED = "created"
+    DELETED = "deleted"
+
+
+class Booking(Base):
+    __tablename__ = "bookings"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    title: Mapped[str] = mapped_column(String(200))
+    stated_purpose: Mapped[str | None] = mapped_column(Text, nullable=True)
+    language: Mapped[str] = mapped_column(String(35))
+    starts_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    ends_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    status: Mapped[BookingStatus] = mapped_column(enum_column(BookingStatus), index=True)
+    recording_policy: Mapped[RecordingPolicy] = mapped_column(enum_column(RecordingPolicy))
+    requested_purposes: Mapped[list[str]] = mapped_column(JSON)
+    record_automatically: Mapped[bool] = mapped_column(Boolean, default=False)
+    room_name: Mapped[str] = mapped_column(String(64), unique=True)
+    room_state: Mapped[RoomState] = mapped_column(enum_column(RoomState))
+    room_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    room_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    sequence: Mapped[int] = mapped_column(Integer, default=0)
+    created_by: Mapped[str] = mapped_column(String(24))
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    request_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    cancelled_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+    participants: Mapped[list[Participant]] = relationship(
+        back_populates="booking", order_by="Participant.position", lazy="selectin"
+    )
+
+    __table_args__ = (UniqueConstraint("created_by", "idempotency_key"),)
+
+    @property
+    def purposes(self) -> frozenset[Purpose]:
+        return frozenset(Purpose(p) for p in self.requested_purposes)
+
+    def join_window(self, lead: timedelta, grace: timedelta) -> tuple[datetime, datetime]:
+        """When join links work: from `lead` before the start until `grace` after the end."""
+        return self.starts_at - lead, self.ends_at + grace
+
+    @property
+    def host(self) -> Participant:
+        return next(p for p in self.participants if p.role is Role.HOST)
+
+
+class Participant(Base):
+    __tablename__ = "participants"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    booking_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("bookings.id", ondelete="CASCADE"), index=True
+    )
+    position: Mapped[int] = mapped_column(Integer)
+    external_id: Mapped[str] = mapped_column(String(200), index=True)
+    display_name: Mapped[str] = mapped_column(String(200))
+    role: Mapped[Role] = mapped_column(enum_column(Role))
+    adult: Mapped[bool] = mapped_column(Boolean)
+    credential_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    credential_generation: Mapped[int] = mapped_column(Integer, default=0)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+    booking: Mapped[Booking] = relationship(back_populates="participants", lazy="joined")
+
+    __table_args__ = (UniqueConstraint("booking_id", "external_id"),)

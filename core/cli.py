@@ -1,0 +1,167 @@
+"""The `callgate` command: serve, migrate, keys, demo (and the domains' own sub-commands)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated
+
+import typer
+
+from core.accounts import Scope, do_create_key, do_revoke_key
+from core.clock import SystemClock
+from core.database import Database
+from core.migrate import upgrade
+from core.settings import Settings
+
+app = typer.Typer(help="callgate: booked live video sessions with consent-first recording.")
+keys = typer.Typer(help="Manage API keys (shown once, stored hashed).")
+app.add_typer(keys, name="keys")
+ledger = typer.Typer(help="The consent ledger: verify the chain, sign its head.")
+app.add_typer(ledger, name="ledger")
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to bind.")] = 8000,
+    workers: Annotated[int, typer.Option(help="uvicorn worker processes.")] = 1,
+) -> None:
+    """Run the HTTP/WebSocket server."""
+    import uvicorn
+
+    uvicorn.run(
+        "api.app:create_app", factory=True, host=host, port=port, workers=workers,
+        log_level="warning", proxy_headers=True,
+        # Signaling frames are limited to 64 KiB (docs/signaling.md): refuse bigger ones (1009)
+        # before buffering them, and skip per-socket deflate state (small JSON messages).
+        ws_max_size=64 * 1024, ws_per_message_deflate=False,
+    )
+
+
+@app.command()
+def migrate() -> None:
+    """Bring the configured database to the newest schema."""
+    settings = Settings()
+    asyncio.run(upgrade(settings.database_url))
+    typer.echo("database is up to date")
+
+
+@keys.command("create")
+def keys_create(
+    scope: Annotated[Scope, typer.Option(help="scheduler, admin or auditor.")],
+    label: Annotated[str, typer.Option(help="What the key is for.")] = "",
+) -> None:
+    """Create an API key and print it (the only time it is shown)."""
+
+    async def run() -> str:
+        db = Database(Settings().database_url)
+        try:
+            async with db.session() as session:
+                _, plaintext = await do_create_key(session, scope, label, SystemClock().now())
+            return plaintext
+        finally:
+            await db.close()
+
+    typer.echo(asyncio.run(run()))
+
+
+@keys.command("revoke")
+def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key id (cg_<id>_...).")]) -> None:
+    """Revoke an API key at once."""
+
+    async def run() -> None:
+        db = Database(Settings().database_url)
+        try:
+            async with db.session() as session:
+                await do_revoke_key(session, key_id, SystemClock().now())
+        finally:
+            await db.close()
+
+    asyncio.run(run())
+    typer.echo(f"revoked {key_id}")
+
+
+@app.command()
+def demo() -> None:
+    """Seed the demo (API keys and a booking starting now) and print what to open."""
+    from api.demo import describe, seed_demo  # the CLI is a composition root, like api/
+    from core.runtime import Runtime
+
+    async def run() -> str:
+        settings = Settings()
+        runtime = Runtime.open(settings)
+        try:
+            return describe(await seed_demo(runtime), settings.base_url())
+        finally:
+            await runtime.close()
+
+    typer.echo(asyncio.run(run()))
+
+
+@app.command("settings")
+def settings_command() -> None:
+    """Print every setting as a Markdown table (the README's configuration table)."""
+    from core.settings import settings_table
+
+    typer.echo(settings_table())
+
+
+@ledger.command("verify")
+def ledger_verify() -> None:
+    """Walk the consent chain and its checkpoints; exit 1 at the first bad entry."""
+    from consent.cli import run_verify  # consent is imported only when the command runs
+
+    raise typer.Exit(run_verify(Settings()))
+
+
+@ledger.command("checkpoint")
+def ledger_checkpoint() -> None:
+    """Sign the consent chain's current head now and print the checkpoint."""
+    from consent.cli import run_checkpoint
+
+    raise typer.Exit(run_checkpoint(Settings()))
+
+
+retention = typer.Typer(help="Retention: delete what outlived its period, per data category.")
+app.add_typer(retention, name="retention")
+
+
+@retention.command("run")
+def retention_run(
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would go; change "
+                                          "nothing.")] = False,
+) -> None:
+    """Purge every category once and print the counts (as JSON)."""
+    import json
+
+    from api.subjects import privacy_service  # the CLI is a composition root, like api/
+    from core.logs import configure_logging
+    from core.runtime import Runtime
+    from privacy.records import Trigger
+
+    settings = Settings()
+    configure_logging(settings.log_level, json=settings.log_json)  # logs (counts) to stderr
+
+    async def run() -> dict[str, object]:
+        runtime = Runtime.open(settings)
+        try:
+            privacy = privacy_service(runtime, periodic=False)
+            return await privacy.run_retention(dry_run=dry_run, trigger=Trigger.CLI)
+        finally:
+            await runtime.close()
+
+    typer.echo(json.dumps(asyncio.run(run()), indent=2))
+
+
+@app.command()
+def worker() -> None:
+    """Run AI jobs (agenda, transcription, summary) from the Redis queue."""
+    from api.subjects import retention_cron  # the periodic purge runs here too (Redis lock)
+    from summaries.worker import run_worker  # summaries is imported only when the command runs
+
+    settings = Settings()
+    asyncio.run(run_worker(settings, cron_jobs=retention_cron(settings)))
+
+
+def main() -> None:
+    app()

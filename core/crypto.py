@@ -1,0 +1,77 @@
+"""Keys and envelope encryption.
+
+- The server secret signs/derives join credentials and tickets (HMAC-SHA256).
+- The master key wraps per-person data keys (AES-256-GCM, NIST SP 800-38D); data is
+  encrypted under the person's data key, so destroying that one wrapped key makes their
+  data unreadable (crypto-shredding) without touching anyone else's.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+import secrets
+from pathlib import Path
+
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+NONCE_BYTES = 12
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def sha256_hex(data: str | bytes) -> str:
+    raw = data.encode() if isinstance(data, str) else data
+    return hashlib.sha256(raw).hexdigest()
+
+
+def hmac_sha256(key: bytes, message: str) -> bytes:
+    return hmac.new(key, message.encode(), hashlib.sha256).digest()
+
+
+def load_or_create_key_file(path: Path, nbytes: int = 32) -> bytes:
+    """A random key kept in `path` (mode 0600), made on first use: the embedded default."""
+    if path.exists():
+        return base64.b64decode(path.read_text().strip())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_bytes(nbytes)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(base64.b64encode(key).decode())
+    return key
+
+
+class Keyring:
+    """The server secret and the master key; never logged, never serialized."""
+
+    def __init__(self, secret: bytes, master: bytes) -> None:
+        if len(secret) < 32:
+            raise ValueError("the server secret must have at least 32 bytes")
+        if len(master) != 32:
+            raise ValueError("the master key must be 32 bytes (AES-256)")
+        self._secret = secret
+        self._master = AESGCM(master)
+
+    def __repr__(self) -> str:
+        return "Keyring(<redacted>)"
+
+    def derive(self, purpose: str, message: str) -> bytes:
+        """A MAC of `message` under a key separated by `purpose` (domain separation)."""
+        return hmac_sha256(self._secret, f"{purpose}\x00{message}")
+
+    def wrap(self, data_key: bytes, context: str) -> bytes:
+        """Encrypt a data key under the master key, bound to `context` (e.g. the subject)."""
+        nonce = secrets.token_bytes(NONCE_BYTES)
+        return nonce + self._master.encrypt(nonce, data_key, context.encode())
+
+    def unwrap(self, wrapped: bytes, context: str) -> bytes:
+        nonce, body = wrapped[:NONCE_BYTES], wrapped[NONCE_BYTES:]
+        return self._master.decrypt(nonce, body, context.encode())
+
+    @staticmethod
+    def new_data_key() -> bytes:
+        return AESGCM.generate_key(bit_length=256)

@@ -1,0 +1,81 @@
+"""Fixed-window counters for rate limits: in memory (one node) or in Redis (all nodes)."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+import redis.asyncio as aioredis
+
+
+@dataclass(frozen=True)
+class Verdict:
+    allowed: bool
+    count: int
+    retry_after_s: int
+
+
+class RateLimiter(Protocol):
+    async def hit(self, key: str, limit: int, window_s: int) -> Verdict:
+        """Count one event for `key`; allowed while the window's count is <= limit."""
+        ...
+
+    async def peek(self, key: str, limit: int, window_s: int) -> Verdict:
+        """Whether one more event would be allowed, without counting it."""
+        ...
+
+
+class MemoryRateLimiter:
+    def __init__(self, max_keys: int = 100_000) -> None:
+        self._windows: dict[str, tuple[int, int]] = {}
+        self._max_keys = max_keys
+
+    def _current(self, key: str, window_s: int) -> tuple[int, int, float]:
+        now = time.monotonic()
+        window = int(now // window_s)
+        start, count = self._windows.get(key, (window, 0))
+        if start != window:
+            count = 0
+        return window, count, now
+
+    async def hit(self, key: str, limit: int, window_s: int) -> Verdict:
+        window, count, now = self._current(key, window_s)
+        if len(self._windows) >= self._max_keys and key not in self._windows:
+            self._windows.clear()  # crude but bounded: limits restart rather than leak memory
+        count += 1
+        self._windows[key] = (window, count)
+        retry = math.ceil((window + 1) * window_s - now)
+        return Verdict(count <= limit, count, max(retry, 1))
+
+    async def peek(self, key: str, limit: int, window_s: int) -> Verdict:
+        window, count, now = self._current(key, window_s)
+        retry = math.ceil((window + 1) * window_s - now)
+        return Verdict(count < limit, count, max(retry, 1))
+
+
+class RedisRateLimiter:
+    def __init__(self, client: aioredis.Redis, prefix: str) -> None:
+        self._redis = client
+        self._prefix = prefix
+
+    def _key(self, key: str, window_s: int) -> tuple[str, int]:
+        now = time.time()
+        window = int(now // window_s)
+        retry = max(math.ceil((window + 1) * window_s - now), 1)
+        return f"{self._prefix}:rl:{key}:{window}", retry
+
+    async def hit(self, key: str, limit: int, window_s: int) -> Verdict:
+        rkey, retry = self._key(key, window_s)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.incr(rkey)
+            pipe.expire(rkey, window_s + 1)
+            count, _ = await pipe.execute()
+        return Verdict(int(count) <= limit, int(count), retry)
+
+    async def peek(self, key: str, limit: int, window_s: int) -> Verdict:
+        rkey, retry = self._key(key, window_s)
+        raw = await self._redis.get(rkey)
+        count = int(raw) if raw is not None else 0
+        return Verdict(count < limit, count, retry)

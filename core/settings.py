@@ -1,0 +1,215 @@
+"""The one configuration object, read from `CALLGATE_*` environment variables.
+
+Built once in the app factory (or the CLI) and passed down; nothing reads the environment
+at import time. Defaults give a working single machine: SQLite under `var/`, in-process bus,
+built-in media, recordings in a local folder.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import timedelta
+from pathlib import Path
+
+from pydantic import AnyHttpUrl, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class MediaMode(enum.StrEnum):
+    BUILTIN = "builtin"
+    LIVEKIT = "livekit"
+
+
+class Settings(BaseSettings):
+    """Every setting of callgate. The README's configuration table is generated from this."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CALLGATE_", frozen=True, extra="ignore", env_file=None
+    )
+
+    database_url: str = Field(
+        default="sqlite+aiosqlite:///var/callgate.db",
+        description="SQLAlchemy async URL: sqlite+aiosqlite:///path or postgresql+asyncpg://...",
+    )
+    redis_url: str | None = Field(
+        default=None,
+        description="Redis URL for bus, presence, rate limits and job queue; unset = in-process.",
+    )
+    redis_prefix: str = Field(default="callgate", description="Prefix of every Redis key/channel.")
+    data_dir: Path = Field(
+        default=Path("var"), description="Folder for local state and recordings."
+    )
+    public_base_url: AnyHttpUrl = Field(
+        default=AnyHttpUrl("http://127.0.0.1:8000"),
+        description="Base URL people reach callgate at; join links and WebSocket URLs use it.",
+    )
+    allowed_origins: list[str] = Field(
+        default_factory=list,
+        description="Origins allowed to open signaling WebSockets (JSON list); the public base "
+        "URL's origin is always allowed.",
+    )
+    secret_key: SecretStr | None = Field(
+        default=None,
+        description="Server secret (>= 32 chars) for join links and tickets. Unset: generated "
+        "once and kept in data_dir/secret.key.",
+    )
+    master_key: SecretStr | None = Field(
+        default=None,
+        description="Base64 32-byte key wrapping per-person data keys. Unset: generated once and "
+        "kept in data_dir/master.key.",
+    )
+
+    media_mode: MediaMode = Field(default=MediaMode.BUILTIN, description="builtin or livekit.")
+    livekit_url: str | None = Field(default=None, description="LiveKit server URL (wss://...).")
+    livekit_api_key: str | None = Field(default=None, description="LiveKit API key.")
+    livekit_api_secret: SecretStr | None = Field(default=None, description="LiveKit API secret.")
+    livekit_empty_timeout_s: int = Field(default=300, ge=0, description="Room empty timeout (s).")
+    livekit_departure_timeout_s: int = Field(
+        default=60, ge=0, description="Room departure timeout (s)."
+    )
+    livekit_timeout_s: float = Field(
+        default=5, gt=0, description="Timeout of one LiveKit server API call (s)."
+    )
+    livekit_retry_interval_s: float = Field(
+        default=15, gt=0, description="How often rooms LiveKit could not create are retried (s)."
+    )
+    stun_urls: list[str] = Field(
+        default_factory=list, description="STUN URLs handed to browsers (JSON list)."
+    )
+    turn_urls: list[str] = Field(
+        default_factory=list, description="TURN URLs handed to browsers (JSON list)."
+    )
+    turn_secret: SecretStr | None = Field(
+        default=None, description="coturn `static-auth-secret` for ephemeral TURN credentials."
+    )
+    turn_credential_ttl_s: int = Field(
+        default=3600, gt=0, description="Upper bound of a TURN credential's life (s)."
+    )
+
+    join_lead_minutes: int = Field(
+        default=10, ge=0, le=24 * 60, description="How early before start a join link works."
+    )
+    join_grace_minutes: int = Field(
+        default=0, ge=0, le=24 * 60, description="How long after the end a join link works."
+    )
+    max_booking_hours: float = Field(default=8, gt=0, description="Longest bookable session.")
+    max_clients: int = Field(default=8, ge=1, le=100, description="Most clients in one booking.")
+    ticket_ttl_s: int = Field(
+        default=60, gt=0, le=60, description="Life of a single-use signaling ticket (s)."
+    )
+    recording_retention_days: int = Field(
+        default=30, ge=1, description="Days a recording is kept after it ends."
+    )
+    join_failures_per_minute: int = Field(
+        default=10, gt=0, description="Failed joins per address per minute before 429."
+    )
+    signaling_presence_ttl_s: float = Field(
+        default=15, gt=0, description="Life of a signaling presence entry in Redis (s); a dead "
+        "node's participants are announced gone this long after its last heartbeat.",
+    )
+    signaling_reconnect_grace_s: float = Field(
+        default=10, ge=0, description="How long a dropped signaling socket may take to come back "
+        "before the others see the person leave (s).",
+    )
+    signaling_idle_timeout_s: float = Field(
+        default=60, gt=0, description="Close a signaling socket silent for this long (s).",
+    )
+    signaling_messages_per_s: int = Field(
+        default=50, gt=0, description="Sustained messages per second one signaling socket may "
+        "send (bursts of twice this); a flooder is closed with 1008.",
+    )
+    livekit_client_url: str = Field(
+        default="https://cdn.jsdelivr.net/npm/livekit-client@2/dist/livekit-client.umd.min.js",
+        description="Where the call page loads the livekit-client SDK from (livekit mode).",
+    )
+    log_level: str = Field(default="INFO", description="Log level.")
+    log_json: bool = Field(default=True, description="JSON logs (false: console lines).")
+    openai_base_url: str | None = Field(
+        default=None,
+        description="OpenAI-compatible API base URL (e.g. a local server, so data stays in your "
+        "network). AI jobs are unavailable while neither this nor the API key is set.",
+    )
+    openai_api_key: SecretStr | None = Field(default=None, description="OpenAI API key.")
+    openai_model: str = Field(default="gpt-4o-mini", description="Model for agenda and summary.")
+    openai_chat_completions: bool = Field(
+        default=False,
+        description="Use /chat/completions instead of /responses (servers without Responses).",
+    )
+    openai_transcription_model: str = Field(
+        default="gpt-4o-mini-transcribe", description="Model for audio transcription."
+    )
+    openai_timeout_s: float = Field(default=60, gt=0, description="Timeout of one AI request (s).")
+    openai_max_attempts: int = Field(
+        default=4, ge=1, le=10, description="Tries per AI request on 429/5xx/timeouts."
+    )
+    summary_retention_days: int = Field(
+        default=90, ge=1, description="Days a transcript and summary are kept."
+    )
+    agenda_retention_days: int = Field(default=30, ge=1, description="Days an agenda is kept.")
+    join_log_retention_days: int = Field(
+        default=90, ge=1, description="Days join and recording-access logs are kept."
+    )
+    booking_retention_days: int = Field(
+        default=5 * 365 + 1, ge=1,
+        description="Days a booking (with its participants) is kept after it ends (5 years).",
+    )
+    ledger_retention_days: int = Field(
+        default=6 * 365 + 2, ge=1,
+        description="Days a consent ledger entry is due to be kept (6 years); the ledger is "
+        "append-only, so older entries are reported by the purge, not deleted.",
+    )
+    retention_interval_s: int = Field(
+        default=3600, ge=0,
+        description="How often the retention purge runs (s); 0 turns the periodic purge off.",
+    )
+    consent_checkpoint_interval_s: int = Field(
+        default=3600, gt=0, description="How often the consent ledger's head is signed (s)."
+    )
+    consent_operator_name: str = Field(
+        default="the operator of this service",
+        description="Who records/processes, as named in the default consent notices.",
+    )
+    consent_ai_provider: str = Field(
+        default="the AI provider configured by the operator (an OpenAI-compatible API)",
+        description="The AI subprocessor named in the default transcription/ai.* notices.",
+    )
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_driver(cls, value: str) -> str:
+        if not value.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
+            raise ValueError("use sqlite+aiosqlite:// or postgresql+asyncpg://")
+        return value
+
+    @property
+    def join_lead(self) -> timedelta:
+        return timedelta(minutes=self.join_lead_minutes)
+
+    @property
+    def join_grace(self) -> timedelta:
+        return timedelta(minutes=self.join_grace_minutes)
+
+    @property
+    def max_booking_duration(self) -> timedelta:
+        return timedelta(hours=self.max_booking_hours)
+
+    @property
+    def public_origin(self) -> str:
+        url = self.public_base_url
+        port = f":{url.port}" if url.port and url.port not in (80, 443) else ""
+        return f"{url.scheme}://{url.host}{port}"
+
+    def base_url(self) -> str:
+        return str(self.public_base_url).rstrip("/")
+
+
+def settings_table() -> str:
+    """The README's configuration table, generated from the fields above."""
+    rows = ["| variable | default | meaning |", "| --- | --- | --- |"]
+    for name, field in Settings.model_fields.items():
+        default = field.get_default(call_default_factory=True)
+        if isinstance(default, SecretStr):
+            default = "(secret)"
+        shown = "unset" if default is None else f"`{default}`"
+        rows.append(f"| `CALLGATE_{name.upper()}` | {shown} | {field.description or ''} |")
+    return "\n".join(rows)

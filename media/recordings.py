@@ -1,0 +1,147 @@
+"""Recording rows: one file per person, per track kind, per consent span; and who fetched them.
+
+A row is written when a span opens (state `recording`), completed when it closes, and
+`recovered` when a crash left it open and the next start salvaged the file. Rows name the
+ledger entries that allowed the span, the plaintext's size and SHA-256, and the retention
+deadline after which the purge may delete the file.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import JSON, BigInteger, ForeignKey, Integer, String, Uuid, select
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Mapped, mapped_column
+
+from core.accounts import Caller, Scope
+from core.bookings import Participant, Role
+from core.database import Base, UTCDateTime, enum_column
+from core.errors import NotFound, PermissionDenied
+from core.purposes import Purpose
+
+
+class TrackKind(enum.StrEnum):
+    AUDIO = "audio"
+    VIDEO = "video"
+
+    @property
+    def purpose(self) -> Purpose:
+        return Purpose.RECORDING_AUDIO if self is TrackKind.AUDIO else Purpose.RECORDING_VIDEO
+
+    @property
+    def media_type(self) -> str:
+        return "audio/ogg" if self is TrackKind.AUDIO else "video/webm"
+
+    @property
+    def extension(self) -> str:
+        return "ogg" if self is TrackKind.AUDIO else "webm"
+
+
+class RecordingState(enum.StrEnum):
+    RECORDING = "recording"
+    COMPLETE = "complete"
+    RECOVERED = "recovered"
+
+
+class Recording(Base):
+    __tablename__ = "recordings"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    booking_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("bookings.id", ondelete="CASCADE"), index=True
+    )
+    participant_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("participants.id", ondelete="CASCADE"), index=True
+    )
+    kind: Mapped[TrackKind] = mapped_column(enum_column(TrackKind))
+    state: Mapped[RecordingState] = mapped_column(enum_column(RecordingState), index=True)
+    media_type: Mapped[str] = mapped_column(String(40))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    consent_entry_ids: Mapped[list[str]] = mapped_column(JSON)
+    frames: Mapped[int] = mapped_column(Integer, default=0)
+    size: Mapped[int] = mapped_column(BigInteger, default=0)
+    sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    retain_until: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    path: Mapped[str] = mapped_column(String(300))
+
+
+class RecordingDownload(Base):
+    __tablename__ = "recording_downloads"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    recording_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("recordings.id", ondelete="CASCADE"), index=True
+    )
+    at: Mapped[datetime] = mapped_column(UTCDateTime())
+    participant_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, nullable=True)
+    api_key_id: Mapped[str | None] = mapped_column(String(24), nullable=True)
+    byte_range: Mapped[str | None] = mapped_column(String(100), nullable=True)
+
+
+@dataclass(frozen=True)
+class Viewer:
+    """Who asks for recordings: a participant (by join link) or an API caller."""
+
+    participant: Participant | None = None
+    caller: Caller | None = None
+
+
+def access_booking_recordings(viewer: Viewer, booking_id: uuid.UUID) -> None:
+    """Only the booking's own participants and admins see its recordings. A participant of
+    another booking gets NotFound, so they cannot even learn the booking exists."""
+    if viewer.caller is not None:
+        if viewer.caller.scope is not Scope.ADMIN:
+            raise PermissionDenied("recordings are for admins and the session's participants")
+        return
+    if viewer.participant is None:
+        raise NotFound("no such booking")
+    if viewer.participant.booking_id != booking_id:
+        raise NotFound("no such booking")
+
+
+def access_recording_control(viewer: Viewer, booking_id: uuid.UUID) -> None:
+    """Starting and stopping a booking's recording: its host, or an admin."""
+    access_booking_recordings(viewer, booking_id)
+    if viewer.participant is not None and viewer.participant.role is not Role.HOST:
+        raise PermissionDenied("only the host starts and stops the recording")
+
+
+async def list_recordings(
+    session: AsyncSession, viewer: Viewer, booking_id: uuid.UUID
+) -> list[Recording]:
+    access_booking_recordings(viewer, booking_id)
+    query = (
+        select(Recording)
+        .where(Recording.booking_id == booking_id)
+        .order_by(Recording.started_at, Recording.id)
+    )
+    return list((await session.execute(query)).scalars())
+
+
+async def access_recording(
+    session: AsyncSession, viewer: Viewer, booking_id: uuid.UUID, recording_id: uuid.UUID
+) -> Recording:
+    access_booking_recordings(viewer, booking_id)
+    row = await session.get(Recording, recording_id)
+    if row is None or row.booking_id != booking_id:
+        raise NotFound("no such recording")
+    return row
+
+
+async def do_log_download(
+    session: AsyncSession, viewer: Viewer, row: Recording, byte_range: str | None, now: datetime
+) -> None:
+    session.add(
+        RecordingDownload(
+            recording_id=row.id,
+            at=now,
+            participant_id=viewer.participant.id if viewer.participant else None,
+            api_key_id=viewer.caller.key_id if viewer.caller else None,
+            byte_range=byte_range,
+        )
+    )

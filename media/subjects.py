@@ -1,0 +1,265 @@
+"""Recordings under data-subject rights (privacy.subjects.SubjectData).
+
+Export decrypts the person's own recordings into the bundle. Erasure crypto-shreds: the
+person's wrapped data key is destroyed (and re-keyed under the tombstone, so nothing can
+mint a fresh key for them), their recording rows go and their files are unlinked after commit.
+Other people's recordings of the same sessions are under other keys and stay untouched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from core.bookings import Booking, Participant
+from core.errors import Gone
+from core.purposes import Purpose
+from core.runtime import Runtime
+from media.keys import DataKey, access_data_key
+from media.recordings import Recording, RecordingDownload, RecordingState, TrackKind
+from media.storage import RecordingStore
+from privacy.batches import BATCH, delete_where, table_of
+from privacy.subjects import (
+    Blob,
+    Category,
+    Cleanup,
+    Cutoff,
+    Erasure,
+    JsonLines,
+    Part,
+    Subject,
+)
+
+READABLE = (RecordingState.COMPLETE, RecordingState.RECOVERED)
+# A file with no row this long after its last write is an orphan (a span still writing when its
+# person was erased, a crash between file and row); the recorder inserts rows within seconds.
+ORPHAN_GRACE = timedelta(days=1)
+
+
+def recording_view(row: Recording) -> dict[str, Any]:
+    return {
+        "id": str(row.id),
+        "booking_id": str(row.booking_id),
+        "participant_id": str(row.participant_id),
+        "kind": row.kind.value,
+        "state": row.state.value,
+        "media_type": row.media_type,
+        "started_at": row.started_at.isoformat(),
+        "ended_at": row.ended_at.isoformat() if row.ended_at else None,
+        "consent_entry_ids": list(row.consent_entry_ids),
+        "size": row.size,
+        "sha256": row.sha256,
+        "retain_until": row.retain_until.isoformat(),
+    }
+
+
+def bundle_name(row: Recording) -> str:
+    return f"recordings/{row.booking_id}/{row.id}.{row.kind.extension}"
+
+
+EXPORT_PIECE = 1024 * 1024
+
+
+def _gather(pieces: Iterator[bytes]) -> bytes:
+    """Up to about EXPORT_PIECE decrypted bytes (b"" at the end)."""
+    out: list[bytes] = []
+    size = 0
+    for piece in pieces:
+        out.append(piece)
+        size += len(piece)
+        if size >= EXPORT_PIECE:
+            break
+    return b"".join(out)
+
+
+async def _chunks(pieces: Iterator[bytes]) -> AsyncIterator[bytes]:
+    """Decrypt off the event loop, about a MiB per hop (constant memory)."""
+    while True:
+        piece = await asyncio.to_thread(_gather, pieces)
+        if not piece:
+            return
+        yield piece
+
+
+class MediaSubjects:
+    name = "media"
+
+    def __init__(self, runtime: Runtime) -> None:
+        self._rt = runtime
+        self.store = RecordingStore(runtime.settings.data_dir / "recordings")
+
+    async def _rows(self, subject: Subject) -> list[Recording]:
+        query = (
+            select(Recording)
+            .where(Recording.participant_id.in_(subject.participant_ids))
+            .order_by(Recording.started_at, Recording.id)
+        )
+        async with self._rt.db.session() as session:
+            return list((await session.execute(query)).scalars())
+
+    async def export(self, subject: Subject) -> AsyncIterator[Part]:
+        rows = await self._rows(subject)
+        yield JsonLines("recordings.jsonl", self._views(rows))
+        yield JsonLines("recording_downloads.jsonl", self._downloads(subject))
+        readable = [row for row in rows if row.state in READABLE]
+        if not readable:
+            return
+        try:
+            async with self._rt.db.session() as session:
+                key = await access_data_key(
+                    session, self._rt.keys, subject.external_id, self._rt.clock.now()
+                )
+        except Gone:
+            return
+        for row in readable:
+            yield Blob(bundle_name(row), _chunks(self.store.read(row.path, key)))
+
+    async def _views(self, rows: list[Recording]) -> AsyncIterator[dict[str, Any]]:
+        for row in rows:
+            yield {**recording_view(row), "file": bundle_name(row)}
+
+    async def _downloads(self, subject: Subject) -> AsyncIterator[dict[str, Any]]:
+        query = (
+            select(RecordingDownload)
+            .where(RecordingDownload.participant_id.in_(subject.participant_ids))
+            .order_by(RecordingDownload.at)
+        )
+        async with self._rt.db.session() as session:
+            rows = list((await session.execute(query)).scalars())
+        for row in rows:
+            yield {
+                "recording_id": str(row.recording_id),
+                "at": row.at.isoformat(),
+                "participant_id": str(row.participant_id),
+                "byte_range": row.byte_range,
+            }
+
+    async def erase(
+        self, session: AsyncSession, subject: Subject, erasure: Erasure
+    ) -> dict[str, int]:
+        query = select(Recording.id, Recording.path).where(
+            Recording.participant_id.in_(subject.participant_ids)
+        )
+        rows = list((await session.execute(query)).all())
+        for _, path in rows:
+            erasure.cleanup.remove(self.store.path(path))
+        if rows:
+            await session.execute(delete(Recording).where(Recording.id.in_([i for i, _ in rows])))
+        shredded = await self._destroy_key(session, subject.external_id, erasure)
+        return {"recordings_deleted": len(rows), "data_keys_destroyed": shredded}
+
+    async def _destroy_key(
+        self, session: AsyncSession, external_id: str, erasure: Erasure
+    ) -> int:
+        found = await session.execute(
+            update(DataKey)
+            .where(DataKey.external_id == external_id)
+            .values(external_id=erasure.tombstone, wrapped=None, destroyed_at=erasure.at)
+        )
+        destroyed = int(getattr(found, "rowcount", 0) or 0)
+        if not destroyed:
+            # Keep a destroyed key under the tombstone anyway: access_data_key then says Gone
+            # instead of minting a fresh key for the erased rows.
+            session.add(
+                DataKey(external_id=erasure.tombstone, wrapped=None, created_at=erasure.at,
+                        destroyed_at=erasure.at)
+            )
+        return destroyed
+
+    async def delete_purpose(
+        self, session: AsyncSession, participant: Participant, purpose: Purpose, cleanup: Cleanup
+    ) -> dict[str, int]:
+        if not purpose.is_recording:
+            return {}
+        kind = TrackKind.AUDIO if purpose is Purpose.RECORDING_AUDIO else TrackKind.VIDEO
+        query = select(Recording.id, Recording.path).where(
+            Recording.participant_id == participant.id, Recording.kind == kind
+        )
+        rows = list((await session.execute(query)).all())
+        for _, path in rows:
+            cleanup.remove(self.store.path(path))
+        if rows:
+            await session.execute(delete(Recording).where(Recording.id.in_([i for i, _ in rows])))
+        return {"recordings_deleted": len(rows)}
+
+    async def purge(self, category: Category, cutoff: Cutoff, *, dry_run: bool) -> int | None:
+        recordings = table_of(Recording)
+        if category is Category.RECORDINGS:
+            expired = or_(
+                recordings.c.retain_until <= cutoff.now,
+                func.coalesce(recordings.c.ended_at, recordings.c.started_at) < cutoff.before,
+            )
+            done = recordings.c.state != RecordingState.RECORDING.value
+            files = await self._purge_files(expired & done, dry_run=dry_run)
+            return files + await self._purge_orphans(cutoff.now, dry_run=dry_run)
+        if category is Category.JOIN_LOGS:
+            downloads = table_of(RecordingDownload)
+            return await delete_where(
+                self._rt.db, downloads, downloads.c.at < cutoff.before, dry_run=dry_run
+            )
+        if category is Category.BOOKINGS:
+            old = select(Booking.id).where(Booking.ends_at < cutoff.before)
+            files = await self._purge_files(
+                recordings.c.booking_id.in_(old.scalar_subquery()), dry_run=dry_run
+            )
+            return files + await self._purge_keys(cutoff.before, dry_run=dry_run)
+        return None
+
+    async def _purge_files(self, condition: Any, *, dry_run: bool) -> int:
+        """Delete matching recording rows a batch at a time, unlinking each batch's files
+        once its transaction committed."""
+        recordings = table_of(Recording)
+        if dry_run:
+            return await delete_where(self._rt.db, recordings, condition, dry_run=True)
+        total = 0
+        while True:
+            cleanup = Cleanup()
+            async with self._rt.db.session() as session:
+                query = select(recordings.c.id, recordings.c.path).where(condition).limit(BATCH)
+                rows = list((await session.execute(query)).all())
+                for _, path in rows:
+                    cleanup.remove(self.store.path(path))
+                if rows:
+                    ids: list[uuid.UUID] = [i for i, _ in rows]
+                    await session.execute(delete(recordings).where(recordings.c.id.in_(ids)))
+            cleanup.run()
+            total += len(rows)
+            if len(rows) < BATCH:
+                return total
+
+    async def _purge_orphans(self, now: datetime, *, dry_run: bool) -> int:
+        """Recording files no row names, untouched for ORPHAN_GRACE."""
+        root = self.store.root
+        async with self._rt.db.session() as session:
+            known = set((await session.execute(select(Recording.path))).scalars())
+        before = (now - ORPHAN_GRACE).timestamp()
+
+        def sweep() -> int:
+            found = 0
+            for path in root.rglob("*.cgr*") if root.is_dir() else ():
+                if path.relative_to(root).as_posix() in known or path.stat().st_mtime > before:
+                    continue
+                found += 1
+                if not dry_run:
+                    path.unlink(missing_ok=True)
+            return found
+
+        return await asyncio.to_thread(sweep)
+
+    async def _purge_keys(self, before: datetime, *, dry_run: bool) -> int:
+        """Data keys of people left only in expired bookings (or in none)."""
+        keys = table_of(DataKey)
+        live = (
+            select(Participant.external_id)
+            .join(Booking, Booking.id == Participant.booking_id)
+            .where(Booking.ends_at >= before)
+        )
+        return await delete_where(
+            self._rt.db, keys, keys.c.external_id.not_in(live.scalar_subquery()), dry_run=dry_run
+        )

@@ -1,0 +1,394 @@
+"""Bookings as the scheduler sees them: validate, create, read, list, reschedule, cancel.
+
+A booking is written whole or not at all: every rule is checked before anything is stored,
+and a bad request names each field that was wrong. Events (`booking.*`) are published only
+after the commit. Creation honors an Idempotency-Key per API key: the same key with the same
+body returns the same booking; the same key with another body is a conflict.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from sqlalchemy import and_, exists, or_, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from core.accounts import Caller
+from core.bookings import Booking, BookingStatus, Participant, Role, RoomState
+from core.bus import Event, Topic, publish_all
+from core.crypto import b64url, sha256_hex
+from core.errors import Conflict, FieldError, Gone, InvalidInput, NotFound
+from core.purposes import REQUIRES, Purpose, RecordingPolicy
+from core.runtime import Runtime
+from core.settings import MediaMode, Settings
+from signaling.credentials import credential_hash, join_credential, join_url
+from signaling.livekit import get_rooms
+
+ROOM_NAME_BYTES = 24  # 192 random bits: no one finds a room by guessing its name
+
+
+class Person(BaseModel):
+    """A booked person as the platform knows them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    external_id: str = Field(min_length=1, max_length=200, examples=["user-4711"])
+    display_name: str = Field(min_length=1, max_length=200, examples=["Ada Lovelace"])
+    adult: bool = Field(description="Whether the person is an adult under the platform's rules.")
+
+
+class BookingRequest(BaseModel):
+    """What a scheduler books."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    title: str = Field(min_length=1, max_length=200, examples=["Mentoring session"])
+    stated_purpose: str | None = Field(
+        default=None, max_length=2000, description="Why the session happens, in the client's words."
+    )
+    language: str = Field(
+        min_length=2, max_length=35, pattern=r"^[A-Za-z]{2,8}(-[A-Za-z0-9]{1,8})*$",
+        description="BCP 47 language tag of the session (notices are shown in it).",
+        examples=["en"],
+    )
+    starts_at: AwareDatetime = Field(description="Start, with a timezone offset.")
+    ends_at: AwareDatetime = Field(description="End, with a timezone offset.")
+    host: Person
+    clients: list[Person] = Field(description="1..max_clients clients.")
+    requested_purposes: list[Purpose] = Field(
+        default_factory=list, description="What may be asked for consent; nothing else is."
+    )
+    recording_policy: RecordingPolicy = RecordingPolicy.PER_PARTICIPANT
+    record_automatically: bool = False
+
+
+class RescheduleRequest(BaseModel):
+    """A new window for a booking."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    starts_at: AwareDatetime
+    ends_at: AwareDatetime
+
+
+def _window_errors(starts_at: datetime, ends_at: datetime, settings: Settings) -> list[FieldError]:
+    if ends_at <= starts_at:
+        return [FieldError(("body", "ends_at"), "must be after starts_at")]
+    if ends_at - starts_at > settings.max_booking_duration:
+        limit = f"{settings.max_booking_hours:g} h"
+        return [FieldError(("body", "ends_at"), f"the session may last at most {limit}")]
+    return []
+
+
+def _people_errors(request: BookingRequest, settings: Settings) -> list[FieldError]:
+    errors: list[FieldError] = []
+    if not request.host.adult:
+        errors.append(FieldError(("body", "host", "adult"), "the host must be an adult"))
+    if not 1 <= len(request.clients) <= settings.max_clients:
+        errors.append(
+            FieldError(("body", "clients"), f"book 1 to {settings.max_clients} clients")
+        )
+    seen = {request.host.external_id}
+    for index, person in enumerate(request.clients):
+        if person.external_id in seen:
+            errors.append(
+                FieldError(("body", "clients", index, "external_id"), "duplicate participant")
+            )
+        seen.add(person.external_id)
+    return errors
+
+
+def _purpose_errors(purposes: list[Purpose]) -> list[FieldError]:
+    errors: list[FieldError] = []
+    chosen = set(purposes)
+    if len(chosen) != len(purposes):
+        errors.append(FieldError(("body", "requested_purposes"), "a purpose is listed twice"))
+    for purpose in purposes:
+        missing = REQUIRES.get(purpose, frozenset()) - chosen
+        if missing:
+            names = ", ".join(sorted(p.value for p in missing))
+            errors.append(
+                FieldError(("body", "requested_purposes"), f"{purpose.value} requires {names}")
+            )
+    return errors
+
+
+def validate_booking(request: BookingRequest, settings: Settings) -> None:
+    """Every rule a booking must satisfy; InvalidInput naming each failing field."""
+    errors = [
+        *_window_errors(request.starts_at, request.ends_at, settings),
+        *_people_errors(request, settings),
+        *_purpose_errors(request.requested_purposes),
+    ]
+    if errors:
+        detail = "; ".join(f"{'.'.join(str(p) for p in e.loc[1:])}: {e.msg}" for e in errors)
+        raise InvalidInput(detail, errors=errors)
+
+
+def request_hash(request: BookingRequest) -> str:
+    canonical = json.dumps(request.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return sha256_hex(canonical)
+
+
+def join_link(runtime: Runtime, participant: Participant) -> str:
+    credential = join_credential(runtime.keys, participant.id, participant.credential_generation)
+    return join_url(runtime.settings, credential)
+
+
+def _new_booking(
+    request: BookingRequest, caller: Caller, key: str | None, runtime: Runtime
+) -> Booking:
+    now = runtime.clock.now()
+    livekit = runtime.settings.media_mode is MediaMode.LIVEKIT
+    booking = Booking(
+        id=uuid.uuid4(),
+        title=request.title,
+        stated_purpose=request.stated_purpose,
+        language=request.language,
+        starts_at=request.starts_at,
+        ends_at=request.ends_at,
+        status=BookingStatus.SCHEDULED,
+        recording_policy=request.recording_policy,
+        requested_purposes=[p.value for p in request.requested_purposes],
+        record_automatically=request.record_automatically,
+        room_name=f"cg-{secrets.token_urlsafe(ROOM_NAME_BYTES)}",
+        room_state=RoomState.PENDING if livekit else RoomState.NOT_NEEDED,
+        room_attempts=0,
+        sequence=0,
+        created_by=caller.key_id,
+        idempotency_key=key,
+        request_hash=request_hash(request) if key else None,
+        created_at=now,
+        updated_at=now,
+        participants=[],
+    )
+    people = [(request.host, Role.HOST), *((c, Role.CLIENT) for c in request.clients)]
+    for position, (person, role) in enumerate(people):
+        pid = uuid.uuid4()
+        booking.participants.append(
+            Participant(
+                id=pid,
+                position=position,
+                external_id=person.external_id,
+                display_name=person.display_name,
+                role=role,
+                adult=person.adult,
+                credential_hash=credential_hash(join_credential(runtime.keys, pid, 0)),
+                credential_generation=0,
+                created_at=now,
+            )
+        )
+    return booking
+
+
+async def _replay(
+    session: AsyncSession, caller: Caller, key: str, request: BookingRequest
+) -> Booking | None:
+    """The booking an earlier request with this Idempotency-Key made, if any."""
+    found = await session.scalar(
+        select(Booking).where(Booking.created_by == caller.key_id, Booking.idempotency_key == key)
+    )
+    if found is None:
+        return None
+    if found.request_hash != request_hash(request):
+        raise Conflict(
+            "this Idempotency-Key was used with a different request body",
+            extra={"booking_id": str(found.id)},
+        )
+    return found
+
+
+async def do_create_booking(
+    runtime: Runtime, caller: Caller, request: BookingRequest, key: str | None = None
+) -> tuple[Booking, bool]:
+    """Create a booking (or return the one this Idempotency-Key made); True when new."""
+    validate_booking(request, runtime.settings)
+    if key is not None and not 1 <= len(key) <= 200:
+        raise InvalidInput.field(("header", "Idempotency-Key"), "use 1 to 200 characters")
+    if key is not None:
+        async with runtime.db.session() as session:
+            earlier = await _replay(session, caller, key, request)
+        if earlier is not None:
+            return await access_booking_by_id(runtime, earlier.id), False
+    booking = _new_booking(request, caller, key, runtime)
+    try:
+        async with runtime.db.session() as session:
+            session.add(booking)
+    except IntegrityError:
+        if key is None:
+            raise
+        async with runtime.db.session() as session:  # a concurrent twin won the race
+            earlier = await _replay(session, caller, key, request)
+        if earlier is None:
+            raise
+        return await access_booking_by_id(runtime, earlier.id), False
+    await publish_all(runtime.bus, [_event(Topic.BOOKING_CREATED, booking)])
+    rooms = get_rooms(runtime)
+    if rooms is not None:
+        await rooms.provision(booking.id)
+    return await access_booking_by_id(runtime, booking.id), True
+
+
+def _event(topic: Topic, booking: Booking) -> Event:
+    return Event(
+        topic,
+        {
+            "booking_id": str(booking.id),
+            "status": booking.status.value,
+            "starts_at": booking.starts_at.isoformat(),
+            "ends_at": booking.ends_at.isoformat(),
+            "sequence": str(booking.sequence),
+        },
+    )
+
+
+async def get_booking(session: AsyncSession, booking_id: uuid.UUID) -> Booking | None:
+    return await session.get(Booking, booking_id, populate_existing=True)
+
+
+async def access_booking(session: AsyncSession, booking_id: uuid.UUID) -> Booking:
+    booking = await get_booking(session, booking_id)
+    if booking is None:
+        raise NotFound(f"no booking {booking_id}")
+    return booking
+
+
+async def access_booking_by_id(runtime: Runtime, booking_id: uuid.UUID) -> Booking:
+    async with runtime.db.session() as session:
+        return await access_booking(session, booking_id)
+
+
+async def access_booking_participant(
+    session: AsyncSession, booking_id: uuid.UUID, participant_id: uuid.UUID
+) -> Participant:
+    """A participant of this booking; another booking's participant is not found here."""
+    booking = await access_booking(session, booking_id)
+    for participant in booking.participants:
+        if participant.id == participant_id:
+            return participant
+    raise NotFound(f"booking {booking_id} has no participant {participant_id}")
+
+
+async def do_reschedule_booking(
+    runtime: Runtime, booking_id: uuid.UUID, request: RescheduleRequest
+) -> Booking:
+    """Move a booking to a new window; SEQUENCE grows so calendars replace the invite."""
+    errors = _window_errors(request.starts_at, request.ends_at, runtime.settings)
+    if errors:
+        raise InvalidInput(f"{errors[0].loc[-1]}: {errors[0].msg}", errors=errors)
+    async with runtime.db.session() as session:
+        booking = await access_booking(session, booking_id)
+        if booking.status is BookingStatus.CANCELLED:
+            raise Gone("this booking was cancelled")
+        booking.starts_at = request.starts_at
+        booking.ends_at = request.ends_at
+        booking.sequence += 1
+        booking.updated_at = runtime.clock.now()
+        if booking.room_state is RoomState.DELETED:  # closed with its old window: reopen
+            booking.room_state = RoomState.PENDING
+        event = _event(Topic.BOOKING_UPDATED, booking)
+    await publish_all(runtime.bus, [event])
+    rooms = get_rooms(runtime)
+    if rooms is not None:
+        await rooms.provision(booking_id)
+    return await access_booking_by_id(runtime, booking_id)
+
+
+async def do_cancel_booking(runtime: Runtime, booking_id: uuid.UUID) -> Booking:
+    """Cancel: join links answer 410 from now on and the LiveKit room is deleted.
+    Cancelling twice is not an error."""
+    events: list[Event] = []
+    async with runtime.db.session() as session:
+        booking = await access_booking(session, booking_id)
+        if booking.status is not BookingStatus.CANCELLED:
+            now = runtime.clock.now()
+            booking.status = BookingStatus.CANCELLED
+            booking.cancelled_at = now
+            booking.updated_at = now
+            booking.sequence += 1
+            events.append(_event(Topic.BOOKING_CANCELLED, booking))
+    await publish_all(runtime.bus, events)
+    rooms = get_rooms(runtime)
+    if rooms is not None:
+        await rooms.remove(booking_id)
+    return await access_booking_by_id(runtime, booking_id)
+
+
+async def do_revoke_participant(
+    runtime: Runtime, booking_id: uuid.UUID, participant_id: uuid.UUID
+) -> Participant:
+    """Give the participant a new join link; the old one stops working at once."""
+    async with runtime.db.session() as session:
+        participant = await access_booking_participant(session, booking_id, participant_id)
+        participant.credential_generation += 1
+        participant.credential_hash = credential_hash(
+            join_credential(runtime.keys, participant.id, participant.credential_generation)
+        )
+    return participant
+
+
+@dataclass(frozen=True)
+class BookingFilter:
+    starts_before: datetime | None = None  # `to`: bookings starting before this
+    ends_after: datetime | None = None  # `from`: bookings ending after this
+    status: BookingStatus | None = None
+    participant: str | None = None  # a participant's external id
+
+
+def encode_cursor(booking: Booking) -> str:
+    return b64url(json.dumps([booking.starts_at.isoformat(), str(booking.id)]).encode())
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        starts, ident = json.loads(raw)
+        when = datetime.fromisoformat(starts)
+        if when.tzinfo is None:
+            raise ValueError("naive")
+        return when, uuid.UUID(ident)
+    except (binascii.Error, ValueError, TypeError, UnicodeDecodeError):
+        raise InvalidInput.field(("query", "cursor"), "not a cursor from this API") from None
+
+
+async def list_bookings(
+    session: AsyncSession, filters: BookingFilter, cursor: str | None, limit: int
+) -> tuple[list[Booking], str | None]:
+    """One page of bookings ordered by start, and the cursor of the next page (or None)."""
+    query = select(Booking).order_by(Booking.starts_at, Booking.id)
+    conditions: list[Any] = []
+    if filters.ends_after is not None:
+        conditions.append(Booking.ends_at > filters.ends_after)
+    if filters.starts_before is not None:
+        conditions.append(Booking.starts_at < filters.starts_before)
+    if filters.status is not None:
+        conditions.append(Booking.status == filters.status)
+    if filters.participant is not None:
+        conditions.append(
+            exists().where(
+                Participant.booking_id == Booking.id,
+                Participant.external_id == filters.participant,
+            )
+        )
+    if cursor is not None:
+        after_start, after_id = decode_cursor(cursor)
+        conditions.append(
+            or_(
+                Booking.starts_at > after_start,
+                and_(Booking.starts_at == after_start, Booking.id > after_id),
+            )
+        )
+    rows = list((await session.scalars(query.where(*conditions).limit(limit + 1))).all())
+    more = len(rows) > limit
+    page = rows[:limit]
+    return page, (encode_cursor(page[-1]) if more and page else None)
+

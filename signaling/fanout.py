@@ -1,0 +1,212 @@
+"""Room fan-out between callgate nodes, and who is present where.
+
+With Redis configured, room events travel on the bus topic `room` (one channel, every node
+reads it and keeps what concerns its own sockets), and presence is a Redis hash per room,
+`<prefix>:sig:presence:<room>`, one field per person: the node holding their socket, their
+name and role, and an expiry the node's heartbeat pushes forward. A node that dies stops
+pushing; the survivors drop its entries once expired and announce those people gone.
+Without Redis there is one node, and `LocalFanout` does nothing at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import redis.asyncio as aioredis
+import structlog
+
+from core.bus import Event, EventBus, RedisBus, Topic
+from signaling.protocol import Peer
+
+log = structlog.get_logger(__name__)
+
+BATCH = 256  # most PUBLISH commands in one pipeline
+
+# Delete a presence field only while it still names this node: after a person moved to another
+# node, the old node's late cleanup must not erase the new entry.
+_DELETE_IF_MINE = """
+local raw = redis.call('HGET', KEYS[1], ARGV[1])
+if raw and cjson.decode(raw)['node'] == ARGV[2] then
+  return redis.call('HDEL', KEYS[1], ARGV[1])
+end
+return 0
+"""
+
+
+@dataclass(frozen=True)
+class Presence:
+    node: str
+    peer: Peer
+
+
+class Fanout(Protocol):
+    node_id: str
+    shared: bool  # True when other nodes exist behind the same rooms
+
+    async def publish(self, data: dict[str, Any], node: str | None = None) -> None:
+        """To every node, or only to `node` (its own channel, for a relayed signal)."""
+        ...
+
+    async def present(self, entries: Iterable[tuple[str, Peer]]) -> None:
+        """Record (room, peer) as present on this node, expiring after the TTL."""
+        ...
+
+    async def absent(self, room: str, peer_id: str) -> None: ...
+
+    async def members(self, room: str) -> dict[str, Presence]:
+        """Everyone present in `room` on any node, expired entries left out."""
+        ...
+
+    async def members_of(self, rooms: list[str]) -> dict[str, dict[str, Presence]]:
+        """`members` of many rooms in one round trip."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class LocalFanout:
+    """One node: the hub's own memory is the whole truth."""
+
+    shared = False
+
+    def __init__(self, node_id: str) -> None:
+        self.node_id = node_id
+
+    async def publish(self, data: dict[str, Any], node: str | None = None) -> None:
+        return None
+
+    async def present(self, entries: Iterable[tuple[str, Peer]]) -> None:
+        return None
+
+    async def absent(self, room: str, peer_id: str) -> None:
+        return None
+
+    async def members(self, room: str) -> dict[str, Presence]:
+        return {}
+
+    async def members_of(self, rooms: list[str]) -> dict[str, dict[str, Presence]]:
+        return {room: {} for room in rooms}
+
+    async def close(self) -> None:
+        return None
+
+
+class RedisFanout:
+    shared = True
+
+    def __init__(
+        self, client: aioredis.Redis, bus: EventBus, prefix: str, node_id: str, ttl_s: float
+    ) -> None:
+        self._redis = client
+        self._bus = bus
+        self._prefix = prefix
+        self.node_id = node_id
+        self._ttl_s = ttl_s
+        self._delete = client.register_script(_DELETE_IF_MINE)
+        self._outbox: deque[tuple[str, str]] = deque()
+        self._flusher: asyncio.Task[None] | None = None
+
+    def key(self, room: str) -> str:
+        return f"{self._prefix}:sig:presence:{room}"
+
+    async def publish(self, data: dict[str, Any], node: str | None = None) -> None:
+        """Queue for the bus and return: one writer task sends what is queued in pipelined
+        batches, so a busy node pays one Redis round trip per batch, not per message, and
+        order is kept."""
+        topic = Topic.ROOM.value if node is None else node_topic(node)
+        event = Event(topic, {**data, "node": self.node_id})
+        if not isinstance(self._bus, RedisBus):
+            await self._bus.publish(event)
+            return
+        self._outbox.append((self._bus.channel(topic), event.encode()))
+        if self._flusher is None:
+            self._flusher = asyncio.get_running_loop().create_task(self._flush())
+
+    async def _flush(self) -> None:
+        try:
+            while self._outbox:
+                count = min(len(self._outbox), BATCH)
+                batch = [self._outbox.popleft() for _ in range(count)]
+                try:
+                    async with self._redis.pipeline(transaction=False) as pipe:
+                        for channel, text in batch:
+                            pipe.publish(channel, text)
+                        await pipe.execute()
+                except Exception:  # pub/sub is at most once anyway; the heartbeat repairs presence
+                    log.exception("signaling.publish_failed", count=count)
+        finally:
+            self._flusher = None
+
+    async def close(self) -> None:
+        """Send what is still queued (a moment at most), then stop."""
+        flusher = self._flusher
+        if flusher is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(flusher, 2)
+
+    async def present(self, entries: Iterable[tuple[str, Peer]]) -> None:
+        expires = time.time() + self._ttl_s
+        keep_s = max(int(self._ttl_s * 4), 10)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            count = 0
+            for room, peer in entries:
+                value = {"node": self.node_id, "peer": peer.model_dump(), "exp": expires}
+                pipe.hset(self.key(room), peer.id, json.dumps(value))
+                pipe.expire(self.key(room), keep_s)
+                count += 1
+            if count:
+                await pipe.execute()
+
+    async def absent(self, room: str, peer_id: str) -> None:
+        await self._delete(keys=[self.key(room)], args=[peer_id, self.node_id])
+
+    async def members(self, room: str) -> dict[str, Presence]:
+        return (await self.members_of([room]))[room]
+
+    async def members_of(self, rooms: list[str]) -> dict[str, dict[str, Presence]]:
+        if not rooms:
+            return {}
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for room in rooms:
+                pipe.hgetall(self.key(room))
+            raws: list[dict[bytes, bytes]] = await pipe.execute()
+        now = time.time()
+        out: dict[str, dict[str, Presence]] = {}
+        expired: dict[str, list[bytes]] = {}
+        for room, raw in zip(rooms, raws, strict=True):
+            out[room] = {}
+            for field, value in raw.items():
+                presence = _parse(value, now)
+                if presence is None:
+                    expired.setdefault(room, []).append(field)
+                else:
+                    out[room][presence.peer.id] = presence
+        if expired:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for room, fields in expired.items():
+                    pipe.hdel(self.key(room), *fields)  # type: ignore[arg-type]
+                await pipe.execute()
+        return out
+
+
+def node_topic(node: str) -> str:
+    """The bus topic only `node` reads: signals for the sockets it holds."""
+    return f"{Topic.ROOM.value}.{node}"
+
+
+def _parse(value: bytes, now: float) -> Presence | None:
+    """A live presence entry, or None when expired or unreadable."""
+    try:
+        entry = json.loads(value)
+        presence = Presence(str(entry["node"]), Peer.model_validate(entry["peer"]))
+        fresh = float(entry["exp"]) > now
+    except (ValueError, KeyError, TypeError):
+        return None
+    return presence if fresh else None

@@ -1,0 +1,544 @@
+"""The signaling hub: rooms, their connections, and who is present.
+
+One hub per process, entered on the app lifespan. It owns every signaling socket of this node
+(each with its own writer task and bounded queue, so a slow browser never stalls a room), relays
+`signal` messages between the people of a room, announces arrivals and departures (a dropped
+socket gets `reconnect_grace_s` to come back before anyone sees a leave), forwards consent and
+recording changes from the bus, and ends rooms at the window end or on cancellation.
+It knows nothing of HTTP: the router admits a socket and hands the hub a `Transport`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import time
+from collections import deque
+from collections.abc import Iterable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from datetime import datetime
+from types import TracebackType
+from typing import Any, Protocol
+
+import structlog
+
+from core.bus import Event, Subscription, Topic, publish_all
+from core.runtime import Runtime
+from signaling.fanout import Fanout, LocalFanout, Presence, RedisFanout, node_topic
+from signaling.protocol import (
+    Bye,
+    ByeReason,
+    CloseCode,
+    Consent,
+    ConsentState,
+    Decision,
+    Error,
+    ErrorCode,
+    IceServer,
+    Peer,
+    PeerJoined,
+    PeerLeft,
+    Ping,
+    Pong,
+    Recording,
+    RecordingState,
+    Signal,
+    Welcome,
+    _Message,
+    encode,
+    parse_client,
+)
+
+log = structlog.get_logger(__name__)
+
+QUEUE_LIMIT = 512
+
+BYE_CLOSE = {
+    ByeReason.WINDOW_CLOSED: CloseCode.NORMAL,
+    ByeReason.BOOKING_CANCELLED: CloseCode.CANCELLED,
+    ByeReason.REMOVED: CloseCode.FORBIDDEN,
+    ByeReason.REPLACED: CloseCode.REPLACED,
+    ByeReason.IDLE: CloseCode.GOING_AWAY,
+}
+
+
+class Transport(Protocol):
+    """The socket under a connection (a Starlette WebSocket in production)."""
+
+    async def send_text(self, data: str) -> None: ...
+
+    async def close(self, code: int = 1000, reason: str | None = None) -> None: ...
+
+
+@dataclass(frozen=True)
+class _Close:
+    code: int
+    reason: str
+
+
+class Connection:
+    """One admitted socket. `finish()` is idempotent: queued messages go out, then the close.
+
+    Outgoing messages wait in a small deque drained by a writer task that exists only while
+    there is something to send, so an idle connection costs no task (memory per idle socket
+    is a benchmark goal, docs/performance.md)."""
+
+    __slots__ = (
+        "_burst", "_outbox", "_rate", "_stamp", "_tokens", "_writer", "ending", "id",
+        "last_seen", "peer", "room", "transport",
+    )
+
+    def __init__(self, transport: Transport, room: str, peer: Peer, rate_per_s: float) -> None:
+        self.id = secrets.token_hex(8)
+        self.room = room
+        self.peer = peer
+        self.transport = transport
+        self.ending: ByeReason | int | None = None
+        self.last_seen = time.monotonic()
+        self._rate = rate_per_s
+        self._burst = rate_per_s * 2
+        self._tokens = self._burst
+        self._stamp = self.last_seen
+        self._outbox: deque[str | _Close] = deque()
+        self._writer: asyncio.Task[None] | None = None
+
+    def send(self, text: str) -> None:
+        if self.ending is not None:
+            return
+        if len(self._outbox) >= QUEUE_LIMIT:  # a browser that does not read: drop it
+            self.finish(CloseCode.POLICY, "not reading")
+            return
+        self._push(text)
+
+    def _push(self, item: str | _Close) -> None:
+        self._outbox.append(item)
+        if self._writer is None:
+            self._writer = asyncio.get_running_loop().create_task(self._drain())
+
+    def finish(self, how: ByeReason | int, reason: str = "") -> None:
+        """Close after what is queued: with a `bye` first when `how` is a ByeReason."""
+        if self.ending is not None:
+            return
+        code = how if isinstance(how, int) else CloseCode.NORMAL.value
+        if isinstance(how, ByeReason):
+            self._push(encode(Bye(reason=how)))
+            code, reason = BYE_CLOSE[how].value, how.value
+        self.ending = how
+        self._push(_Close(code, reason))
+
+    def allow(self) -> bool:
+        """Token bucket: `rate` messages per second sustained, bursts of twice that."""
+        now = time.monotonic()
+        self.last_seen = now
+        self._tokens = min(self._burst, self._tokens + (now - self._stamp) * self._rate)
+        self._stamp = now
+        if self._tokens < 1:
+            return False
+        self._tokens -= 1
+        return True
+
+    async def _drain(self) -> None:
+        try:
+            while self._outbox:
+                item = self._outbox.popleft()
+                if isinstance(item, _Close):
+                    self._outbox.clear()
+                    with contextlib.suppress(Exception):
+                        await self.transport.close(item.code, item.reason)
+                    return
+                await self.transport.send_text(item)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # the socket went away; the reader side notices and detaches
+            # (as a dropped socket, so the reconnect grace still applies)
+            self._outbox.clear()
+        finally:
+            self._writer = None
+
+    async def wait_closed(self) -> None:
+        writer = self._writer
+        if writer is not None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await writer
+
+    def cancel(self) -> None:
+        if self._writer is not None:
+            self._writer.cancel()
+
+
+@dataclass
+class Room:
+    name: str
+    booking_id: str
+    closes_at: datetime
+    peers: dict[str, Peer] = field(default_factory=dict)  # present, on any node
+    nodes: dict[str, str] = field(default_factory=dict)  # peer id -> node holding the socket
+    local: dict[str, Connection] = field(default_factory=dict)
+    leaving: dict[str, asyncio.TimerHandle] = field(default_factory=dict)
+    consent: dict[tuple[str, str], Decision] = field(default_factory=dict)
+    recording: dict[str, RecordingState] = field(default_factory=dict)
+
+    def broadcast(self, message: _Message, *, exclude: str | None = None) -> None:
+        text = encode(message)
+        for pid, conn in self.local.items():
+            if pid != exclude:
+                conn.send(text)
+
+
+class Hub:
+    """Every room with a socket on this node. Use as `async with Hub(runtime) as hub`."""
+
+    def __init__(self, runtime: Runtime, *, tick_s: float = 1.0) -> None:
+        self._runtime = runtime
+        settings = runtime.settings
+        self.node_id = secrets.token_hex(6)
+        self.rooms: dict[str, Room] = {}
+        self._by_booking: dict[str, str] = {}
+        self._grace_s = settings.signaling_reconnect_grace_s
+        self._idle_s = settings.signaling_idle_timeout_s
+        self._rate = float(settings.signaling_messages_per_s)
+        self._beat_s = settings.signaling_presence_ttl_s / 3
+        self._tick_s = min(tick_s, self._beat_s)
+        self._next_beat = 0.0
+        self._room_topics = frozenset({Topic.ROOM.value, node_topic(self.node_id)})
+        self.fanout: Fanout
+        if runtime.redis is not None:
+            self.fanout = RedisFanout(
+                runtime.redis, runtime.bus, settings.redis_prefix, self.node_id,
+                settings.signaling_presence_ttl_s,
+            )
+        else:
+            self.fanout = LocalFanout(self.node_id)
+        self._stack = AsyncExitStack()
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    async def __aenter__(self) -> Hub:
+        topics: list[str] = [
+            Topic.CONSENT_CHANGED, Topic.RECORDING_CHANGED, Topic.BOOKING_CANCELLED,
+            Topic.SUBJECT_ERASED,
+        ]
+        if self.fanout.shared:
+            topics += [Topic.ROOM.value, node_topic(self.node_id)]
+        subscription = await self._stack.enter_async_context(self._runtime.bus.subscribe(*topics))
+        self._spawn(self._listen(subscription))
+        self._spawn(self._sweep())
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        for room in list(self.rooms.values()):
+            for conn in list(room.local.values()):
+                conn.finish(CloseCode.GOING_AWAY, "server shutting down")
+            for handle in room.leaving.values():
+                handle.cancel()
+            with contextlib.suppress(Exception):
+                for pid in list(room.local):
+                    await self.fanout.absent(room.name, pid)
+        await self.fanout.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._stack.aclose()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # admission and departure
+
+    async def attach(
+        self, transport: Transport, *, room_name: str, booking_id: str, closes_at: datetime,
+        peer: Peer, ice_servers: list[IceServer], consent: Iterable[ConsentState] = (),
+    ) -> Connection:
+        """Take an admitted socket into its room: welcome it, tell the others if it is new."""
+        room = self.rooms.get(room_name)
+        if room is None:
+            room = Room(room_name, booking_id, closes_at)
+            self.rooms[room_name] = room
+            self._by_booking[booking_id] = room_name
+            for pid, presence in (await self.fanout.members(room_name)).items():
+                room.peers.setdefault(pid, presence.peer)
+                room.nodes.setdefault(pid, presence.node)
+        for state in consent:  # the ledger at admission is newer than any event missed
+            room.consent[(state.who, state.purpose)] = state.decision
+        pid = peer.id
+        conn = Connection(transport, room_name, peer, self._rate)
+        old = room.local.get(pid)
+        pending = room.leaving.pop(pid, None)
+        known = pid in room.peers
+        if pending is not None:
+            pending.cancel()
+        room.local[pid] = conn
+        room.peers[pid] = peer
+        room.nodes[pid] = self.node_id
+        if old is not None:
+            old.finish(ByeReason.REPLACED)
+        conn.send(encode(self._welcome(room, peer, ice_servers, resumed=known)))
+        if not known:
+            room.broadcast(PeerJoined(peer=peer), exclude=pid)
+            self._tell_presence(Topic.PARTICIPANT_JOINED, room, pid)
+        await self.fanout.present([(room_name, peer)])
+        await self.fanout.publish(
+            {"kind": "join", "room": room_name, "peer": peer.model_dump(), "conn": conn.id}
+        )
+        return conn
+
+    def _welcome(
+        self, room: Room, peer: Peer, ice_servers: list[IceServer], *, resumed: bool
+    ) -> Welcome:
+        return Welcome(
+            id=peer.id, name=peer.name, role=peer.role, room=room.name,
+            peers=[p for pid, p in room.peers.items() if pid != peer.id],
+            consent=[
+                ConsentState(who=who, purpose=purpose, decision=decision)
+                for (who, purpose), decision in room.consent.items()
+            ],
+            recording=[
+                room.recording.get(pid, RecordingState(who=pid)) for pid in room.peers
+            ],
+            ice_servers=ice_servers, resumed=resumed,
+        )
+
+    async def detach(self, conn: Connection) -> None:
+        """The socket is gone. A dropped one may come back within the grace period."""
+        if conn.ending is None:
+            conn.cancel()
+        else:  # let the writer send the bye and the close code
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(conn.wait_closed(), 5)
+        room = self.rooms.get(conn.room)
+        if room is None or room.local.get(conn.peer.id) is not conn:
+            return  # replaced, or the room already ended
+        pid = conn.peer.id
+        del room.local[pid]
+        if conn.ending is None and self._grace_s > 0:
+            loop = asyncio.get_running_loop()
+            room.leaving[pid] = loop.call_later(
+                self._grace_s, lambda: self._spawn(self._leave_after_grace(room, pid))
+            )
+            return
+        await self._leave(room, pid)
+
+    async def _leave_after_grace(self, room: Room, pid: str) -> None:
+        room.leaving.pop(pid, None)
+        if pid in room.local or room.nodes.get(pid) != self.node_id:
+            return  # came back here, or on another node
+        await self._leave(room, pid)
+
+    async def _leave(self, room: Room, pid: str) -> None:
+        if room.nodes.get(pid) == self.node_id:
+            room.peers.pop(pid, None)
+            room.nodes.pop(pid, None)
+            room.broadcast(PeerLeft(id=pid))
+            self._tell_presence(Topic.PARTICIPANT_LEFT, room, pid)
+            with contextlib.suppress(Exception):
+                await self.fanout.absent(room.name, pid)
+                await self.fanout.publish({"kind": "leave", "room": room.name, "id": pid})
+        self._drop_if_unused(room)
+
+    def _tell_presence(self, topic: Topic, room: Room, pid: str) -> None:
+        """Who is in the room matters to consent (`all_or_nothing` recording counts them)."""
+        event = Event(topic.value, {"booking_id": room.booking_id, "participant_id": pid})
+        self._spawn(publish_all(self._runtime.bus, [event]))
+
+    def _drop_if_unused(self, room: Room) -> None:
+        if not room.local and not room.leaving and self.rooms.get(room.name) is room:
+            del self.rooms[room.name]
+            self._by_booking.pop(room.booking_id, None)
+
+    async def end_room(self, room_name: str, reason: ByeReason) -> None:
+        """Say `bye` to every socket of the room on this node and close them."""
+        room = self.rooms.pop(room_name, None)
+        if room is None:
+            return
+        self._by_booking.pop(room.booking_id, None)
+        for handle in room.leaving.values():
+            handle.cancel()
+        for pid, conn in list(room.local.items()):
+            conn.finish(reason)
+            with contextlib.suppress(Exception):
+                await self.fanout.absent(room.name, pid)
+
+    async def remove(self, booking_id: str, participant_id: str) -> None:
+        """Put one person out of the room (`bye` removed)."""
+        room = self.rooms.get(self._by_booking.get(booking_id, ""))
+        conn = room.local.get(participant_id) if room else None
+        if conn is not None:
+            conn.finish(ByeReason.REMOVED)
+
+    # messages from the browser
+
+    async def handle(self, conn: Connection, raw: str) -> None:
+        if not conn.allow():
+            conn.send(encode(Error(code=ErrorCode.RATE_LIMITED, detail="too many messages")))
+            conn.finish(CloseCode.POLICY, "rate limit")
+            return
+        message = parse_client(raw)
+        if isinstance(message, Error):
+            conn.send(encode(message))
+        elif isinstance(message, Ping):
+            conn.send(encode(Pong()))
+        else:
+            await self._relay(conn, message.to, message.payload)
+
+    async def _relay(self, conn: Connection, to: str, payload: dict[str, Any]) -> None:
+        room = self.rooms.get(conn.room)
+        if room is None or to == conn.peer.id or to not in room.peers:
+            detail = f"no one with id {to!r} is in this room"
+            conn.send(encode(Error(code=ErrorCode.UNKNOWN_PEER, detail=detail)))
+            return
+        target = room.local.get(to)
+        if target is not None:
+            target.send(encode(Signal.model_construct(from_=conn.peer.id, payload=payload)))
+        elif room.nodes.get(to) != self.node_id:
+            await self.fanout.publish(
+                {"kind": "signal", "room": room.name, "to": to, "from": conn.peer.id,
+                 "payload": payload},
+                node=room.nodes.get(to),
+            )
+
+    # events from the bus and from other nodes
+
+    async def _listen(self, subscription: Subscription) -> None:
+        async for event in subscription:
+            try:
+                await self._on_event(event)
+            except Exception:  # one bad event must not stop signaling
+                log.exception("signaling.event_failed", topic=event.topic)
+
+    async def _on_event(self, event: Event) -> None:
+        data = event.data
+        if event.topic in self._room_topics:
+            if data.get("node") != self.node_id:
+                self._on_room_event(data)
+            return
+        room = self.rooms.get(self._by_booking.get(str(data.get("booking_id")), ""))
+        if room is None:
+            return
+        if event.topic == Topic.BOOKING_CANCELLED:
+            await self.end_room(room.name, ByeReason.BOOKING_CANCELLED)
+        elif event.topic == Topic.CONSENT_CHANGED:
+            who, purpose = str(data["subject_id"]), str(data["purpose"])
+            decision = Decision(str(data["decision"]))
+            room.consent[(who, purpose)] = decision
+            room.broadcast(Consent(who=who, purpose=purpose, decision=decision))
+        elif event.topic == Topic.RECORDING_CHANGED:
+            self._on_recording(room, data)
+        elif event.topic == Topic.SUBJECT_ERASED:
+            # Erasure ended their links; an open call must not outlive them.
+            await self.remove(room.booking_id, str(data["subject_id"]))
+
+    def _on_recording(self, room: Room, data: dict[str, Any]) -> None:
+        """The recorder's per-track states (`kind` audio/video, `state` recording/paused/idle)
+        become per-person `recording` messages; a booking-wide stop turns everyone off."""
+        if data.get("subject_id") is None:
+            if data.get("control") == "stopped":
+                for who in list(room.recording):
+                    self._set_recording(room, RecordingState(who=who))
+            return
+        who = str(data["subject_id"])
+        current = room.recording.get(who, RecordingState(who=who))
+        on = data.get("state") == "recording"
+        if data.get("kind") in ("audio", "video"):
+            self._set_recording(room, current.model_copy(update={str(data["kind"]): on}))
+        else:  # a whole-person state: {"audio": bool, "video": bool}
+            audio, video = bool(data.get("audio")), bool(data.get("video"))
+            self._set_recording(room, RecordingState(who=who, audio=audio, video=video))
+
+    def _set_recording(self, room: Room, state: RecordingState) -> None:
+        if room.recording.get(state.who, RecordingState(who=state.who)) == state:
+            return
+        room.recording[state.who] = state
+        room.broadcast(Recording(who=state.who, audio=state.audio, video=state.video))
+
+    def _on_room_event(self, data: dict[str, Any]) -> None:
+        room = self.rooms.get(str(data.get("room")))
+        if room is None:
+            return
+        kind, node = data.get("kind"), str(data["node"])
+        if kind == "signal":
+            target = room.local.get(str(data["to"]))
+            if target is not None:
+                signal = Signal.model_construct(from_=str(data["from"]), payload=data["payload"])
+                target.send(encode(signal))
+        elif kind == "join":
+            self._remote_join(room, Peer.model_validate(data["peer"]), node)
+        elif kind == "leave":
+            pid = str(data["id"])
+            if room.nodes.get(pid) == node:
+                room.peers.pop(pid, None)
+                room.nodes.pop(pid, None)
+                room.broadcast(PeerLeft(id=pid))
+
+    def _remote_join(self, room: Room, peer: Peer, node: str) -> None:
+        pid = peer.id
+        old = room.local.pop(pid, None)
+        if old is not None:  # the same person connected on another node: that one wins
+            old.finish(ByeReason.REPLACED)
+        pending = room.leaving.pop(pid, None)
+        if pending is not None:
+            pending.cancel()
+        known = pid in room.peers
+        room.peers[pid] = peer
+        room.nodes[pid] = node
+        if not known:
+            room.broadcast(PeerJoined(peer=peer), exclude=pid)
+        if old is not None:  # (never while a local socket is still being attached)
+            self._drop_if_unused(room)
+
+    # housekeeping: window end, idle sockets, presence heartbeat
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(self._tick_s)
+            try:
+                await self.sweep()
+            except Exception:
+                log.exception("signaling.sweep_failed")
+
+    async def sweep(self) -> None:
+        now = self._runtime.clock.now()
+        idle_before = time.monotonic() - self._idle_s
+        for room in list(self.rooms.values()):
+            if now >= room.closes_at:
+                await self.end_room(room.name, ByeReason.WINDOW_CLOSED)
+                continue
+            for conn in list(room.local.values()):
+                if conn.last_seen < idle_before:
+                    conn.finish(ByeReason.IDLE)
+        if self.fanout.shared and time.monotonic() >= self._next_beat:
+            self._next_beat = time.monotonic() + self._beat_s
+            await self.fanout.present(self._mine())
+            names = list(self.rooms)
+            for name, present in (await self.fanout.members_of(names)).items():
+                live = self.rooms.get(name)
+                if live is not None:
+                    self._reconcile(live, present)
+
+    def _mine(self) -> Iterable[tuple[str, Peer]]:
+        for room in self.rooms.values():
+            for pid in [*room.local, *room.leaving]:
+                if pid in room.peers and room.nodes.get(pid) == self.node_id:
+                    yield room.name, room.peers[pid]
+
+    def _reconcile(self, room: Room, present: dict[str, Presence]) -> None:
+        """Match the room to Redis presence: a missed pub/sub message or a dead node is
+        corrected here (people on other nodes whose entries expired are announced gone)."""
+        for pid in [p for p, node in room.nodes.items() if node != self.node_id]:
+            if pid not in present:
+                room.peers.pop(pid, None)
+                room.nodes.pop(pid, None)
+                room.broadcast(PeerLeft(id=pid))
+                # Its own node died: someone must tell the gate (idempotent if several do).
+                self._tell_presence(Topic.PARTICIPANT_LEFT, room, pid)
+        for pid, presence in present.items():
+            if pid not in room.peers and presence.node != self.node_id:
+                room.peers[pid] = presence.peer
+                room.nodes[pid] = presence.node
+                room.broadcast(PeerJoined(peer=presence.peer), exclude=pid)
+

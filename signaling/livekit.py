@@ -1,0 +1,294 @@
+"""LiveKit: participant access tokens, and the rooms behind bookings (livekit media mode).
+
+Tokens are least-privilege per participant (livekit-api's `AccessToken` and `VideoGrants`):
+identity = the pseudonymous participant id, one room, grants by role, `exp` never past the
+join window's end (LiveKit checks `exp` only when connecting).
+
+Rooms are created with `RoomService.CreateRoom` after the booking is committed. LiveKit being
+unreachable never loses a booking: the room stays `pending` with the error, a loop entered on
+the app lifespan retries it (LiveKit would also create it on first join). The room of a
+cancelled booking, and of a booking whose window has closed, is deleted (which disconnects
+whoever is still in it), again retried until LiveKit confirms.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import math
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from types import TracebackType
+
+import aiohttp
+import structlog
+from livekit import api as lk
+from sqlalchemy import or_, select, update
+
+from core.bookings import Booking, BookingStatus, Role, RoomState
+from core.runtime import Runtime
+from core.settings import MediaMode, Settings
+
+log = structlog.get_logger(__name__)
+
+PUBLISH_SOURCES = ["camera", "microphone", "screen_share", "screen_share_audio"]
+FAILURES = (aiohttp.ClientError, TimeoutError, OSError, lk.TwirpError)
+
+
+def room_grants(role: Role, room: str) -> lk.VideoGrants:
+    """What a participant of `role` may do in `room`: hosts may also moderate it."""
+    return lk.VideoGrants(
+        room_join=True,
+        room=room,
+        room_admin=True if role is Role.HOST else None,
+        can_publish=True,
+        can_subscribe=True,
+        can_publish_data=True,
+        can_publish_sources=list(PUBLISH_SOURCES),
+        can_update_own_metadata=False,
+    )
+
+
+@dataclass(frozen=True)
+class MediaToken:
+    url: str
+    token: str
+    expires_at: datetime
+
+
+def livekit_credentials(settings: Settings) -> tuple[str, str, str]:
+    """URL, API key and secret, or ValueError naming what is missing."""
+    missing = [  # every missing one named at once
+        name
+        for name, value in (
+            ("livekit_url", settings.livekit_url),
+            ("livekit_api_key", settings.livekit_api_key),
+            ("livekit_api_secret", settings.livekit_api_secret),
+        )
+        if not value
+    ]
+    url, key, secret = settings.livekit_url, settings.livekit_api_key, settings.livekit_api_secret
+    if not url or not key or secret is None:
+        raise ValueError(f"livekit media mode needs {', '.join(missing)}")
+    return url, key, secret.get_secret_value()
+
+
+def media_token(
+    settings: Settings,
+    *,
+    participant_id: uuid.UUID,
+    display_name: str,
+    role: Role,
+    room: str,
+    not_after: datetime,
+) -> MediaToken:
+    """A LiveKit access token for one participant that expires at `not_after` at the latest."""
+    url, key, secret = livekit_credentials(settings)
+    expiry = math.floor(not_after.timestamp())
+    # AccessToken stamps `exp` as its own wall-clock now + ttl, so the ttl is measured from
+    # the same wall clock (not the injected one) to land `exp` on the window's end.
+    ttl = datetime.fromtimestamp(expiry, UTC) - datetime.now(UTC)
+    token = (
+        lk.AccessToken(key, secret)
+        .with_identity(str(participant_id))
+        .with_name(display_name)
+        .with_grants(room_grants(role, room))
+        .with_ttl(ttl)
+        .to_jwt()
+    )
+    return MediaToken(url, token, datetime.fromtimestamp(expiry, UTC))
+
+
+def room_metadata(booking_id: uuid.UUID, purposes: list[str], policy: str) -> str:
+    """Room metadata: the booking and what it may record; no names, no titles."""
+    return json.dumps(
+        {"booking_id": str(booking_id), "requested_purposes": purposes, "recording_policy": policy},
+        separators=(",", ":"),
+    )
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+class Rooms:
+    """Creates and deletes the LiveKit rooms of bookings; a no-op in builtin media mode.
+
+    Enter it on the app lifespan (`async with Rooms(runtime) as rooms`); it is reachable as
+    `runtime.extras["rooms"]`. `client` may be injected (tests, a shared session).
+    """
+
+    def __init__(self, runtime: Runtime, client: lk.LiveKitAPI | None = None) -> None:
+        self._runtime = runtime
+        self._client = client
+        self._owns_client = client is None
+        self._task: asyncio.Task[None] | None = None
+        self._locks: dict[uuid.UUID, asyncio.Lock] = {}  # one LiveKit call per booking
+
+    @property
+    def enabled(self) -> bool:
+        return self._runtime.settings.media_mode is MediaMode.LIVEKIT
+
+    async def __aenter__(self) -> Rooms:
+        self._runtime.extras["rooms"] = self
+        if not self.enabled:
+            return self
+        if self._client is None:
+            url, key, secret = livekit_credentials(self._runtime.settings)
+            timeout = aiohttp.ClientTimeout(total=self._runtime.settings.livekit_timeout_s)
+            self._client = lk.LiveKitAPI(url, key, secret, timeout=timeout, failover=False)
+        self._task = asyncio.create_task(self._retry_forever(), name="livekit-rooms")
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Stop retrying and close the client we opened; safe to call twice."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        client, self._client = self._client, None
+        if client is not None and self._owns_client:
+            await client.aclose()
+        self._runtime.extras.pop("rooms", None)
+
+    async def provision(self, booking_id: uuid.UUID) -> None:
+        """Try once to create the booking's room; record the outcome on the booking."""
+        async with self._exclusive(booking_id) as client:
+            if client is not None:
+                await self._provision(client, booking_id)
+
+    async def remove(self, booking_id: uuid.UUID) -> None:
+        """Try once to delete a booking's room (gone already counts as deleted)."""
+        async with self._exclusive(booking_id) as client:
+            if client is not None:
+                await self._remove(client, booking_id)
+
+    @contextlib.asynccontextmanager
+    async def _exclusive(self, booking_id: uuid.UUID) -> AsyncIterator[lk.LiveKitAPI | None]:
+        """The client (None when LiveKit is not in use), held for this booking alone: the
+        request and the retry loop take turns, and the second sees the first's outcome."""
+        client = self._client
+        if client is None:
+            yield None
+            return
+        lock = self._locks.setdefault(booking_id, asyncio.Lock())
+        try:
+            async with lock:
+                yield client
+        finally:
+            if not lock.locked():
+                self._locks.pop(booking_id, None)
+
+    async def _provision(self, client: lk.LiveKitAPI, booking_id: uuid.UUID) -> None:
+        db = self._runtime.db
+        async with db.session() as session:
+            booking = await session.get(Booking, booking_id)
+            if booking is None or booking.room_state is not RoomState.PENDING:
+                return
+            request = lk.CreateRoomRequest(
+                name=booking.room_name,
+                empty_timeout=self._runtime.settings.livekit_empty_timeout_s,
+                departure_timeout=self._runtime.settings.livekit_departure_timeout_s,
+                max_participants=len(booking.participants),
+                metadata=room_metadata(
+                    booking.id, list(booking.requested_purposes), booking.recording_policy.value
+                ),
+            )
+        try:
+            await client.room.create_room(request)
+        except FAILURES as exc:
+            await self._record(booking_id, RoomState.PENDING, _describe(exc))
+            log.warning("livekit.room_create_failed", booking_id=str(booking_id), error=str(exc))
+            return
+        await self._record(booking_id, RoomState.CREATED, None)
+
+    async def _remove(self, client: lk.LiveKitAPI, booking_id: uuid.UUID) -> None:
+        async with self._runtime.db.session() as session:
+            booking = await session.get(Booking, booking_id)
+            if booking is None or booking.room_state in (RoomState.DELETED, RoomState.NOT_NEEDED):
+                return
+            room = booking.room_name
+        try:
+            await client.room.delete_room(lk.DeleteRoomRequest(room=room))
+        except lk.TwirpError as exc:
+            if exc.code != lk.TwirpErrorCode.NOT_FOUND:
+                await self._record(booking_id, None, _describe(exc))
+                return
+        except FAILURES as exc:
+            await self._record(booking_id, None, _describe(exc))
+            return
+        await self._record(booking_id, RoomState.DELETED, None)
+
+    async def _record(
+        self, booking_id: uuid.UUID, state: RoomState | None, error: str | None
+    ) -> None:
+        values: dict[str, object] = {
+            "room_attempts": Booking.room_attempts + 1,
+            "room_error": error,
+        }
+        if state is not None:
+            values["room_state"] = state
+        query = update(Booking).where(
+            Booking.id == booking_id, Booking.room_state != RoomState.DELETED
+        )
+        async with self._runtime.db.session() as session:
+            await session.execute(query.values(**values))
+
+    async def retry_once(self) -> None:
+        """Create pending rooms of bookings still to come; delete the rooms of cancelled
+        bookings and of bookings whose join window has closed (that removes everyone still
+        connected: LiveKit checks a token's `exp` only when a participant connects)."""
+        now = self._runtime.clock.now()
+        closed_before = now - self._runtime.settings.join_grace
+        async with self._runtime.db.session() as session:
+            pending = (
+                await session.scalars(
+                    select(Booking.id).where(
+                        Booking.status == BookingStatus.SCHEDULED,
+                        Booking.room_state == RoomState.PENDING,
+                        Booking.ends_at > closed_before,
+                    )
+                )
+            ).all()
+            finished = (
+                await session.scalars(
+                    select(Booking.id).where(
+                        Booking.room_state.in_([RoomState.PENDING, RoomState.CREATED]),
+                        or_(
+                            Booking.status == BookingStatus.CANCELLED,
+                            Booking.ends_at <= closed_before,
+                        ),
+                    )
+                )
+            ).all()
+        for booking_id in pending:
+            await self.provision(booking_id)
+        for booking_id in finished:
+            await self.remove(booking_id)
+
+    async def _retry_forever(self) -> None:
+        interval = self._runtime.settings.livekit_retry_interval_s
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.retry_once()
+            except Exception:  # the loop is a task boundary: log, keep retrying
+                log.exception("livekit.retry_failed")
+
+
+def get_rooms(runtime: Runtime) -> Rooms | None:
+    rooms = runtime.extras.get("rooms")
+    return rooms if isinstance(rooms, Rooms) else None

@@ -1,0 +1,191 @@
+"""The signaling wire protocol: typed JSON messages over the room WebSocket.
+
+Every message is a JSON object with a `type`; both directions are pydantic discriminated
+unions, so an unknown `type` or a bad field is one typed `error` reply, never a crash.
+The documentation of each message and close code is docs/signaling.md.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+MAX_FRAME_BYTES = 64 * 1024
+
+
+class CloseCode(enum.IntEnum):
+    """WebSocket close codes (RFC 6455 section 7.4; 4000-4999 are ours)."""
+
+    NORMAL = 1000
+    GOING_AWAY = 1001
+    POLICY = 1008  # rate limit exceeded
+    TOO_BIG = 1009  # a frame over MAX_FRAME_BYTES
+    SERVER_ERROR = 1011
+    TRY_AGAIN = 1013  # presence store unreachable
+    BAD_TICKET = 4401  # missing, forged, expired or already used ticket
+    FORBIDDEN = 4403  # foreign Origin, ticket for another room, outside the join window
+    NO_ROOM = 4404  # no such room
+    REPLACED = 4409  # the same person connected again elsewhere
+    CANCELLED = 4410  # booking cancelled
+
+
+class ByeReason(enum.StrEnum):
+    WINDOW_CLOSED = "window_closed"
+    BOOKING_CANCELLED = "booking_cancelled"
+    REMOVED = "removed"
+    REPLACED = "replaced"
+    IDLE = "idle"
+
+
+class ErrorCode(enum.StrEnum):
+    MALFORMED = "malformed"  # not JSON, or fields of the wrong shape
+    UNKNOWN_TYPE = "unknown_type"
+    UNKNOWN_PEER = "unknown_peer"  # `to` names no one present in the room
+    RATE_LIMITED = "rate_limited"
+
+
+class Decision(enum.StrEnum):
+    GRANTED = "granted"
+    DENIED = "denied"
+    WITHDRAWN = "withdrawn"
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Peer(_Message):
+    id: str
+    name: str
+    role: str
+
+
+class IceServer(_Message):
+    urls: list[str]
+    username: str | None = None
+    credential: str | None = None
+
+
+class ConsentState(_Message):
+    who: str
+    purpose: str
+    decision: Decision
+
+
+class RecordingState(_Message):
+    """Whether a person's own audio/video tracks are being recorded right now."""
+
+    who: str
+    audio: bool = False
+    video: bool = False
+
+
+# server -> client
+
+
+class Welcome(_Message):
+    type: Literal["welcome"] = "welcome"
+    id: str
+    name: str
+    role: str
+    room: str
+    peers: list[Peer]
+    consent: list[ConsentState]
+    recording: list[RecordingState]
+    ice_servers: list[IceServer]
+    resumed: bool = False
+
+
+class PeerJoined(_Message):
+    type: Literal["peer-joined"] = "peer-joined"
+    peer: Peer
+
+
+class PeerLeft(_Message):
+    type: Literal["peer-left"] = "peer-left"
+    id: str
+
+
+class Signal(_Message):
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    type: Literal["signal"] = "signal"
+    from_: str = Field(alias="from")
+    payload: dict[str, Any]
+
+
+class Consent(_Message):
+    type: Literal["consent"] = "consent"
+    who: str
+    purpose: str
+    decision: Decision
+
+
+class Recording(_Message):
+    type: Literal["recording"] = "recording"
+    who: str
+    audio: bool
+    video: bool
+
+
+class Error(_Message):
+    type: Literal["error"] = "error"
+    code: ErrorCode
+    detail: str
+
+
+class Bye(_Message):
+    type: Literal["bye"] = "bye"
+    reason: ByeReason
+
+
+class Pong(_Message):
+    type: Literal["pong"] = "pong"
+
+
+ServerMessage = Annotated[
+    Welcome | PeerJoined | PeerLeft | Signal | Consent | Recording | Error | Bye | Pong,
+    Field(discriminator="type"),
+]
+server_messages: TypeAdapter[ServerMessage] = TypeAdapter(ServerMessage)
+
+
+# client -> server
+
+
+class SendSignal(_Message):
+    """Relay `payload` (an SDP description or ICE candidate, opaque here) to peer `to`."""
+
+    type: Literal["signal"] = "signal"
+    to: str = Field(min_length=1, max_length=64)
+    payload: dict[str, Any]
+
+
+class Ping(_Message):
+    type: Literal["ping"] = "ping"
+
+
+ClientMessage = Annotated[SendSignal | Ping, Field(discriminator="type")]
+client_messages: TypeAdapter[ClientMessage] = TypeAdapter(ClientMessage)
+
+
+def encode(message: _Message) -> str:
+    return message.model_dump_json(by_alias=True)
+
+
+def parse_client(raw: str) -> ClientMessage | Error:
+    """The client's message, or the `error` to answer it with."""
+    try:
+        return client_messages.validate_json(raw)
+    except ValidationError as exc:
+        errors = exc.errors()
+        first: dict[str, Any] = dict(errors[0]) if errors else {}
+        kind = first.get("type", "")
+        if kind == "union_tag_invalid":
+            detail = "unknown message type; send `signal` or `ping`"
+            return Error(code=ErrorCode.UNKNOWN_TYPE, detail=detail)
+        loc = ".".join(str(part) for part in first.get("loc", ())) or "message"
+        msg = str(first.get("msg", "invalid"))
+        return Error(code=ErrorCode.MALFORMED, detail=f"{loc}: {msg}"[:300])

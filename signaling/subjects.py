@@ -1,0 +1,135 @@
+"""The identity side of data-subject rights (privacy.subjects.SubjectData): bookings,
+participant rows, join links and the join log (redeemed signaling tickets).
+
+Erasure replaces the person's external id and display name with the tombstone and ends
+their join links; the rows stay (they anchor the ledger's pseudonymous subject ids, which
+then lead nowhere). Retention deletes bookings (cascading to everything hanging off them)
+and old join-log rows.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from core.bookings import Booking, Participant
+from core.crypto import sha256_hex
+from core.purposes import Purpose
+from core.runtime import Runtime
+from privacy.batches import delete_where, table_of
+from privacy.subjects import (
+    ERASED_NAME,
+    Category,
+    Cleanup,
+    Cutoff,
+    Erasure,
+    JsonLines,
+    Part,
+    Subject,
+)
+from signaling.tickets import UsedTicket
+
+
+class SignalingSubjects:
+    name = "signaling"
+
+    def __init__(self, runtime: Runtime) -> None:
+        self._rt = runtime
+
+    async def export(self, subject: Subject) -> AsyncIterator[Part]:
+        yield JsonLines("bookings.jsonl", self._bookings(subject))
+        yield JsonLines("joins.jsonl", self._joins(subject))
+
+    async def _bookings(self, subject: Subject) -> AsyncIterator[dict[str, Any]]:
+        ids = list(subject.booking_ids)
+        async with self._rt.db.session() as session:
+            query = select(Booking).where(Booking.id.in_(ids))
+            bookings = {b.id: b for b in (await session.execute(query)).scalars()}
+            counted = select(Participant.booking_id, func.count()).where(
+                Participant.booking_id.in_(ids)
+            ).group_by(Participant.booking_id)
+            sizes = {booking_id: int(n) for booking_id, n in (await session.execute(counted))}
+        for participant in subject.participants:
+            booking = bookings.get(participant.booking_id)
+            if booking is None:
+                continue
+            yield {
+                "booking_id": str(booking.id),
+                "title": booking.title,
+                "stated_purpose": booking.stated_purpose,
+                "language": booking.language,
+                "starts_at": booking.starts_at.isoformat(),
+                "ends_at": booking.ends_at.isoformat(),
+                "status": booking.status.value,
+                "requested_purposes": list(booking.requested_purposes),
+                "recording_policy": booking.recording_policy.value,
+                "other_participants": sizes.get(booking.id, 1) - 1,
+                "participant": {
+                    "id": str(participant.id),
+                    "external_id": participant.external_id,
+                    "display_name": participant.display_name,
+                    "role": participant.role.value,
+                    "adult": participant.adult,
+                    "created_at": participant.created_at.isoformat(),
+                    "join_link_revoked_at": (
+                        participant.revoked_at.isoformat() if participant.revoked_at else None
+                    ),
+                },
+            }
+
+    async def _joins(self, subject: Subject) -> AsyncIterator[dict[str, Any]]:
+        query = (
+            select(UsedTicket.participant_id, UsedTicket.expires_at)
+            .where(UsedTicket.participant_id.in_(subject.participant_ids))
+            .order_by(UsedTicket.expires_at)
+        )
+        async with self._rt.db.session() as session:
+            rows = list((await session.execute(query)).all())
+        ttl = self._rt.settings.ticket_ttl_s
+        for participant_id, expires_at in rows:
+            yield {
+                "participant_id": str(participant_id),
+                "ticket_expires_at": expires_at.isoformat(),
+                "ticket_ttl_s": ttl,
+            }
+
+    async def erase(
+        self, session: AsyncSession, subject: Subject, erasure: Erasure
+    ) -> dict[str, int]:
+        changes = [
+            {
+                "id": participant.id,
+                "external_id": erasure.tombstone,
+                "display_name": ERASED_NAME,
+                # A hash of nothing anyone holds: the old link matches no row any more.
+                "credential_hash": sha256_hex(secrets.token_bytes(32)),
+                "credential_generation": participant.credential_generation + 1,
+                "revoked_at": participant.revoked_at or erasure.at,
+            }
+            for participant in subject.participants
+        ]
+        await session.execute(update(Participant), changes)  # one executemany by primary key
+        ended = sum(1 for p in subject.participants if p.revoked_at is None)
+        return {"participants_tombstoned": len(changes), "join_links_ended": ended}
+
+    async def delete_purpose(
+        self, session: AsyncSession, participant: Participant, purpose: Purpose, cleanup: Cleanup
+    ) -> dict[str, int]:
+        return {}
+
+    async def purge(self, category: Category, cutoff: Cutoff, *, dry_run: bool) -> int | None:
+        if category is Category.JOIN_LOGS:
+            table = table_of(UsedTicket)
+            return await delete_where(
+                self._rt.db, table, table.c.expires_at < cutoff.before, dry_run=dry_run
+            )
+        if category is Category.BOOKINGS:
+            table = table_of(Booking)
+            return await delete_where(
+                self._rt.db, table, table.c.ends_at < cutoff.before, dry_run=dry_run, batch=500
+            )
+        return None

@@ -1,0 +1,56 @@
+"""The consent answer for AI jobs, read from the ledger at the moment a payload is built.
+
+Jobs run after (or well before) a session, often on another process than the live gate, so
+they do not use the live gate's memory: they read the booking's ledger entries and ask the
+same pure `consent.gate.may` the recorder's gate asks. A grant counts only if `may` says yes
+now (which also checks the purposes it requires), and it is cited by its ledger entry id.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+
+from consent.gate import BookingConsent, Recorded, may
+from consent.ledger import booking_entries
+from consent.purposes import Actor, Decision, Purpose
+from consent.restrictions import restricted_in_booking
+from core.bookings import Booking, BookingStatus
+from core.clock import Clock
+from core.database import Database
+
+
+class LedgerConsent:
+    def __init__(self, db: Database, clock: Clock) -> None:
+        self._db = db
+        self._clock = clock
+
+    async def grants(self, booking_id: uuid.UUID) -> Mapping[tuple[uuid.UUID, Purpose], uuid.UUID]:
+        async with self._db.session() as session:
+            booking = await session.get(Booking, booking_id)
+            if booking is None:
+                return {}
+            entries = await booking_entries(session, booking_id)
+            restricted = await restricted_in_booking(session, booking_id)
+        state = BookingConsent(
+            booking_id=booking.id,
+            requested=booking.purposes,
+            policy=booking.recording_policy,
+            cancelled=booking.status is BookingStatus.CANCELLED,
+            minors=frozenset(p.id for p in booking.participants if not p.adult),
+            restricted=restricted,
+        )
+        state.record_all(
+            Recorded(e.seq, e.subject_id, e.purpose, e.decision, e.at, e.actor) for e in entries
+        )
+        granting = {
+            (e.subject_id, e.purpose): e.id
+            for e in entries
+            if e.decision is Decision.GRANTED and e.actor is Actor.SUBJECT
+        }
+        now = self._clock.now()
+        return {
+            key: entry_id
+            for key, entry_id in granting.items()
+            if may(key[0], state, key[1], now).allowed
+        }

@@ -1,0 +1,282 @@
+"""The ledger's promises, checked against real databases: append-only, gap-free under
+concurrency, and every kind of tampering found at the entry where it happened."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+
+from consent.checkpoints import Signer, do_checkpoint, verify
+from consent.ledger import GENESIS, Entry, NewDecision, do_append, hash_of
+from consent.notices import seed_notices
+from consent.purposes import Decision, Purpose
+from core.database import Database
+from core.runtime import build_keyring
+from core.settings import Settings
+from tests import support
+
+T0 = datetime(2026, 11, 22, 8, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+async def db(settings: Settings) -> AsyncIterator[Database]:
+    database = Database(settings.database_url)
+    yield database
+    await database.close()
+
+
+@pytest.fixture
+def signer(settings: Settings) -> Signer:
+    return Signer.from_keyring(build_keyring(settings))
+
+
+def decision(n: int) -> NewDecision:
+    return NewDecision(
+        booking_id=uuid.UUID(int=1 + n % 3),
+        subject_id=uuid.UUID(int=100 + n % 5),
+        purpose=list(Purpose)[n % len(Purpose)],
+        decision=list(Decision)[n % len(Decision)],
+        notice_id=uuid.UUID(int=999),
+        notice_sha256="ab" * 32,
+    )
+
+
+async def append(db: Database, count: int) -> None:
+    for n in range(count):
+        async with db.session() as session:
+            await do_append(session, decision(n), T0 + timedelta(seconds=n))
+
+
+async def raw(db: Database, *statements: str) -> None:
+    async with db.engine.begin() as conn:
+        for statement in statements:
+            await conn.execute(text(statement))
+
+
+async def unprotected(db: Database, *statements: str) -> None:
+    """Edit the ledger the way an intruder with database access would: triggers off."""
+    if db.dialect == "postgresql":
+        await raw(
+            db,
+            "ALTER TABLE consent_ledger DISABLE TRIGGER USER",
+            "ALTER TABLE consent_checkpoints DISABLE TRIGGER USER",
+            *statements,
+            "ALTER TABLE consent_ledger ENABLE TRIGGER USER",
+            "ALTER TABLE consent_checkpoints ENABLE TRIGGER USER",
+        )
+        return
+    drops = [
+        f"DROP TRIGGER {table}_no_{verb}"
+        for table in ("consent_ledger", "consent_checkpoints")
+        for verb in ("update", "delete")
+    ]
+    await raw(db, *drops, *statements)
+
+
+async def test_update_and_delete_are_refused_by_the_database(
+    db: Database, settings: Settings
+) -> None:
+    await append(db, 3)
+    assert await seed_notices(db, settings, T0) == len(Purpose)
+    for statement in (
+        "UPDATE consent_ledger SET decision = 'granted' WHERE seq = 2",
+        "DELETE FROM consent_ledger WHERE seq = 3",
+        "UPDATE consent_notices SET text = 'x'",
+        "DELETE FROM consent_notices",
+    ):
+        with pytest.raises(DBAPIError, match="append-only"):
+            await raw(db, statement)
+    async with db.engine.connect() as conn:
+        count = (await conn.execute(text("SELECT count(*) FROM consent_ledger"))).scalar_one()
+        texts = (await conn.execute(text("SELECT text FROM consent_notices"))).scalars().all()
+    assert count == 3
+    assert len(texts) == len(Purpose)
+    assert "x" not in texts
+
+
+async def test_truncate_is_refused_on_postgres(pg_url: str) -> None:
+    database = Database(pg_url)
+    try:
+        await append(database, 1)
+        with pytest.raises(DBAPIError, match="append-only"):
+            await raw(database, "TRUNCATE consent_ledger")
+    finally:
+        await database.close()
+
+
+async def test_concurrent_appends_make_one_gap_free_chain(pg_url: str, settings: Settings) -> None:
+    database = Database(pg_url)
+    signer = Signer.from_keyring(build_keyring(settings))
+    tasks, per_task = 24, 5
+
+    async def writer(task: int) -> None:
+        for n in range(per_task):
+            async with database.session() as session:
+                await do_append(session, decision(task * per_task + n), T0)
+
+    try:
+        await asyncio.gather(*(writer(t) for t in range(tasks)))
+        report = await verify(database, signer)
+        async with database.engine.connect() as conn:
+            rows = (await conn.execute(text("SELECT seq, prev_hash FROM consent_ledger"))).all()
+    finally:
+        await database.close()
+    assert report.ok, report.view()
+    assert report.entries == tasks * per_task
+    assert sorted(seq for seq, _ in rows) == list(range(1, tasks * per_task + 1))
+    prevs = [prev for _, prev in rows]
+    assert len(set(prevs)) == len(prevs)  # no two entries chained to the same parent: no fork
+
+
+async def test_intact_chain_verifies_and_extends_its_checkpoint(
+    db: Database, signer: Signer
+) -> None:
+    empty = await verify(db, signer)
+    assert empty.ok
+    assert empty.head_seq == 0
+    assert empty.head_hash == GENESIS
+    await append(db, 5)
+    checkpoint = await do_checkpoint(db, signer, T0 + timedelta(hours=1))
+    await append(db, 3)
+    report = await verify(db, signer)
+    assert report.ok
+    assert report.entries == 8
+    assert checkpoint.seq == 5
+    assert report.checkpoints[0]["seq"] == 5
+    assert report.checkpoints[0]["extended_by_chain"] is True
+
+
+@pytest.mark.parametrize(
+    ("tamper", "bad_seq", "problem"),
+    [
+        ("UPDATE consent_ledger SET decision = 'granted' WHERE seq = 5", 5, "hash_mismatch"),
+        ("UPDATE consent_ledger SET subject_id = booking_id WHERE seq = 2", 2, "hash_mismatch"),
+        ("DELETE FROM consent_ledger WHERE seq = 4", 4, "missing_entry"),
+        ("DELETE FROM consent_ledger WHERE seq = 1", 1, "missing_entry"),
+    ],
+    ids=["changed-decision", "changed-subject", "deleted-row", "deleted-first"],
+)
+async def test_tampering_is_found_at_the_right_entry(
+    db: Database, signer: Signer, tamper: str, bad_seq: int, problem: str
+) -> None:
+    await append(db, 8)
+    await unprotected(db, tamper)
+    report = await verify(db, signer)
+    assert not report.ok
+    assert report.first_bad_seq == bad_seq
+    assert report.problem == problem
+    assert report.entries == bad_seq - 1
+
+
+async def test_reordered_rows_are_found(db: Database, signer: Signer) -> None:
+    await append(db, 8)
+    await unprotected(
+        db,
+        "UPDATE consent_ledger SET seq = 1000 WHERE seq = 3",
+        "UPDATE consent_ledger SET seq = 3 WHERE seq = 4",
+        "UPDATE consent_ledger SET seq = 4 WHERE seq = 1000",
+    )
+    report = await verify(db, signer)
+    assert report.first_bad_seq == 3
+    assert report.problem == "broken_link"
+
+
+async def test_truncated_tail_is_found_against_the_checkpoint(
+    db: Database, signer: Signer
+) -> None:
+    await append(db, 10)
+    await do_checkpoint(db, signer, T0 + timedelta(hours=1))
+    await unprotected(db, "DELETE FROM consent_ledger WHERE seq >= 8")
+    report = await verify(db, signer)
+    assert not report.ok
+    assert report.problem == "truncated"
+    assert report.first_bad_seq == 8
+    assert report.checkpoints[0]["extended_by_chain"] is False
+
+
+async def test_rewritten_and_rehashed_head_is_found_by_the_checkpoint(
+    db: Database, signer: Signer
+) -> None:
+    """An intruder who recomputes the hash of the entry they changed still cannot match the
+    signed checkpoint."""
+    await append(db, 6)
+    await do_checkpoint(db, signer, T0 + timedelta(hours=1))
+    async with db.session() as session:
+        entry = await session.get(Entry, 6)
+        assert entry is not None
+        session.expunge(entry)
+    entry.decision = Decision.GRANTED if entry.decision != Decision.GRANTED else Decision.DENIED
+    forged = hash_of(entry)
+    await unprotected(
+        db,
+        f"UPDATE consent_ledger SET decision = '{entry.decision.value}', "  # noqa: S608
+        f"entry_hash = '{forged}' WHERE seq = 6",
+    )
+    report = await verify(db, signer)
+    assert report.first_bad_seq == 6
+    assert report.problem == "checkpoint_mismatch"
+
+
+async def test_forged_checkpoint_is_found(db: Database, signer: Signer) -> None:
+    await append(db, 3)
+    await do_checkpoint(db, signer, T0 + timedelta(hours=1))
+    await unprotected(db, "UPDATE consent_checkpoints SET entry_hash = '" + "f" * 64 + "'")
+    report = await verify(db, signer)
+    assert not report.ok
+    assert report.problem == "bad_checkpoint_signature"
+
+
+async def test_cli_verify_and_checkpoint(
+    db: Database, settings: Settings, tmp_path: Path
+) -> None:
+    await append(db, 4)
+    env = {
+        **os.environ,
+        "CALLGATE_DATABASE_URL": settings.database_url,
+        "CALLGATE_DATA_DIR": str(tmp_path / "cli"),
+        "CALLGATE_SECRET_KEY": support.SECRET,
+        "CALLGATE_MASTER_KEY": support.MASTER,
+        "CALLGATE_LOG_LEVEL": "WARNING",
+    }
+
+    async def callgate(*args: str) -> tuple[int, str]:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", "from core.cli import main; main()", *args,
+            env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )
+        out, _ = await process.communicate()
+        assert process.returncode is not None
+        return process.returncode, out.decode()
+
+    code, out = await callgate("ledger", "checkpoint")
+    assert code == 0
+    assert json.loads(out)["seq"] == 4
+    code, out = await callgate("ledger", "verify")
+    assert code == 0
+    assert json.loads(out)["ok"] is True
+    await unprotected(db, "UPDATE consent_ledger SET purpose = 'ai.agenda' WHERE seq = 2")
+    code, out = await callgate("ledger", "verify")
+    assert code == 1
+    assert json.loads(out)["first_bad_seq"] == 2
+
+
+async def test_entry_times_never_go_backwards(db: Database, signer: Signer) -> None:
+    """A node whose clock is behind still appends after the head in time, so a time range of
+    the log is a seq range."""
+    async with db.session() as session:
+        ahead = await do_append(session, decision(1), T0 + timedelta(seconds=10))
+    async with db.session() as session:
+        behind = await do_append(session, decision(2), T0)
+    assert behind.seq == ahead.seq + 1
+    assert behind.at == ahead.at
+    assert (await verify(db, signer)).ok

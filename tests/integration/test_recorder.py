@@ -1,0 +1,377 @@
+"""The recording peer with real aiortc peers: people are recorded exactly as they consented.
+
+Pages are real `RTCPeerConnection`s sending a 640x480 pattern and a tone, either raw through
+aiortc's own encoders (as a browser would: key frames only when asked by PLI), or replayed
+pre-encoded, so that a CPU shared with other work cannot slow the sender's clock and the
+files' durations can be held against the consent timeline. Consent goes through the real
+consent API and live gate. The media path does not depend on the database backend, so these
+run on PostgreSQL only (the rows are exercised on both backends by test_recordings_api.py),
+with the real clock, since the consent timeline is compared with what is in the files.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import uuid
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import av
+import httpx
+import pytest
+from aiortc import RTCPeerConnection, RTCSessionDescription
+from fastapi import FastAPI
+
+from api.app import create_app
+from consent.purposes import Purpose
+from core.bus import Topic
+from core.clock import SystemClock
+from core.runtime import Runtime
+from core.settings import Settings
+from media.recorder import Recorder
+from media.recordings import TrackKind
+from media.testsource import (
+    EncodedTrack,
+    PatternVideoTrack,
+    ToneAudioTrack,
+    encode_opus,
+    encode_vp8,
+)
+from tests import support
+from tests.integration.consent_bookings import Person, seed_booking
+from tests.recording_support import withdrawal_commits
+
+RECORDING = [Purpose.RECORDING_AUDIO, Purpose.RECORDING_VIDEO]
+
+
+@pytest.fixture
+def database_url(pg_url: str) -> str:
+    return pg_url
+
+
+@pytest.fixture
+def clock() -> SystemClock:
+    return SystemClock()
+
+
+@pytest.fixture
+async def pages() -> AsyncIterator[list[RTCPeerConnection]]:
+    opened: list[RTCPeerConnection] = []
+    yield opened
+    for pc in opened:
+        await pc.close()
+
+
+async def eventually(check: Callable[[], bool], what: str, timeout_s: float = 15.0) -> None:
+    for _ in range(int(timeout_s / 0.05)):
+        if check():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"never happened: {what}")
+
+
+async def decide(
+    client: httpx.AsyncClient, person: Person, purpose: Purpose, decision: str
+) -> dict[str, Any]:
+    overview = (await client.get("/v1/consent", headers=person.headers)).json()
+    notice = next(p["notice"] for p in overview["purposes"] if p["purpose"] == purpose.value)
+    body = {"purpose": purpose.value, "decision": decision, "notice_sha256": notice["sha256"]}
+    response = await client.post("/v1/consent", headers=person.headers, json=body)
+    assert response.status_code == 201, response.text
+    entry: dict[str, Any] = response.json()
+    return entry
+
+
+@functools.cache
+def encoded_media() -> tuple[list[bytes], list[bytes]]:
+    """Two seconds of the pattern (a key frame every half second) and one of the tone."""
+    return encode_vp8(60, keyframe_every=15), encode_opus(50)
+
+
+async def connect(
+    client: httpx.AsyncClient,
+    person: Person,
+    pages: list[RTCPeerConnection],
+    *,
+    encoded: bool = False,
+) -> RTCPeerConnection:
+    """A page sending both its camera and its microphone, whatever its person allowed."""
+    pc = RTCPeerConnection()
+    pages.append(pc)
+    if encoded:
+        video, audio = encoded_media()
+        pc.addTransceiver(EncodedTrack("audio", audio), direction="sendonly")
+        pc.addTransceiver(EncodedTrack("video", video), direction="sendonly")
+    else:
+        pc.addTransceiver(ToneAudioTrack(), direction="sendonly")
+        pc.addTransceiver(PatternVideoTrack(), direction="sendonly")
+    await pc.setLocalDescription(await pc.createOffer())
+    offer = {"sdp": pc.localDescription.sdp, "type": "offer"}
+    response = await client.post("/v1/recording/offer", headers=person.headers, json=offer)
+    assert response.status_code == 200, response.text
+    await pc.setRemoteDescription(RTCSessionDescription(**response.json()))
+    return pc
+
+
+async def recordings(
+    client: httpx.AsyncClient, booking_id: uuid.UUID, person: Person
+) -> list[dict[str, Any]]:
+    response = await client.get(f"/v1/bookings/{booking_id}/recordings", headers=person.headers)
+    assert response.status_code == 200
+    rows: list[dict[str, Any]] = response.json()["recordings"]
+    return rows
+
+
+async def fetch(
+    client: httpx.AsyncClient, booking_id: uuid.UUID, row: dict[str, Any], person: Person,
+    folder: Path,
+) -> Path:
+    url = f"/v1/bookings/{booking_id}/recordings/{row['id']}"
+    response = await client.get(url, headers=person.headers)
+    assert response.status_code == 200
+    path = folder / f"{row['id']}.{'ogg' if row['kind'] == 'audio' else 'webm'}"
+    path.write_bytes(response.content)
+    return path
+
+
+def media_seconds(path: Path) -> float:
+    """The timeline a player shows, first to last frame; every frame must decode, bar a few
+    a lossy moment on a loaded machine may have cut (players conceal those too)."""
+    with av.open(str(path)) as container:
+        stream = container.streams[0]
+        times, broken = [], 0
+        for packet in container.demux(stream):
+            if packet.pts is None:
+                continue
+            try:
+                packet.decode()
+            except av.error.InvalidDataError:
+                broken += 1
+            times.append(float(packet.pts * packet.time_base))
+        assert times
+        assert broken <= len(times) // 20, (broken, len(times))
+        return max(times) - min(times)
+
+
+def span_seconds(row: dict[str, Any]) -> float:
+    started = datetime.fromisoformat(row["started_at"])
+    ended = datetime.fromisoformat(row["ended_at"])
+    return (ended - started).total_seconds()
+
+
+def recorder_of(app: FastAPI) -> Recorder:
+    recorder: Recorder = app.state.runtime.extras["recorder"]
+    return recorder
+
+
+async def test_each_person_is_recorded_exactly_as_they_consented(
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    runtime: Runtime,
+    pages: list[RTCPeerConnection],
+    tmp_path: Path,
+) -> None:
+    seeded = await seed_booking(runtime, RECORDING)
+    host, guest = seeded.people
+    await decide(client, host, Purpose.RECORDING_AUDIO, "granted")  # audio only
+    await decide(client, guest, Purpose.RECORDING_AUDIO, "granted")
+    first_grant = await decide(client, guest, Purpose.RECORDING_VIDEO, "granted")
+    started = await client.post(
+        f"/v1/bookings/{seeded.booking_id}/recording/start", headers=host.headers
+    )
+    assert started.status_code == 200
+    assert started.json()["recording"] is True
+
+    await connect(client, host, pages, encoded=True)  # sends video it may not record
+    await connect(client, guest, pages, encoded=True)
+    recorder = recorder_of(app)
+    await eventually(
+        lambda: len([c for p in recorder._peers.values() for c in p.captures if c.span]) == 3,
+        "three spans writing (host audio, guest audio and video)",
+    )
+    await asyncio.sleep(2.5)
+    with withdrawal_commits() as committed:
+        withdrawal = await decide(client, guest, Purpose.RECORDING_VIDEO, "withdrawn")
+    assert len(committed) == 1
+    await asyncio.sleep(1.5)
+    second_grant = await decide(client, guest, Purpose.RECORDING_VIDEO, "granted")
+    await asyncio.sleep(2.5)
+    stopped = await client.post(
+        f"/v1/bookings/{seeded.booking_id}/recording/stop", headers=host.headers
+    )
+    assert stopped.json()["recording"] is False
+
+    def finished(rows: list[dict[str, Any]]) -> bool:
+        return len(rows) == 4 and all(r["state"] == "complete" for r in rows)
+
+    rows: list[dict[str, Any]] = []
+    for _ in range(100):
+        rows = await recordings(client, seeded.booking_id, guest)
+        if finished(rows):
+            break
+        await asyncio.sleep(0.1)
+    assert finished(rows), [(r["kind"], r["state"], r["frames"]) for r in rows] + [
+        (s.kind, s.frames) for s in recorder.closed_spans
+    ]
+    mine = {
+        (person.display_name, kind): [
+            r for r in rows if r["participant_id"] == str(person.id) and r["kind"] == kind
+        ]
+        for person in (host, guest)
+        for kind in ("audio", "video")
+    }
+    assert len(mine[(host.display_name, "audio")]) == 1
+    assert mine[(host.display_name, "video")] == []  # sent, never allowed, nothing written
+    assert len(mine[(guest.display_name, "audio")]) == 1
+    video_spans = sorted(mine[(guest.display_name, "video")], key=lambda r: r["started_at"])
+    assert len(video_spans) == 2  # withdrawal closed the first span, the new grant opened one
+
+    assert video_spans[0]["consent_entry_ids"] == [first_grant["id"]]
+    assert video_spans[1]["consent_entry_ids"] == [second_grant["id"]]
+    withdrawn_at = datetime.fromisoformat(withdrawal["at"])
+    regranted_at = datetime.fromisoformat(second_grant["at"])
+    first_ended = datetime.fromisoformat(video_spans[0]["ended_at"])
+    second_started = datetime.fromisoformat(video_spans[1]["started_at"])
+    assert 0 <= (first_ended - withdrawn_at).total_seconds() < 1.0
+    assert 0 <= (second_started - regranted_at).total_seconds() < 2.0
+
+    for row in rows:
+        path = await fetch(client, seeded.booking_id, row, guest, tmp_path)
+        played = media_seconds(path)
+        assert played > 1.0
+        if row["participant_id"] == str(guest.id):
+            # The file holds the span the consent timeline allowed (a video span starts at
+            # its first key frame, at most half a second in).
+            assert played == pytest.approx(span_seconds(row), abs=0.7), (row, played)
+
+    # Withdrawal latency: frames that reached the file after the withdrawal was committed.
+    summary = next(s for s in recorder.closed_spans if str(s.recording_id) == video_spans[0]["id"])
+    late = [t for t in summary.arrivals if t > committed[0]]
+    assert len(late) <= 1, (late, committed)
+
+
+async def test_gate_unavailable_pauses_and_resumes_in_a_new_file(
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    runtime: Runtime,
+    pages: list[RTCPeerConnection],
+) -> None:
+    seeded = await seed_booking(runtime, RECORDING)
+    host, guest = seeded.people
+    await decide(client, guest, Purpose.RECORDING_AUDIO, "granted")
+    await decide(client, guest, Purpose.RECORDING_VIDEO, "granted")
+    await client.post(f"/v1/bookings/{seeded.booking_id}/recording/start", headers=host.headers)
+    states: list[str] = []
+
+    async def listen() -> None:
+        async with runtime.bus.subscribe(Topic.RECORDING_CHANGED) as events:
+            async for event in events:
+                data = event.data
+                if data.get("subject_id") == str(guest.id) and data["kind"] == "audio":
+                    states.append(str(data["state"]))
+
+    listener = asyncio.create_task(listen())
+    await asyncio.sleep(0)
+    try:
+        await connect(client, guest, pages)
+        await eventually(lambda: "recording" in states, "recording announced")
+        await asyncio.sleep(1.0)
+        gate = runtime.extras.pop("gate")  # the gate goes dark: fail closed
+        await eventually(lambda: states[-1] == "paused", "paused announced")
+        paused_rows = await recordings(client, seeded.booking_id, guest)
+        await asyncio.sleep(1.0)
+        assert await recordings(client, seeded.booking_id, guest) == paused_rows
+        runtime.extras["gate"] = gate
+        await eventually(lambda: states[-1] == "recording", "resumed")
+        await asyncio.sleep(1.0)
+        await client.post(
+            f"/v1/bookings/{seeded.booking_id}/recording/stop", headers=host.headers
+        )
+        await eventually(lambda: states[-1] == "idle", "stopped")
+    finally:
+        listener.cancel()
+    rows: list[dict[str, Any]] = []
+    for _ in range(50):
+        rows = await recordings(client, seeded.booking_id, guest)
+        if len(rows) == 4 and all(r["state"] == "complete" for r in rows):
+            break
+        await asyncio.sleep(0.1)
+    assert sorted(r["kind"] for r in rows) == ["audio", "audio", "video", "video"]
+    assert all(r["state"] == "complete" for r in rows)
+    # aiortc's encoder makes a key frame only when asked (gop 3000): the resumed video file
+    # has frames because the recorder sent a PLI when capture resumed.
+    assert all(r["frames"] > 0 for r in rows)
+    assert [s for i, s in enumerate(states) if i == 0 or states[i - 1] != s] == [
+        "recording", "paused", "recording", "idle",
+    ]
+
+
+async def test_nothing_is_written_before_the_host_starts(
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    runtime: Runtime,
+    pages: list[RTCPeerConnection],
+) -> None:
+    seeded = await seed_booking(runtime, RECORDING)
+    guest = seeded.people[1]
+    await decide(client, guest, Purpose.RECORDING_AUDIO, "granted")
+    await decide(client, guest, Purpose.RECORDING_VIDEO, "granted")
+    await connect(client, guest, pages)
+    recorder = recorder_of(app)
+    await eventually(
+        lambda: sum(c.frames_seen for p in recorder._peers.values() for c in p.captures) > 60,
+        "media arriving",
+    )
+    await asyncio.sleep(1.0)
+    assert await recordings(client, seeded.booking_id, guest) == []
+    assert not list((runtime.settings.data_dir / "recordings").glob("**/*.cgr"))
+    client_only = await client.post(
+        f"/v1/bookings/{seeded.booking_id}/recording/start", headers=guest.headers
+    )
+    assert client_only.status_code == 403
+    assert client_only.json()["code"] == "forbidden"
+
+
+@pytest.mark.redis
+async def test_withdrawal_on_another_node_stops_the_recording(
+    settings: Settings, redis_prefix: str, pages: list[RTCPeerConnection], tmp_path: Path
+) -> None:
+    """Node A takes the decisions, node B records; B's gate hears of them over Redis."""
+    nodes = []
+    async with contextlib.AsyncExitStack() as stack:
+        for name in ("a", "b"):
+            node_settings = settings.model_copy(
+                update={"redis_url": support.REDIS_URL, "redis_prefix": redis_prefix,
+                        "data_dir": tmp_path / name}
+            )
+            app = create_app(node_settings, clock=SystemClock())
+            await stack.enter_async_context(app.router.lifespan_context(app))
+            client = await stack.enter_async_context(
+                httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t")
+            )
+            nodes.append((app, client))
+        (_, node_a), (app_b, node_b) = nodes
+        runtime_b: Runtime = app_b.state.runtime
+        seeded = await seed_booking(runtime_b, RECORDING)
+        host, guest = seeded.people
+        await decide(node_a, guest, Purpose.RECORDING_VIDEO, "granted")
+        start = f"/v1/bookings/{seeded.booking_id}/recording/start"
+        assert (await node_a.post(start, headers=host.headers)).status_code == 200
+        await connect(node_b, guest, pages, encoded=True)
+        recorder = recorder_of(app_b)
+        await eventually(
+            lambda: any(kind is TrackKind.VIDEO for _, kind, _ in recorder.writing()),
+            "node B records the video node A allowed",
+        )
+        await asyncio.sleep(1.5)
+        with withdrawal_commits() as committed:
+            await decide(node_a, guest, Purpose.RECORDING_VIDEO, "withdrawn")
+        await eventually(lambda: recorder.writing() == [], "node B stopped")
+        [summary] = [s for s in recorder.closed_spans if s.kind is TrackKind.VIDEO]
+        late = [t for t in summary.arrivals if t > committed[0]]
+        assert len(late) <= 1, (late, committed)
+        assert summary.frames > 20

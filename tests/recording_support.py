@@ -1,0 +1,36 @@
+"""Probes shared by the recorder tests and the recording benchmark."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.orm import Session
+
+from consent.ledger import Entry
+from consent.purposes import Decision
+
+
+@contextlib.contextmanager
+def withdrawal_commits() -> Iterator[list[float]]:
+    """Wall-clock times at which a transaction inserting a withdrawal finished committing."""
+    times: list[float] = []
+
+    def after_flush(session: Session, _context: Any) -> None:
+        if any(isinstance(o, Entry) and o.decision is Decision.WITHDRAWN for o in session.new):
+            session.info["withdrawal"] = True
+
+    def after_commit(session: Session) -> None:
+        if session.info.pop("withdrawal", False):
+            times.append(time.time())
+
+    event.listen(Session, "after_flush", after_flush)
+    event.listen(Session, "after_commit", after_commit)
+    try:
+        yield times
+    finally:
+        event.remove(Session, "after_flush", after_flush)
+        event.remove(Session, "after_commit", after_commit)
