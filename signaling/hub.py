@@ -44,6 +44,7 @@ from signaling.protocol import (
     Pong,
     Recording,
     RecordingState,
+    RecordingSwitch,
     Signal,
     Welcome,
     _Message,
@@ -435,9 +436,13 @@ class Hub:
 
     def _on_recording(self, room: Room, data: dict[str, Any]) -> None:
         """The recorder's per-track states (`kind` audio/video, `state` recording/paused/idle)
-        become per-person `recording` messages; a booking-wide stop turns everyone off."""
+        become per-person `recording` messages; the host's booking-wide start/stop (`control`)
+        becomes `recording-state`, and a stop also turns everyone's tracks off."""
         if data.get("subject_id") is None:
-            if data.get("control") == "stopped":
+            control = data.get("control")
+            if control in ("started", "stopped"):
+                room.broadcast(RecordingSwitch(on=control == "started"))
+            if control == "stopped":
                 for who in list(room.recording):
                     self._set_recording(room, RecordingState(who=who))
             return

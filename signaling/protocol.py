@@ -130,6 +130,13 @@ class Recording(_Message):
     video: bool
 
 
+class RecordingSwitch(_Message):
+    """Recording of the whole booking was switched on or off (the host's start/stop)."""
+
+    type: Literal["recording-state"] = "recording-state"
+    on: bool
+
+
 class Error(_Message):
     type: Literal["error"] = "error"
     code: ErrorCode
@@ -146,7 +153,8 @@ class Pong(_Message):
 
 
 ServerMessage = Annotated[
-    Welcome | PeerJoined | PeerLeft | Signal | Consent | Recording | Error | Bye | Pong,
+    Welcome | PeerJoined | PeerLeft | Signal | Consent | Recording | RecordingSwitch | Error
+    | Bye | Pong,
     Field(discriminator="type"),
 ]
 server_messages: TypeAdapter[ServerMessage] = TypeAdapter(ServerMessage)

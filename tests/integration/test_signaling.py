@@ -394,3 +394,26 @@ async def test_an_erased_person_is_put_out_of_the_call(
     assert code != -1
     assert (await receive_type(host, "peer-left"))["id"] == str(seeded.client.id)
     await host.close()
+
+
+async def test_the_hosts_recording_switch_reaches_only_that_bookings_pages(
+    ws_base: str, runtime: Runtime, seeded: Seeded, client: httpx.AsyncClient
+) -> None:
+    other = await seed_booking(runtime.db, runtime.keys, runtime.clock.now())
+    page = await join(ws_base, runtime, seeded, 1)
+    assert (await receive(page))["type"] == "welcome"
+    elsewhere = await join(ws_base, runtime, other, 0)
+    assert (await receive(elsewhere))["type"] == "welcome"
+    host = {"X-Join-Credential": seeded.host.credential}
+    control = f"/v1/bookings/{seeded.booking_id}/recording"
+
+    started = await client.post(f"{control}/start", headers=host)
+    assert started.status_code == 200, started.text
+    assert await receive_type(page, "recording-state") == {"type": "recording-state", "on": True}
+    stopped = await client.post(f"{control}/stop", headers=host)
+    assert stopped.status_code == 200, stopped.text
+    assert await receive_type(page, "recording-state") == {"type": "recording-state", "on": False}
+    # Both switches were handled before this ping: the other booking's page saw neither.
+    assert [m for m in await until_pong(elsewhere) if m["type"] == "recording-state"] == []
+    await page.close()
+    await elsewhere.close()
