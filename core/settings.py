@@ -11,13 +11,18 @@ import enum
 from datetime import timedelta
 from pathlib import Path
 
-from pydantic import AnyHttpUrl, Field, SecretStr, field_validator
+from pydantic import AnyHttpUrl, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class MediaMode(enum.StrEnum):
     BUILTIN = "builtin"
     LIVEKIT = "livekit"
+
+
+class StorageBackend(enum.StrEnum):
+    LOCAL = "local"
+    S3 = "s3"
 
 
 class Settings(BaseSettings):
@@ -100,6 +105,24 @@ class Settings(BaseSettings):
     recording_retention_days: int = Field(
         default=30, ge=1, description="Days a recording is kept after it ends."
     )
+    storage_backend: StorageBackend = Field(
+        default=StorageBackend.LOCAL,
+        description="Where sealed recordings live: local (data_dir/recordings) or s3 (an "
+        "S3-compatible bucket; data_dir/recordings then only spools files being written).",
+    )
+    s3_endpoint_url: str | None = Field(
+        default=None,
+        description="S3-compatible endpoint (e.g. http://minio:9000); unset = AWS S3.",
+    )
+    s3_region: str | None = Field(default=None, description="S3 region (e.g. eu-central-1).")
+    s3_bucket: str | None = Field(default=None, description="S3 bucket for recordings.")
+    s3_access_key_id: str | None = Field(
+        default=None, description="S3 access key id; unset = the AWS default credential chain."
+    )
+    s3_secret_access_key: SecretStr | None = Field(default=None, description="S3 secret key.")
+    s3_prefix: str = Field(
+        default="recordings/", description="Key prefix of recording objects in the bucket."
+    )
     join_failures_per_minute: int = Field(
         default=10, gt=0, description="Failed joins per address per minute before 429."
     )
@@ -180,6 +203,12 @@ class Settings(BaseSettings):
         if not value.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
             raise ValueError("use sqlite+aiosqlite:// or postgresql+asyncpg://")
         return value
+
+    @model_validator(mode="after")
+    def _storage_complete(self) -> Settings:
+        if self.storage_backend is StorageBackend.S3 and not self.s3_bucket:
+            raise ValueError("CALLGATE_STORAGE_BACKEND=s3 needs CALLGATE_S3_BUCKET")
+        return self
 
     @property
     def join_lead(self) -> timedelta:

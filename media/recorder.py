@@ -46,7 +46,7 @@ from core.runtime import Runtime
 from media.keys import access_data_key
 from media.ogg import OggOpusWriter
 from media.recordings import Recording, RecordingState, TrackKind
-from media.storage import EncryptedWriter, RecordingStore
+from media.storage import EncryptedWriter, Storage, open_store
 from media.webm import WebmVp8Writer
 
 log = structlog.get_logger(__name__)
@@ -262,7 +262,7 @@ class Recorder:
     def __init__(self, runtime: Runtime, gate: GateSource) -> None:
         self._runtime = runtime
         self._gate = gate
-        self.store = RecordingStore(runtime.settings.data_dir / "recordings")
+        self.store: Storage = open_store(runtime.settings)
         self._retention = timedelta(days=runtime.settings.recording_retention_days)
         self._peers: dict[uuid.UUID, PeerSession] = {}
         self._active: set[uuid.UUID] = set()
@@ -469,6 +469,8 @@ class Recorder:
                 row.size = span.file.size
                 row.sha256 = span.file.sha256
                 row.retain_until = now + self._retention
+            # Publish off the ops queue (an upload must not hold up rows and events).
+            self.spawn(asyncio.to_thread(self.store.seal, span.relative_path))
 
         self._ops.put_nowait(update)
 
@@ -591,7 +593,22 @@ class Recorder:
         for row, external_id in rows:
             if await self._recover_one(row, external_id, min_age_s):
                 recovered += 1
+        await self._publish_leftovers()
         return recovered
+
+    async def _publish_leftovers(self) -> None:
+        """Complete files whose publishing (an upload) an outage or a restart interrupted."""
+        spooled = await asyncio.to_thread(self.store.unpublished)
+        if not spooled:
+            return
+        done = (RecordingState.COMPLETE, RecordingState.RECOVERED)
+        query = select(Recording.path).where(
+            Recording.path.in_(spooled), Recording.state.in_(done)
+        )
+        async with self._runtime.db.session() as session:
+            paths = list((await session.execute(query)).scalars())
+        for path in paths:
+            await asyncio.to_thread(self.store.seal, path)
 
     async def _recover_one(self, row: Recording, external_id: str, min_age_s: float) -> bool:
         path = self.store.path(row.path)

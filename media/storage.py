@@ -11,9 +11,10 @@ splicing chunks between files fails authentication, and a file whose last chunk 
 final was truncated. A writer emits a chunk at every `flush()` (the media writers flush at
 least every second), so a killed process leaves whole chunks that `recover()` can salvage.
 
-Storage is a local folder (`settings.data_dir/recordings`). S3-compatible object storage fits
-the same shape (one object per recording, written as chunks with a multipart upload) and is
-left to configuration by deployments that need it; the local folder is what ships.
+Where files live is a `Storage`: `LocalStore` keeps them in `settings.data_dir/recordings`
+(the default); `media.objectstore.ObjectStore` (CALLGATE_STORAGE_BACKEND=s3) spools them there
+while they are written and moves each sealed file to an S3-compatible bucket, ciphertext only.
+Callers name a file by its relative path (the row's `path`) and never branch on the backend.
 """
 
 from __future__ import annotations
@@ -22,12 +23,14 @@ import hashlib
 import os
 import secrets
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from core.settings import Settings, StorageBackend
 
 MAGIC = b"CGREC\x00\x01\n"
 FILE_ID_BYTES = 16
@@ -107,14 +110,24 @@ class EncryptedWriter:
         self._buffered = 0
 
 
-def _read_header(handle: BinaryIO) -> bytes:
+class ForwardReader(Protocol):
+    """What reading a file needs: a file, or a streaming body that `seek`s only ahead."""
+
+    def read(self, size: int, /) -> bytes: ...
+
+    def tell(self) -> int: ...
+
+    def seek(self, position: int, /) -> int: ...
+
+
+def _read_header(handle: ForwardReader) -> bytes:
     header = handle.read(HEADER_BYTES)
     if len(header) != HEADER_BYTES or not header.startswith(MAGIC):
         raise IntegrityError("not a callgate recording file")
     return header[len(MAGIC) :]
 
 
-def _chunks(handle: BinaryIO) -> Iterator[tuple[int, int]]:
+def _chunks(handle: ForwardReader) -> Iterator[tuple[int, int]]:
     """(index, sealed length) per chunk, the handle positioned at its nonce; the caller
     reads the body or skips past it. Stops at a torn length field (a crash mid-write)."""
     index = 0
@@ -137,37 +150,50 @@ def decrypt(
     Reading to the end checks the final chunk is there; `salvage=True` instead stops quietly
     at the last whole, authentic chunk (recovery after a crash).
     """
+    with path.open("rb") as handle:
+        yield from decrypt_stream(handle, key, start=start, end=end, salvage=salvage)
+
+
+def decrypt_stream(
+    handle: ForwardReader,
+    key: bytes,
+    *,
+    start: int = 0,
+    end: int | None = None,
+    salvage: bool = False,
+) -> Iterator[bytes]:
+    """`decrypt` over an open file-like positioned at the header. It is only read forward
+    (`seek` only ever skips ahead), so a streaming HTTP body can stand in for a file."""
     aead = AESGCM(key)
     offset = 0
     saw_final = False
-    with path.open("rb") as handle:
-        file_id = _read_header(handle)
-        for index, length in _chunks(handle):
-            size = length - TAG_BYTES
-            body_at = handle.tell()
-            wanted = (offset + size > start or size == 0) and (end is None or offset < end)
-            if not wanted and end is not None and offset >= end:
-                return
-            if not wanted:
-                handle.seek(body_at + NONCE_BYTES + length)
-                offset += size
-                continue
-            nonce = handle.read(NONCE_BYTES)
-            sealed = handle.read(length)
-            if len(sealed) < length:
-                break
-            plaintext = _open(aead, nonce, sealed, file_id, index)
-            if plaintext is None:
-                raise IntegrityError(f"chunk {index} failed authentication")
-            saw_final = plaintext[1]
-            piece = plaintext[0]
-            lo = max(0, start - offset)
-            hi = size if end is None else min(size, end - offset)
-            if lo < hi:
-                yield piece[lo:hi]
+    file_id = _read_header(handle)
+    for index, length in _chunks(handle):
+        size = length - TAG_BYTES
+        body_at = handle.tell()
+        wanted = (offset + size > start or size == 0) and (end is None or offset < end)
+        if not wanted and end is not None and offset >= end:
+            return
+        if not wanted:
+            handle.seek(body_at + NONCE_BYTES + length)
             offset += size
-            if saw_final:
-                break
+            continue
+        nonce = handle.read(NONCE_BYTES)
+        sealed = handle.read(length)
+        if len(sealed) < length:
+            break
+        plaintext = _open(aead, nonce, sealed, file_id, index)
+        if plaintext is None:
+            raise IntegrityError(f"chunk {index} failed authentication")
+        saw_final = plaintext[1]
+        piece = plaintext[0]
+        lo = max(0, start - offset)
+        hi = size if end is None else min(size, end - offset)
+        if lo < hi:
+            yield piece[lo:hi]
+        offset += size
+        if saw_final:
+            break
     if end is None and not saw_final and not salvage:
         raise IntegrityError("the file is truncated (no final chunk)")
 
@@ -199,7 +225,51 @@ def plaintext_size(path: Path) -> int:
     return total
 
 
-class RecordingStore:
+class Storage(Protocol):
+    """Where recording files live. A file is written locally (`open_writer`, crash-safe
+    chunks), then `seal`ed once its writer closed; reads, recovery and removal name it by its
+    relative path wherever it is by then."""
+
+    def path(self, relative: str) -> Path:
+        """The local file while it is written (for a local store, for good)."""
+        ...
+
+    def open_writer(self, relative: str, key: bytes) -> EncryptedWriter: ...
+
+    def seal(self, relative: str) -> bool:
+        """Publish a closed file; False if it could not be (it stays readable locally)."""
+        ...
+
+    def read(
+        self, relative: str, key: bytes, start: int = 0, end: int | None = None
+    ) -> Iterator[bytes]:
+        """Plaintext bytes [start, end), decrypted as they are read (constant memory)."""
+        ...
+
+    def recover(self, relative: str, key: bytes) -> tuple[int, str]:
+        """Re-seal the authentic prefix of a file a crash left open, and publish it."""
+        ...
+
+    def delete(self, relative: str) -> None:
+        """Drop a file that was never sealed (a span that wrote nothing)."""
+        ...
+
+    def delete_published(self, relatives: Sequence[str]) -> None:
+        """Drop published copies of files whose rows are gone (the local ones are `path`s,
+        removed by the caller's cleanup)."""
+        ...
+
+    def unpublished(self) -> list[str]:
+        """Relative paths of local files that a sealed file would have left (a failed or
+        interrupted upload): `seal` them again once their rows say they are complete."""
+        ...
+
+    def sweep(self, known: set[str], before: float, *, dry_run: bool) -> int:
+        """Remove files no row names, untouched since `before` (a POSIX time)."""
+        ...
+
+
+class LocalStore:
     """The local folder recordings live in; paths in rows are relative to it."""
 
     def __init__(self, root: Path) -> None:
@@ -213,6 +283,9 @@ class RecordingStore:
 
     def open_writer(self, relative: str, key: bytes) -> EncryptedWriter:
         return EncryptedWriter(self.path(relative), key)
+
+    def seal(self, relative: str) -> bool:
+        return True  # the closed file already is where it stays
 
     def read(
         self, relative: str, key: bytes, start: int = 0, end: int | None = None
@@ -233,3 +306,43 @@ class RecordingStore:
 
     def delete(self, relative: str) -> None:
         self.path(relative).unlink(missing_ok=True)
+
+    def delete_published(self, relatives: Sequence[str]) -> None:
+        return None  # nothing beyond the local files
+
+    def unpublished(self) -> list[str]:
+        return []
+
+    def files(self) -> list[str]:
+        """Relative paths of every recording file here (including `.recovering` leftovers)."""
+        if not self.root.is_dir():
+            return []
+        return [path.relative_to(self.root).as_posix() for path in self.root.rglob("*.cgr*")]
+
+    def sweep(self, known: set[str], before: float, *, dry_run: bool) -> int:
+        found = 0
+        for relative in self.files():
+            path = self.root / relative
+            try:
+                if relative in known or path.stat().st_mtime > before:
+                    continue
+            except FileNotFoundError:
+                continue
+            found += 1
+            if not dry_run:
+                path.unlink(missing_ok=True)
+        return found
+
+
+# The name the local store had before storage became configurable.
+RecordingStore = LocalStore
+
+
+def open_store(settings: Settings) -> Storage:
+    """The store the settings name (one per user; S3 clients are thread-safe)."""
+    local = LocalStore(settings.data_dir / "recordings")
+    if settings.storage_backend is StorageBackend.S3:
+        from media.objectstore import ObjectStore  # boto3 loads only when S3 is configured
+
+        return ObjectStore.from_settings(settings, local)
+    return local

@@ -2,18 +2,20 @@
 
 Export decrypts the person's own recordings into the bundle. Erasure crypto-shreds: the
 person's wrapped data key is destroyed (and re-keyed under the tombstone, so nothing can
-mint a fresh key for them), their recording rows go and their files are unlinked after commit.
-Other people's recordings of the same sessions are under other keys and stay untouched.
+mint a fresh key for them), their recording rows go and their files (local, or objects in the
+bucket) are removed after commit. Other people's recordings of the same sessions are under
+other keys and stay untouched.
 """
 
 from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
+import structlog
 from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -23,7 +25,7 @@ from core.purposes import Purpose
 from core.runtime import Runtime
 from media.keys import DataKey, access_data_key
 from media.recordings import Recording, RecordingDownload, RecordingState, TrackKind
-from media.storage import RecordingStore
+from media.storage import Storage, open_store
 from privacy.batches import BATCH, delete_where, table_of
 from privacy.subjects import (
     Blob,
@@ -35,6 +37,8 @@ from privacy.subjects import (
     Part,
     Subject,
 )
+
+log = structlog.get_logger(__name__)
 
 READABLE = (RecordingState.COMPLETE, RecordingState.RECOVERED)
 # A file with no row this long after its last write is an orphan (a span still writing when its
@@ -92,7 +96,7 @@ class MediaSubjects:
 
     def __init__(self, runtime: Runtime) -> None:
         self._rt = runtime
-        self.store = RecordingStore(runtime.settings.data_dir / "recordings")
+        self.store: Storage = open_store(runtime.settings)
 
     async def _rows(self, subject: Subject) -> list[Recording]:
         query = (
@@ -147,8 +151,7 @@ class MediaSubjects:
             Recording.participant_id.in_(subject.participant_ids)
         )
         rows = list((await session.execute(query)).all())
-        for _, path in rows:
-            erasure.cleanup.remove(self.store.path(path))
+        self._remove_after_commit(erasure.cleanup, [path for _, path in rows])
         if rows:
             await session.execute(delete(Recording).where(Recording.id.in_([i for i, _ in rows])))
         shredded = await self._destroy_key(session, subject.external_id, erasure)
@@ -182,8 +185,7 @@ class MediaSubjects:
             Recording.participant_id == participant.id, Recording.kind == kind
         )
         rows = list((await session.execute(query)).all())
-        for _, path in rows:
-            cleanup.remove(self.store.path(path))
+        self._remove_after_commit(cleanup, [path for _, path in rows])
         if rows:
             await session.execute(delete(Recording).where(Recording.id.in_([i for i, _ in rows])))
         return {"recordings_deleted": len(rows)}
@@ -223,8 +225,7 @@ class MediaSubjects:
             async with self._rt.db.session() as session:
                 query = select(recordings.c.id, recordings.c.path).where(condition).limit(BATCH)
                 rows = list((await session.execute(query)).all())
-                for _, path in rows:
-                    cleanup.remove(self.store.path(path))
+                self._remove_after_commit(cleanup, [path for _, path in rows])
                 if rows:
                     ids: list[uuid.UUID] = [i for i, _ in rows]
                     await session.execute(delete(recordings).where(recordings.c.id.in_(ids)))
@@ -234,23 +235,25 @@ class MediaSubjects:
                 return total
 
     async def _purge_orphans(self, now: datetime, *, dry_run: bool) -> int:
-        """Recording files no row names, untouched for ORPHAN_GRACE."""
-        root = self.store.root
+        """Recording files (and objects) no row names, untouched for ORPHAN_GRACE."""
         async with self._rt.db.session() as session:
             known = set((await session.execute(select(Recording.path))).scalars())
         before = (now - ORPHAN_GRACE).timestamp()
+        return await asyncio.to_thread(self.store.sweep, known, before, dry_run=dry_run)
 
-        def sweep() -> int:
-            found = 0
-            for path in root.rglob("*.cgr*") if root.is_dir() else ():
-                if path.relative_to(root).as_posix() in known or path.stat().st_mtime > before:
-                    continue
-                found += 1
-                if not dry_run:
-                    path.unlink(missing_ok=True)
-            return found
+    def _remove_after_commit(self, cleanup: Cleanup, relatives: Sequence[str]) -> None:
+        """The files of rows this transaction deletes: local copies through `cleanup`, and
+        what the store published elsewhere once they are gone."""
+        for relative in relatives:
+            cleanup.remove(self.store.path(relative))
+        if relatives:
+            cleanup.after.append(lambda: self._delete_published(list(relatives)))
 
-        return await asyncio.to_thread(sweep)
+    def _delete_published(self, relatives: list[str]) -> None:
+        try:
+            self.store.delete_published(relatives)
+        except Exception:  # the rows are gone already: the orphan sweep retries later
+            log.warning("media.delete_published_failed", count=len(relatives), exc_info=True)
 
     async def _purge_keys(self, before: datetime, *, dry_run: bool) -> int:
         """Data keys of people left only in expired bookings (or in none)."""

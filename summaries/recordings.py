@@ -19,7 +19,7 @@ from core.errors import Gone
 from core.runtime import Runtime
 from media.keys import access_data_key
 from media.recordings import Recording, RecordingState, TrackKind
-from media.storage import RecordingStore
+from media.storage import Storage, open_store
 from summaries.payloads import AudioSpan
 
 log = structlog.get_logger(__name__)
@@ -32,7 +32,7 @@ READABLE = (RecordingState.COMPLETE, RecordingState.RECOVERED)
 class RecordedAudio:
     def __init__(self, runtime: Runtime) -> None:
         self._rt = runtime
-        self._store = RecordingStore(runtime.settings.data_dir / "recordings")
+        self._store: Storage = open_store(runtime.settings)
 
     async def spans(self, booking_id: uuid.UUID) -> Sequence[AudioSpan]:
         out: list[AudioSpan] = []

@@ -1,0 +1,312 @@
+"""Recordings in S3-compatible object storage (CALLGATE_STORAGE_BACKEND=s3).
+
+The bucket is a real local S3 server (moto's, speaking the S3 wire protocol over HTTP on a
+loopback port); callgate talks to it with the same boto3 client it would use against AWS or
+MinIO. A real aiortc page is recorded; the sealed file must end up in the bucket as
+ciphertext only, the local spool copy gone, downloads (ranged or whole) and exports must come
+back decrypted from the object, and erasing the person must delete it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import os
+import secrets
+import time
+import zipfile
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import httpx
+import pytest
+from aiortc import RTCPeerConnection, RTCSessionDescription
+from boto3.s3.transfer import TransferConfig
+from fastapi import FastAPI
+from moto.server import ThreadedMotoServer
+from mypy_boto3_s3 import S3Client
+from sqlalchemy import select
+
+from consent.purposes import Purpose
+from core.accounts import Scope
+from core.crypto import Keyring
+from core.runtime import Runtime
+from media.objectstore import ObjectStore
+from media.recorder import Recorder
+from media.recordings import Recording, TrackKind
+from media.storage import MAGIC, IntegrityError, LocalStore, decrypt
+from media.testsource import EncodedTrack, encode_opus
+from tests.conftest import bearer
+from tests.integration.consent_bookings import Person, seed_booking
+
+PREFIX = "rec/"
+CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint() -> Iterator[str]:
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3(s3_endpoint: str) -> S3Client:
+    client: S3Client = boto3.session.Session().client(
+        "s3", endpoint_url=s3_endpoint, region_name="us-east-1", **CREDENTIALS
+    )
+    return client
+
+
+@pytest.fixture
+def bucket(s3: S3Client) -> str:
+    name = f"callgate-{secrets.token_hex(6)}"
+    s3.create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture
+def settings_overrides(s3_endpoint: str, bucket: str) -> dict[str, Any]:
+    return {
+        "storage_backend": "s3",
+        "s3_endpoint_url": s3_endpoint,
+        "s3_region": "us-east-1",
+        "s3_bucket": bucket,
+        "s3_access_key_id": CREDENTIALS["aws_access_key_id"],
+        "s3_secret_access_key": CREDENTIALS["aws_secret_access_key"],
+        "s3_prefix": PREFIX,
+    }
+
+
+@pytest.fixture
+async def pages() -> AsyncIterator[list[RTCPeerConnection]]:
+    opened: list[RTCPeerConnection] = []
+    yield opened
+    for pc in opened:
+        await pc.close()
+
+
+def objects(s3: S3Client, bucket: str) -> dict[str, int]:
+    """Key -> size of every object in the bucket."""
+    listed = s3.list_objects_v2(Bucket=bucket)
+    return {item["Key"]: item["Size"] for item in listed.get("Contents", [])}
+
+
+def spooled(root: Path) -> list[Path]:
+    return sorted(root.rglob("*.cgr*")) if root.is_dir() else []
+
+
+async def eventually(check: Callable[[], Any], what: str, timeout_s: float = 30.0) -> None:
+    """Poll an observable condition (a deadline guards a hang, not a timing claim)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if await asyncio.to_thread(check):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"never happened: {what}")
+
+
+async def decide(
+    client: httpx.AsyncClient, person: Person, purpose: Purpose, decision: str
+) -> None:
+    overview = (await client.get("/v1/consent", headers=person.headers)).json()
+    notice = next(p["notice"] for p in overview["purposes"] if p["purpose"] == purpose.value)
+    body = {"purpose": purpose.value, "decision": decision, "notice_sha256": notice["sha256"]}
+    response = await client.post("/v1/consent", headers=person.headers, json=body)
+    assert response.status_code == 201, response.text
+
+
+async def connect_microphone(
+    client: httpx.AsyncClient, person: Person, pages: list[RTCPeerConnection]
+) -> EncodedTrack:
+    """A page sending pre-encoded Opus (real time, looped) to the recording peer."""
+    pc = RTCPeerConnection()
+    pages.append(pc)
+    track = EncodedTrack("audio", encode_opus(50))
+    pc.addTransceiver(track, direction="sendonly")
+    await pc.setLocalDescription(await pc.createOffer())
+    offer = {"sdp": pc.localDescription.sdp, "type": "offer"}
+    response = await client.post("/v1/recording/offer", headers=person.headers, json=offer)
+    assert response.status_code == 200, response.text
+    await pc.setRemoteDescription(RTCSessionDescription(**response.json()))
+    return track
+
+
+async def test_a_recording_lives_in_the_bucket_as_ciphertext_until_its_person_is_erased(
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    runtime: Runtime,
+    api_keys: dict[Scope, str],
+    pages: list[RTCPeerConnection],
+    s3: S3Client,
+    bucket: str,
+) -> None:
+    seeded = await seed_booking(runtime, [Purpose.RECORDING_AUDIO])
+    host, guest = seeded.people
+    await decide(client, guest, Purpose.RECORDING_AUDIO, "granted")
+    started = await client.post(
+        f"/v1/bookings/{seeded.booking_id}/recording/start", headers=host.headers
+    )
+    assert started.status_code == 200
+    await connect_microphone(client, guest, pages)
+    recorder: Recorder = runtime.extras["recorder"]
+    await eventually(
+        lambda: recorder.frames_written[TrackKind.AUDIO] >= 150, "three seconds of audio"
+    )
+    await decide(client, guest, Purpose.RECORDING_AUDIO, "withdrawn")  # closes the span
+
+    listing = f"/v1/bookings/{seeded.booking_id}/recordings"
+    spool = runtime.settings.data_dir / "recordings"
+
+    def published() -> bool:
+        return bool(objects(s3, bucket)) and not spooled(spool)
+
+    await eventually(published, "the sealed file uploaded and its spool copy removed")
+    rows = (await client.get(listing, headers=guest.headers)).json()["recordings"]
+    assert [row["state"] for row in rows] == ["complete"]
+    row = rows[0]
+    async with runtime.db.session() as session:
+        path = (await session.execute(select(Recording.path))).scalar_one()
+    assert path.endswith(f"{row['id']}.ogg.cgr")
+    assert list(objects(s3, bucket)) == [PREFIX + path]
+    stored = s3.get_object(Bucket=bucket, Key=PREFIX + path)["Body"].read()
+    assert stored.startswith(MAGIC)
+    for plaintext_marker in (b"OggS", b"OpusHead", b"OpusTags"):
+        assert plaintext_marker not in stored
+
+    # The whole file, decrypted from the object.
+    url = f"{listing}/{row['id']}"
+    whole = await client.get(url, headers=guest.headers)
+    assert whole.status_code == 200
+    body = whole.content
+    assert body.startswith(b"OggS")
+    assert len(body) == row["size"]
+    assert hashlib.sha256(body).hexdigest() == row["sha256"]
+
+    # Ranges: inside, across chunk boundaries, the tail, and open-ended.
+    size = len(body)
+    for header, (start, end) in {
+        "bytes=0-99": (0, 100),
+        f"bytes={size // 3}-{size // 2}": (size // 3, size // 2 + 1),
+        "bytes=-500": (size - 500, size),
+        f"bytes={size - 1234}-": (size - 1234, size),
+    }.items():
+        part = await client.get(url, headers={**guest.headers, "Range": header})
+        assert part.status_code == 206, header
+        assert part.headers["Content-Range"] == f"bytes {start}-{end - 1}/{size}"
+        assert part.content == body[start:end], header
+
+    # The person's export carries the same bytes, read from the bucket.
+    admin = bearer(api_keys[Scope.ADMIN])
+    exported = await client.post(f"/v1/admin/subjects/{guest.external_id}/export", headers=admin)
+    assert exported.status_code == 200
+    with zipfile.ZipFile(io.BytesIO(exported.content)) as bundle:
+        name = f"recordings/{seeded.booking_id}/{row['id']}.ogg"
+        assert bundle.read(name) == body
+
+    erased = await client.post(
+        f"/v1/admin/subjects/{guest.external_id}/erase",
+        headers=admin,
+        json={"confirm": guest.external_id},
+    )
+    assert erased.status_code == 200, erased.text
+    assert erased.json()["counts"]["media"]["recordings_deleted"] == 1
+    assert objects(s3, bucket) == {}
+    assert spooled(spool) == []
+    gone = await client.get(url, headers=bearer(api_keys[Scope.ADMIN]))
+    assert gone.status_code == 404
+
+
+# The store itself, against the same server: large files, failures, crashes, orphans.
+
+PIECES = [os.urandom(700_000) for _ in range(9)] + [os.urandom(3), b""]
+PLAIN = b"".join(PIECES)
+
+
+@pytest.fixture
+def store(s3: S3Client, bucket: str, tmp_path: Path) -> ObjectStore:
+    # Multipart from 5 MiB (S3's smallest part), so the ~6 MiB file below goes in parts.
+    transfer = TransferConfig(multipart_threshold=5 << 20, multipart_chunksize=5 << 20)
+    return ObjectStore(LocalStore(tmp_path / "spool"), s3, bucket, PREFIX, transfer)
+
+
+def write(store: ObjectStore, relative: str, key: bytes, pieces: list[bytes]) -> Path:
+    writer = store.open_writer(relative, key)
+    for piece in pieces:
+        writer.write(piece)
+        writer.flush()
+    writer.close()
+    return writer.path
+
+
+def test_a_large_file_goes_up_in_parts_and_reads_back_by_range(
+    store: ObjectStore, s3: S3Client, bucket: str
+) -> None:
+    key = Keyring.new_data_key()
+    spool = write(store, "b/big.webm.cgr", key, PIECES)
+    assert store.seal("b/big.webm.cgr")
+    assert not spool.exists()
+    head = s3.head_object(Bucket=bucket, Key=PREFIX + "b/big.webm.cgr")
+    assert head["ETag"].strip('"').endswith("-2")  # a multipart upload of two parts
+    assert b"".join(store.read("b/big.webm.cgr", key)) == PLAIN
+    for start, end in [(0, 1), (699_999, 700_001), (3_000_000, 4_900_000), (len(PLAIN) - 3,
+                                                                            len(PLAIN))]:
+        assert b"".join(store.read("b/big.webm.cgr", key, start, end)) == PLAIN[start:end]
+    with pytest.raises(IntegrityError):
+        b"".join(store.read("b/big.webm.cgr", Keyring.new_data_key()))
+    with pytest.raises(FileNotFoundError):
+        b"".join(store.read("b/missing.webm.cgr", key))
+
+
+def test_a_failed_upload_keeps_the_file_readable_until_it_is_published(
+    store: ObjectStore, s3: S3Client, bucket: str, tmp_path: Path
+) -> None:
+    key = Keyring.new_data_key()
+    offline = ObjectStore(store.spool, s3, f"{bucket}-missing", PREFIX)
+    spool = write(offline, "b/late.ogg.cgr", key, PIECES[:2])
+    assert not offline.seal("b/late.ogg.cgr")  # no such bucket: the upload fails
+    assert spool.exists()
+    assert b"".join(offline.read("b/late.ogg.cgr", key)) == b"".join(PIECES[:2])
+    assert store.unpublished() == ["b/late.ogg.cgr"]
+    assert store.seal("b/late.ogg.cgr")  # the retry (as the recorder does on its next start)
+    assert store.unpublished() == []
+    assert b"".join(store.read("b/late.ogg.cgr", key)) == b"".join(PIECES[:2])
+
+
+def test_a_crashed_file_is_salvaged_then_published(store: ObjectStore, s3: S3Client,
+                                                   bucket: str) -> None:
+    key = Keyring.new_data_key()
+    writer = store.open_writer("b/crashed.ogg.cgr", key)
+    for piece in PIECES[:3]:
+        writer.write(piece)
+        writer.flush()
+    writer.write(b"never flushed")
+    writer.abandon()  # as kill -9 leaves it: no final chunk
+    with pytest.raises(IntegrityError):
+        b"".join(decrypt(writer.path, key))
+    size, _ = store.recover("b/crashed.ogg.cgr", key)
+    assert size == len(b"".join(PIECES[:3]))
+    assert not writer.path.exists()
+    assert PREFIX + "b/crashed.ogg.cgr" in objects(s3, bucket)
+    assert b"".join(store.read("b/crashed.ogg.cgr", key)) == b"".join(PIECES[:3])
+
+
+def test_orphan_objects_are_swept_and_named_ones_kept(store: ObjectStore, s3: S3Client,
+                                                      bucket: str) -> None:
+    key = Keyring.new_data_key()
+    for name in ("b/kept.ogg.cgr", "b/orphan.ogg.cgr"):
+        write(store, name, key, PIECES[:1])
+        assert store.seal(name)
+    later = time.time() + 3600
+    assert store.sweep({"b/kept.ogg.cgr"}, later, dry_run=True) == 1
+    assert len(objects(s3, bucket)) == 2
+    assert store.sweep({"b/kept.ogg.cgr"}, later, dry_run=False) == 1
+    assert list(objects(s3, bucket)) == [PREFIX + "b/kept.ogg.cgr"]
+    assert store.sweep(set(), time.time() - 3600, dry_run=False) == 0  # too young to sweep
+    with pytest.raises(ValueError, match="escapes"):
+        store.key("../outside.cgr")
