@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.types import Receive, Scope, Send
 
 from api import problems
 from api.observability import Metrics, RequestContext
@@ -46,6 +47,21 @@ problems list every bad field under `errors`.
 """
 
 
+class CallgateApp(FastAPI):
+    """FastAPI, with `POST /v1/join` answered ahead of it (api/routers/join.py)."""
+
+    join: join_router.JoinFastPath | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.join is not None and join_router.is_join(scope) and not self.root_path:
+            await self.join(scope, receive, send)
+        else:
+            await super().__call__(scope, receive, send)
+
+    async def call_fastapi(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await super().__call__(scope, receive, send)
+
+
 def create_app(settings: Settings | None = None, *, clock: Clock | None = None) -> FastAPI:
     settings = settings or Settings()
     configure_logging(settings.log_level, json=settings.log_json)
@@ -67,6 +83,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
                     runtime,
                     gate=lambda: runtime.extras.get("gate"),
                     active=runtime.extras["recorder"].is_active,
+                    refresh=runtime.extras["recorder"].recording_on,
                 )
             )
             await stack.enter_async_context(Rooms(runtime))
@@ -75,7 +92,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
             runtime.extras["privacy"] = await stack.enter_async_context(privacy_service(runtime))
             yield
 
-    app = FastAPI(
+    app = CallgateApp(
         title="callgate",
         version="0.1.0",
         description=DESCRIPTION,
@@ -100,4 +117,5 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
     app.include_router(summaries_router.pages)
     app.include_router(privacy_router.router)
     app.add_middleware(RequestContext, metrics=metrics)
+    app.join = join_router.JoinFastPath(app, app.call_fastapi, metrics)
     return app

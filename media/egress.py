@@ -22,7 +22,7 @@ import hashlib
 import hmac
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import TracebackType
@@ -138,10 +138,12 @@ class Egress:
         gate: GateSource,
         active: Callable[[uuid.UUID], bool],
         client: lk.LiveKitAPI | None = None,
+        refresh: Callable[[uuid.UUID], Awaitable[bool]] | None = None,
     ) -> None:
         self._runtime = runtime
         self._gate = gate
-        self._active = active
+        self._active = active  # this node's cached recording on/off
+        self._refresh = refresh  # reads it from the database (a room seen the first time)
         self._client = client
         self._owns_client = client is None
         self.rooms: dict[str, Room] = {}
@@ -243,6 +245,8 @@ class Egress:
         gate = self._gate()
         if gate is not None:
             await gate.ensure_booking(found.id)
+        if self._refresh is not None:
+            await self._refresh(found.id)
         closes_at = found.ends_at + self._runtime.settings.join_grace
         room = self.rooms[name] = Room(found.id, name, closes_at)
         return room

@@ -45,7 +45,13 @@ from core.purposes import Purpose
 from core.runtime import Runtime
 from media.keys import access_data_key
 from media.ogg import OggOpusWriter
-from media.recordings import Recording, RecordingState, TrackKind
+from media.recordings import (
+    Recording,
+    RecordingState,
+    TrackKind,
+    do_set_recording_on,
+    read_recording_on,
+)
 from media.storage import EncryptedWriter, Storage, open_store
 from media.webm import WebmVp8Writer
 
@@ -335,26 +341,46 @@ class Recorder:
         ]
 
     def is_active(self, booking_id: uuid.UUID) -> bool:
+        """This node's cached answer (read on first use, kept current by the bus)."""
         return booking_id in self._active
 
-    async def start(self, booking_id: uuid.UUID) -> None:
-        """Start recording a booking (its people are still each asked at every frame)."""
-        await self._load(booking_id)
-        self._active.add(booking_id)
-        await self._runtime.bus.publish(
-            Event(Topic.RECORDING_CHANGED, {"booking_id": str(booking_id), "control": "started"})
-        )
+    async def recording_on(self, booking_id: uuid.UUID) -> bool:
+        """The database's answer (shared by every node, kept over restarts); refreshes the cache."""
+        async with self._runtime.db.session() as session:
+            on = await read_recording_on(session, booking_id)
+        if on:
+            self._active.add(booking_id)
+        else:
+            self._apply_stop(booking_id)
+        return on
 
-    async def stop(self, booking_id: uuid.UUID) -> None:
-        self._apply_stop(booking_id)
+    async def start(self, booking_id: uuid.UUID, by: str = "system") -> None:
+        """Start recording a booking (its people are still each asked at every frame)."""
+        await self._set(booking_id, True, by)
+
+    async def stop(self, booking_id: uuid.UUID, by: str = "system") -> None:
+        await self._set(booking_id, False, by)
+
+    async def _set(self, booking_id: uuid.UUID, on: bool, by: str) -> None:
+        gate = self._gate()
+        if gate is not None:
+            await gate.ensure_booking(booking_id)
+        async with self._runtime.db.session() as session:
+            await do_set_recording_on(session, booking_id, on, by, self._runtime.clock.now())
+        if on:
+            self._active.add(booking_id)
+        else:
+            self._apply_stop(booking_id)
+        control = "started" if on else "stopped"
         await self._runtime.bus.publish(
-            Event(Topic.RECORDING_CHANGED, {"booking_id": str(booking_id), "control": "stopped"})
+            Event(Topic.RECORDING_CHANGED, {"booking_id": str(booking_id), "control": control})
         )
 
     async def _load(self, booking_id: uuid.UUID) -> None:
         gate = self._gate()
         if gate is not None:
             await gate.ensure_booking(booking_id)
+        await self.recording_on(booking_id)
 
     def _apply_stop(self, booking_id: uuid.UUID) -> None:
         self._active.discard(booking_id)
@@ -395,8 +421,6 @@ class Recorder:
         if previous is not None:
             await self._drop(previous)
         self._peers[participant.id] = peer
-        if participant.booking.record_automatically:
-            self._active.add(participant.booking_id)
         local = pc.localDescription
         return RTCSessionDescription(sdp=local.sdp, type=local.type)
 

@@ -13,12 +13,13 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import JSON, BigInteger, ForeignKey, Integer, String, Uuid, select
+from sqlalchemy import JSON, BigInteger, Boolean, ForeignKey, Integer, String, Uuid, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
 from core.accounts import Caller, Scope
-from core.bookings import Participant, Role
+from core.bookings import Booking, Participant, Role
 from core.database import Base, UTCDateTime, enum_column
 from core.errors import NotFound, PermissionDenied
 from core.purposes import Purpose
@@ -68,6 +69,49 @@ class Recording(Base):
     sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
     retain_until: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
     path: Mapped[str] = mapped_column(String(300))
+
+
+class RecordingControl(Base):
+    """Whether a booking is being recorded, as its host (or an admin) last set it.
+
+    No row means nobody has started or stopped it yet: the booking's `record_automatically`
+    decides. Kept in the database so every node and every restart agrees; nodes cache it and
+    hear of changes on the bus (`recording.changed`)."""
+
+    __tablename__ = "recording_controls"
+
+    booking_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("bookings.id", ondelete="CASCADE"), primary_key=True
+    )
+    recording: Mapped[bool] = mapped_column(Boolean)
+    changed_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    changed_by: Mapped[str] = mapped_column(String(80))
+
+
+async def read_recording_on(session: AsyncSession, booking_id: uuid.UUID) -> bool:
+    """Is the booking being recorded: the last start/stop, else its `record_automatically`."""
+    control = await session.get(RecordingControl, booking_id)
+    if control is not None:
+        return control.recording
+    automatic = await session.scalar(
+        select(Booking.record_automatically).where(Booking.id == booking_id)
+    )
+    return bool(automatic)
+
+
+async def do_set_recording_on(
+    session: AsyncSession, booking_id: uuid.UUID, on: bool, by: str, now: datetime
+) -> None:
+    """Record a start or stop; concurrent ones end as the last writer's (one upsert)."""
+    values = {"booking_id": booking_id, "recording": on, "changed_at": now, "changed_by": by}
+    changed = {"recording": on, "changed_at": now, "changed_by": by}
+    keys = ["booking_id"]
+    if session.get_bind().dialect.name == "postgresql":
+        pg = postgresql.insert(RecordingControl).values(values)
+        await session.execute(pg.on_conflict_do_update(index_elements=keys, set_=changed))
+    else:
+        lite = sqlite.insert(RecordingControl).values(values)
+        await session.execute(lite.on_conflict_do_update(index_elements=keys, set_=changed))
 
 
 class RecordingDownload(Base):

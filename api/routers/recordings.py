@@ -104,7 +104,11 @@ class RecordingView(BaseModel):
 
 class RecordingList(BaseModel):
     booking_id: uuid.UUID
-    recording: bool = Field(description="Whether recording is switched on for the booking.")
+    recording: bool = Field(
+        description="Whether recording is switched on for the booking: the host's (or an "
+        "admin's) last start or stop, else the booking's `record_automatically`. Each person is "
+        "still recorded only for what they granted."
+    )
     recordings: list[RecordingView]
 
 
@@ -157,10 +161,14 @@ async def post_control(
     viewer: ViewerDep,
 ) -> dict[str, Any]:
     access_recording_control(viewer, booking_id)
-    if action == "start":
-        await recorder.start(booking_id)
+    if viewer.participant is not None:
+        by = f"participant:{viewer.participant.id}"
     else:
-        await recorder.stop(booking_id)
+        by = f"api_key:{viewer.caller.key_id}" if viewer.caller is not None else "system"
+    if action == "start":
+        await recorder.start(booking_id, by)
+    else:
+        await recorder.stop(booking_id, by)
     return {"booking_id": str(booking_id), "recording": recorder.is_active(booking_id)}
 
 
@@ -176,7 +184,7 @@ async def get_recordings(
         rows = await list_recordings(session, viewer, booking_id)
     return RecordingList(
         booking_id=booking_id,
-        recording=recorder.is_active(booking_id),
+        recording=await recorder.recording_on(booking_id),
         recordings=[RecordingView.of(row) for row in rows],
     )
 

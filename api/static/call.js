@@ -36,6 +36,7 @@
     recorder: null,    // {pc, senders: {audio, video}}: my connection to the recording peer
     recordingOn: false, // whether recording is switched on for the booking (as far as we know)
     recordingPoll: null,
+    controlSeq: 0,     // bumped by every authoritative start/stop we hear of (see checkRecording)
   };
   window.callgate = state; // for the browser tests (stats) and for debugging
 
@@ -321,19 +322,29 @@
 
   // Whether the booking is recording: the host's own start/stop, anyone shown as recorded,
   // and (for a start nobody is recorded by yet, and for stops) the recordings list's flag.
+  // A poll answered after a start or stop we heard of since it was sent is stale: ignored.
   async function checkRecording() {
+    const seq = state.controlSeq;
     const response = await fetch(`/v1/bookings/${state.grant.booking.id}/recordings`, {
       headers: { "X-Join-Credential": credential },
     });
     if (!response.ok) return;
     const body = await response.json();
+    if (seq !== state.controlSeq) return;
     if (body.recording !== state.recordingOn) setRecordingOn(body.recording);
+  }
+
+  // The server's own word on a start or stop (its answer to ours, or the signaling push).
+  function learnRecording(on) {
+    state.controlSeq += 1;
+    if (on !== state.recordingOn) setRecordingOn(on);
   }
 
   async function toggleRecording(event) {
     const button = event.currentTarget;
     button.disabled = true;
     const action = state.recordingOn ? "stop" : "start";
+    state.controlSeq += 1; // a poll already on its way may predate this switch
     try {
       const response = await fetch(`/v1/bookings/${state.grant.booking.id}/recording/${action}`, {
         method: "POST",
@@ -344,7 +355,7 @@
         say(`Recording could not be switched ${action === "start" ? "on" : "off"}: ${body.detail || response.status}`, "call-status");
         return;
       }
-      setRecordingOn(body.recording);
+      learnRecording(body.recording);
       say(body.recording ? "Recording is on: each person is recorded only as they allowed."
         : "Recording is off.", "call-status");
     } finally {
@@ -494,9 +505,10 @@
         for (const peer of message.peers) state.names.set(peer.id, peer.name);
         for (const item of message.consent) state.consent.set(`${item.who}|${item.purpose}`, item.decision);
         for (const item of message.recording) state.recording.set(item.who, item);
-        // A booking recorded automatically starts when its first page connects to the recorder.
-        const auto = state.grant.booking.record_automatically === true;
-        if ((auto || message.recording.some((r) => r.audio || r.video)) && !state.recordingOn) {
+        // Whether recording is on (a booking recorded automatically is on from the start
+        // unless its host stopped it) is the server's word: checkRecording, the
+        // "recording-state" push; anyone already recorded means it is on.
+        if (message.recording.some((r) => r.audio || r.video) && !state.recordingOn) {
           setRecordingOn(true);
         }
         state.grant.builtin.ice_servers = message.ice_servers.length
@@ -535,6 +547,11 @@
         state.recording.set(message.who, message);
         renderRecording(message.who);
         if ((message.audio || message.video) && !state.recordingOn) setRecordingOn(true);
+        break;
+      case "recording-state":
+        learnRecording(message.on === true);
+        say(message.on ? "Recording is on: each person is recorded only as they allowed."
+          : "Recording is off.", "call-status");
         break;
       case "bye":
         state.leaving = true;
