@@ -9,6 +9,10 @@ PORT ?= 8000
 # Debian packages the tests drive for real: Chromium (Playwright e2e) and coturn (TURN).
 SYSTEM_PACKAGES := chromium coturn
 
+# The LiveKit browser SDK the call page loads in livekit mode, for the browser tests (npm registry).
+LIVEKIT_CLIENT := 2.23.0
+LIVEKIT_SDK := var/vendor/livekit-client-$(LIVEKIT_CLIENT)/dist/livekit-client.umd.js
+
 .PHONY: run test lint bench install system-deps services fmt clean
 
 $(BIN)/python:
@@ -22,6 +26,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 install: $(STAMP)
 
+run: export CALLGATE_PUBLIC_BASE_URL ?= http://$(HOST):$(PORT)
 run: install
 	$(BIN)/callgate migrate
 	$(BIN)/callgate demo
@@ -45,6 +50,15 @@ services: install
 	    --dir /var/lib/redis --logfile /var/log/redis/ci.log; } || true
 	$(BIN)/python -m tests.services
 
+$(LIVEKIT_SDK):
+	mkdir -p var/vendor/tmp
+	cd var/vendor/tmp && npm pack --silent livekit-client@$(LIVEKIT_CLIENT) >/dev/null
+	rm -rf var/vendor/livekit-client-$(LIVEKIT_CLIENT)
+	mkdir -p var/vendor/livekit-client-$(LIVEKIT_CLIENT)
+	tar -xzf var/vendor/tmp/livekit-client-$(LIVEKIT_CLIENT).tgz --strip-components=1 \
+	  -C var/vendor/livekit-client-$(LIVEKIT_CLIENT)
+	rm -rf var/vendor/tmp
+
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/mypy
@@ -52,8 +66,8 @@ lint: install
 fmt: install
 	$(BIN)/ruff check --fix .
 
-test: install system-deps services lint
-	$(BIN)/pytest
+test: install system-deps services $(LIVEKIT_SDK) lint
+	CALLGATE_TEST_LIVEKIT_SDK=$(CURDIR)/$(LIVEKIT_SDK) $(BIN)/pytest
 
 bench: install services
 	$(BIN)/python -m bench

@@ -32,6 +32,9 @@ def serve(
     uvicorn.run(
         "api.app:create_app", factory=True, host=host, port=port, workers=workers,
         log_level="warning", proxy_headers=True,
+        # uvloop and httptools (C) rather than whatever "auto" finds; no uvicorn access log:
+        # the app logs every request itself (JSON, with its request id and route).
+        loop="uvloop", http="httptools", access_log=False,
         # Signaling frames are limited to 64 KiB (docs/signaling.md): refuse bigger ones (1009)
         # before buffering them, and skip per-socket deflate state (small JSON messages).
         ws_max_size=64 * 1024, ws_per_message_deflate=False,

@@ -1,4 +1,5 @@
-"""Personal join credentials: the secret part of each participant's join link.
+"""Personal join credentials (the secret part of each participant's join link), and the
+LiveKit access token a join exchanges one for.
 
 A credential is HMAC-SHA256(server secret, participant id + generation): 256 bits no one can
 guess without the server secret. Only its SHA-256 is stored (a database leak reveals no link),
@@ -8,18 +9,28 @@ generation, so the old link stops matching and a new one is derived.
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import hmac
 import re
 import uuid
+from typing import Any
 
+from livekit.api.access_token import Claims
+from pydantic_core import to_json
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core.bookings import Participant
+from core.bookings import Participant, Role
 from core.crypto import Keyring, b64url, sha256_hex
 from core.errors import NotFound
 from core.settings import Settings
+from signaling.livekit import room_grants
 
 _SHAPE = re.compile(r"^[A-Za-z0-9_-]{43}$")
+# The JOSE header PyJWT writes for HS256 (keys sorted), RFC 7515 section 4.
+_JWT_HEADER = b64url(b'{"alg":"HS256","typ":"JWT"}')
+_ROOM = "\x00room"  # placeholder in the grant template, replaced by each token's room
 
 
 def join_credential(keys: Keyring, participant_id: uuid.UUID, generation: int) -> str:
@@ -58,3 +69,30 @@ async def access_participant(session: AsyncSession, credential: str) -> Particip
     if participant is None:
         raise NotFound("this join link is not valid")
     return participant
+
+
+@functools.cache
+def _video_claims(role: Role) -> dict[str, Any]:
+    """The `video` claim of a role, as livekit-api's `Claims.asdict()` writes it (camelCase,
+    no empty values). The grants depend only on the role; the room is filled in per token."""
+    video: dict[str, Any] = Claims(video=room_grants(role, _ROOM)).asdict()["video"]
+    return video
+
+
+def livekit_token(
+    api_key: str, api_secret: str, *, identity: str, name: str, role: Role, room: str,
+    not_before: int, expires: int,
+) -> str:
+    """A LiveKit access token (HS256 JWT, RFC 7519) with the claims livekit-api's
+    `AccessToken(...).with_identity().with_name().with_grants(room_grants()).to_jwt()` puts in
+    (`name`, `video`, `sub`, `iss`, `nbf`, `exp`), signed here: `AccessToken` deep-copies every
+    grant through `dataclasses.asdict` and PyJWT re-validates its input on each call, which
+    cost ten times the signature itself on the join path."""
+    if not identity or not room:
+        raise ValueError("identity and room must be set when joining a room")
+    claims: dict[str, Any] = {"name": name} if name else {}
+    claims["video"] = {**_video_claims(role), "room": room}
+    claims.update(sub=identity, iss=api_key, nbf=not_before, exp=expires)
+    signing_input = f"{_JWT_HEADER}.{b64url(to_json(claims))}"
+    mac = hmac.new(api_secret.encode(), signing_input.encode(), hashlib.sha256).digest()
+    return f"{signing_input}.{b64url(mac)}"

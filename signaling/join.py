@@ -8,31 +8,35 @@ counted per client address and, past the limit, refused with 429 before any look
 
 from __future__ import annotations
 
+import json
+import math
+import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
+import asyncpg  # type: ignore[import-untyped]
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import bindparam, select
-from sqlalchemy.ext.asyncio import AsyncEngine
+from pydantic_core import to_json
+from sqlalchemy import bindparam, make_url, select
 
 from core.bookings import Booking, BookingStatus, Participant, Role
 from core.clock import as_utc
-from core.database import create_engine, is_sqlite
+from core.database import is_sqlite
 from core.errors import Gone, NotFound, OutsideJoinWindow, RateLimited
 from core.purposes import RecordingPolicy
 from core.runtime import Runtime
 from core.settings import MediaMode, Settings
-from signaling.credentials import credential_hash, looks_like_credential
+from signaling.credentials import credential_hash, livekit_token, looks_like_credential
 from signaling.ice import ice_servers
-from signaling.livekit import media_token
+from signaling.livekit import livekit_credentials
 from signaling.tickets import issue_ticket
 
 FAILURE_WINDOW_S = 60
-# Joins wait for a pooled connection rather than open (and close) overflow ones: opening a
-# PostgreSQL connection costs far more than a join.
+# Joins wait for a pooled connection rather than open (and close) more: opening a PostgreSQL
+# connection costs far more than a join.
 JOIN_POOL_SIZE = 20
 
 _COLUMNS = (
@@ -192,58 +196,64 @@ class JoinRow:
         )
 
 
+async def _decode_json(conn: asyncpg.Connection) -> None:
+    # `requested_purposes` is a JSON column: decode it as SQLAlchemy's dialect does.
+    await conn.set_type_codec("json", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Nothing to reset: the pool only runs one read-only statement in autocommit, so skip
+    asyncpg's default reset query (a round trip on every release)."""
+
+
 class JoinReader:
-    """The join path's reads. On PostgreSQL it keeps its own small autocommit pool without
-    pre-ping and runs the credential lookup as one prepared statement on the driver: one
-    round trip, none of the ORM's per-query work (the shared engine's pre-ping and
-    transaction would add five round trips). After a failure the pool's connections are
-    discarded and the read retried once. Entered on the app lifespan, it is
-    `runtime.extras["join"]`."""
+    """The join path's reads. On PostgreSQL it keeps its own small asyncpg pool and runs the
+    credential lookup as one prepared statement: one round trip per join, none of the ORM's
+    or the shared engine's per-query work (pre-ping, transaction, pool events). After a
+    failure every pooled connection is expired and the read retried once. Entered on the app
+    lifespan, it is `runtime.extras["join"]`."""
 
     def __init__(self, runtime: Runtime) -> None:
         self._runtime = runtime
-        self._engine: AsyncEngine | None = None
+        self._pool: asyncpg.Pool | None = None
         self._sql = ""
 
     async def __aenter__(self) -> JoinReader:
         db = self._runtime.db
         if not is_sqlite(db.url):
-            self._engine = create_engine(
-                db.url, isolation_level="AUTOCOMMIT", skip_autocommit_rollback=True,
-                pool_pre_ping=False, pool_size=JOIN_POOL_SIZE, max_overflow=0,
+            url = make_url(db.url)
+            dialect = url.get_dialect()()
+            _, connect = dialect.create_connect_args(url)
+            # min_size=0: connect on first use, so the app starts while the database is down.
+            self._pool = await asyncpg.create_pool(
+                min_size=0, max_size=JOIN_POOL_SIZE, init=_decode_json, reset=_keep_session,
+                **connect,
             )
             query = _BY_CREDENTIAL.where(Participant.credential_hash == bindparam("hash"))
-            self._sql = str(query.compile(dialect=self._engine.dialect))
+            self._sql = str(query.compile(dialect=dialect))
         self._runtime.extras["join"] = self
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         self._runtime.extras.pop("join", None)
-        engine, self._engine = self._engine, None
-        if engine is not None:
-            await engine.dispose()
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()
 
     async def by_credential_hash(self, digest: str) -> JoinRow | None:
-        if self._engine is None:
+        pool = self._pool
+        if pool is None:
             return await self.fetch(Participant.credential_hash == digest)
-        for attempt in (1, 2):
-            async with self._engine.connect() as conn:
-                driver: Any = (await conn.get_raw_connection()).driver_connection
-                try:
-                    record = await driver.fetchrow(self._sql, digest)
-                except Exception:  # e.g. the database restarted: drop every pooled
-                    await conn.invalidate()  # connection and try once more on a fresh one
-                    if attempt == 2:
-                        raise
-                    await self._engine.dispose()
-                    continue
-                return None if record is None else JoinRow.of(record)
-        return None
+        try:
+            record = await pool.fetchrow(self._sql, digest)
+        except Exception:  # e.g. the database restarted: every pooled connection is dead,
+            await pool.expire_connections()  # so reconnect them all and try once more
+            record = await pool.fetchrow(self._sql, digest)
+        return None if record is None else JoinRow.of(record)
 
     async def fetch(self, condition: Any) -> JoinRow | None:
         """The row matching `condition` (any participant filter), through the ORM layer."""
-        engine = self._engine or self._runtime.db.engine
-        async with engine.connect() as conn:
+        async with self._runtime.db.engine.connect() as conn:
             row = (await conn.execute(_BY_CREDENTIAL.where(condition))).first()
         return None if row is None else JoinRow.of(row._mapping)
 
@@ -290,62 +300,69 @@ def ws_base(settings: Settings) -> str:
     )
 
 
-def _builtin(runtime: Runtime, row: JoinRow, window: JoinWindow, now: datetime) -> BuiltinAccess:
+def _builtin(runtime: Runtime, row: JoinRow, closes_at: datetime, now: datetime) -> dict[str, Any]:
     settings = runtime.settings
     participant_id: uuid.UUID = row.participant_id
-    booking_id: uuid.UUID = row.booking_id
-    expires = min(now + timedelta(seconds=settings.ticket_ttl_s), window.closes_at)
-    return BuiltinAccess(
-        ws_url=f"{ws_base(settings)}/v1/rooms/{row.room_name}/ws",
-        ticket=issue_ticket(runtime.keys, participant_id, booking_id, expires),
-        ticket_expires_at=expires,
-        ice_servers=[
-            IceServer(**server)
-            for server in ice_servers(settings, participant_id, now, window.closes_at)
+    expires = min(now + timedelta(seconds=settings.ticket_ttl_s), closes_at)
+    return {
+        "ws_url": f"{ws_base(settings)}/v1/rooms/{row.room_name}/ws",
+        "ticket": issue_ticket(runtime.keys, participant_id, row.booking_id, expires),
+        "ticket_expires_at": expires,
+        "ice_servers": [
+            {"urls": server["urls"], "username": server.get("username"),
+             "credential": server.get("credential")}
+            for server in ice_servers(settings, participant_id, now, closes_at)
         ],
+    }
+
+
+def _livekit(settings: Settings, row: JoinRow, closes_at: datetime) -> dict[str, Any]:
+    url, key, secret = livekit_credentials(settings)
+    # `nbf` from the wall clock as livekit-api stamps it; `exp` is the window's end, never later
+    # (LiveKit checks it only at connect; callgate removes people when the window closes).
+    expires = math.floor(closes_at.timestamp())
+    token = livekit_token(
+        key, secret, identity=str(row.participant_id), name=row.display_name, role=row.role,
+        room=row.room_name, not_before=int(time.time()), expires=expires,
     )
+    return {"url": url, "token": token, "expires_at": datetime.fromtimestamp(expires, UTC)}
+
+
+def grant_document(runtime: Runtime, row: JoinRow, now: datetime) -> dict[str, Any]:
+    """Admission check and the media access for one participant row: a `JoinGrant` as plain
+    JSON-ready values (the join path serializes it once, without building the models)."""
+    settings = runtime.settings
+    window = check_admission(row, settings, now)
+    livekit = settings.media_mode is MediaMode.LIVEKIT
+    return {
+        "mode": settings.media_mode.value,
+        "participant": {
+            "id": row.participant_id, "display_name": row.display_name, "role": row.role.value,
+        },
+        "booking": {
+            "id": row.booking_id,
+            "title": row.title,
+            "starts_at": row.starts_at,
+            "ends_at": row.ends_at,
+            "language": row.language,
+            "requested_purposes": list(row.requested_purposes),
+            "recording_policy": row.recording_policy.value,
+            "record_automatically": row.record_automatically,
+        },
+        "window": {"opens_at": window.opens_at, "closes_at": window.closes_at},
+        "builtin": None if livekit else _builtin(runtime, row, window.closes_at, now),
+        "livekit": _livekit(settings, row, window.closes_at) if livekit else None,
+    }
 
 
 def grant(runtime: Runtime, row: JoinRow, now: datetime) -> JoinGrant:
     """Admission check and the media access for one participant row."""
-    window = check_admission(row, runtime.settings, now)
-    livekit = runtime.settings.media_mode is MediaMode.LIVEKIT
-    participant = JoinParticipant(
-        id=row.participant_id, display_name=row.display_name, role=row.role
-    )
-    booking = JoinBooking(
-        id=row.booking_id,
-        title=row.title,
-        starts_at=row.starts_at,
-        ends_at=row.ends_at,
-        language=row.language,
-        requested_purposes=list(row.requested_purposes),
-        recording_policy=row.recording_policy,
-        record_automatically=row.record_automatically,
-    )
-    lk_access = None
-    if livekit:
-        token = media_token(
-            runtime.settings,
-            participant_id=row.participant_id,
-            display_name=row.display_name,
-            role=row.role,
-            room=row.room_name,
-            not_after=window.closes_at,
-        )
-        lk_access = LivekitAccess(url=token.url, token=token.token, expires_at=token.expires_at)
-    return JoinGrant(
-        mode=MediaMode.LIVEKIT.value if livekit else MediaMode.BUILTIN.value,
-        participant=participant,
-        booking=booking,
-        window=window,
-        builtin=None if livekit else _builtin(runtime, row, window, now),
-        livekit=lk_access,
-    )
+    return JoinGrant.model_validate(grant_document(runtime, row, now))
 
 
-async def do_join(runtime: Runtime, credential: str, address: str) -> JoinGrant:
-    """Exchange a join credential for media access (see the module docstring)."""
+async def admit(runtime: Runtime, credential: str, address: str) -> JoinRow:
+    """The row behind a live credential, counting failures per address (see the module
+    docstring): RateLimited past the limit, before any lookup; NotFound for unknown links."""
     limit = runtime.settings.join_failures_per_minute
     key = f"join-fail:{address}"
     verdict = await runtime.limiter.peek(key, limit, FAILURE_WINDOW_S)
@@ -361,7 +378,13 @@ async def do_join(runtime: Runtime, credential: str, address: str) -> JoinGrant:
                 "too many failed joins from this address", retry_after_s=verdict.retry_after_s
             )
         raise NotFound("this join link is not valid")
-    return grant(runtime, row, runtime.clock.now())
+    return row
+
+
+async def do_join(runtime: Runtime, credential: str, address: str) -> bytes:
+    """Exchange a join credential for media access: the `JoinGrant` as JSON."""
+    row = await admit(runtime, credential, address)
+    return to_json(grant_document(runtime, row, runtime.clock.now()))
 
 
 async def do_participant_token(
