@@ -4,20 +4,34 @@ The recorder still writes every file to the local folder (the spool) chunk by ch
 killed process leaves whole chunks that crash recovery salvages exactly as with the local
 store. Once a file is sealed (its span closed, or recovery re-sealed it) the ciphertext is
 uploaded as one object under `prefix + relative path` (boto3's managed transfer switches to a
-multipart upload for large files) and the spool copy is removed. Objects hold only what the
-file held: the encrypted chunk stream. Data keys never leave callgate, so destroying a
-person's key still shreds their objects; erasure and retention delete the objects too.
+multipart upload for large files) and the spool copy is removed. Data keys never leave
+callgate, so destroying a person's key still shreds their objects; erasure and retention
+delete the objects too.
 
-Reads stream the object with one GET and decrypt chunk by chunk (`storage.decrypt_stream`),
-skipping the chunks before the requested range and closing the connection after its last
-one; memory stays at one chunk. Until an upload succeeded the spool copy is read instead.
+An object is the sealed file followed by a chunk index, so a read can fetch just the chunks
+holding the plaintext range it wants (all integers big-endian):
+
+    object  = file (header, chunks, the final one last) | index | footer
+    index   = plaintext size of each chunk (4 each), in order
+    footer  = file id (16) | chunk count (8) | INDEX_MAGIC (8)
+
+The index is public layout, not a secret, and not trusted: a read checks that it accounts for
+every byte of the object, and each chunk it points at must still authenticate under its
+index (the AAD), with the final flag on the last one; a lying index only makes reads fail.
+A read costs two GETs (the object's tail with the index, then the byte range of the chunks
+wanted), streamed and decrypted chunk by chunk, so memory stays at one chunk. Objects without
+an index (copied in from a local store) are read with one streaming GET from the start.
+Until an upload succeeded the spool copy is read instead.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import io
+import struct
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +43,16 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from core.settings import Settings
-from media.storage import EncryptedWriter, LocalStore, decrypt_stream
+from media.storage import (
+    HEADER_BYTES,
+    ChunkPosition,
+    EncryptedWriter,
+    IntegrityError,
+    LocalStore,
+    chunk_span,
+    chunk_table,
+    decrypt_stream,
+)
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -38,6 +61,75 @@ log = structlog.get_logger(__name__)
 
 DELETE_BATCH = 1000  # the most keys one DeleteObjects request takes
 MIB = 1024 * 1024
+INDEX_MAGIC = b"CGIDX\x00\x01\n"
+FOOTER = struct.Struct(">16sQ8s")
+SIZE = struct.Struct(">I")
+TAIL_BYTES = 64 * 1024  # the first GET of a read: the index of files up to ~4 hours of chunks
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where an indexed object's chunks are."""
+
+    file_id: bytes
+    sizes: list[int]
+
+    @classmethod
+    def of_index(cls, file_id: bytes, raw: bytes) -> Layout:
+        return cls(file_id, [size for (size,) in SIZE.iter_unpack(raw)])
+
+    def trailer(self) -> bytes:
+        index = b"".join(SIZE.pack(size) for size in self.sizes)
+        return index + FOOTER.pack(self.file_id, len(self.sizes), INDEX_MAGIC)
+
+    @property
+    def file_bytes(self) -> int:
+        return HEADER_BYTES + sum(chunk_span(size) for size in self.sizes)
+
+    def run(self, start: int, end: int | None) -> tuple[ChunkPosition, int, int] | None:
+        """The chunks a read of plaintext [start, end) needs (those `decrypt_stream` would
+        decrypt): where they start, and their bytes [first, last) in the object."""
+        found: ChunkPosition | None = None
+        offset, at, first, last = 0, HEADER_BYTES, 0, 0
+        for index, size in enumerate(self.sizes):
+            if (offset + size > start or size == 0) and (end is None or offset < end):
+                if found is None:
+                    found, first = ChunkPosition(self.file_id, index, offset), at
+                last = at + chunk_span(size)
+            elif found is not None:
+                break
+            offset += size
+            at += chunk_span(size)
+        return None if found is None else (found, first, last)
+
+
+def parse_footer(footer: bytes) -> tuple[bytes, int] | None:
+    """(file id, chunk count) of an index footer, None if these bytes are not one."""
+    if len(footer) != FOOTER.size:
+        return None
+    file_id, count, magic = FOOTER.unpack(footer)
+    if magic != INDEX_MAGIC:
+        return None
+    return file_id, count
+
+
+def index_file(path: Path) -> Layout:
+    """Append the chunk index to a sealed file, once (a retried upload finds it there)."""
+    size = path.stat().st_size
+    with path.open("rb") as handle:
+        if size >= FOOTER.size:
+            handle.seek(size - FOOTER.size)
+            footer = parse_footer(handle.read(FOOTER.size))
+            if footer is not None and SIZE.size * footer[1] <= size - FOOTER.size:
+                file_id, count = footer
+                handle.seek(size - FOOTER.size - SIZE.size * count)
+                layout = Layout.of_index(file_id, handle.read(SIZE.size * count))
+                if layout.file_bytes + len(layout.trailer()) == size:
+                    return layout
+    layout = Layout(*chunk_table(path))
+    with path.open("ab") as handle:
+        handle.write(layout.trailer())
+    return layout
 
 
 class BodyReader:
@@ -135,6 +227,7 @@ class ObjectStore:
         is read from) until `unpublished` hands it back for another try."""
         path = self.spool.path(relative)
         try:
+            index_file(path)
             self._client.upload_file(
                 str(path),
                 self.bucket,
@@ -171,25 +264,89 @@ class ObjectStore:
     def _read_object(
         self, relative: str, key: bytes, start: int, end: int | None
     ) -> Iterator[bytes]:
-        try:
-            found = self._client.get_object(Bucket=self.bucket, Key=self.key(relative))
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
-                raise FileNotFoundError(relative) from exc
-            raise
+        name = self.key(relative)
+        tail, total = self._get_tail(name)
+        layout = self._layout(name, tail, total)
+        if layout is None:  # no index: stream the whole file from its header
+            yield from self._decrypt_range(name, key, 0, total, start, end, None, tail, total)
+            return
+        run = layout.run(start, end)
+        if run is None:
+            return
+        position, first, last = run
+        plain = sum(layout.sizes)
+        expected = max(0, (plain if end is None else min(end, plain)) - start)
+        produced = 0
+        for piece in self._decrypt_range(
+            name, key, first, last, start, end, position, tail, total
+        ):
+            produced += len(piece)
+            yield piece
+        # Every chunk read authenticated under its own index; a range still coming out short
+        # means the index pointed the read at the wrong bytes.
+        if produced != expected:
+            raise IntegrityError("the object's chunk index does not match its chunks")
+
+    def _decrypt_range(
+        self,
+        name: str,
+        key: bytes,
+        first: int,
+        last: int,
+        start: int,
+        end: int | None,
+        position: ChunkPosition | None,
+        tail: bytes,
+        total: int,
+    ) -> Iterator[bytes]:
+        """Decrypt the object's bytes [first, last), from the tail already fetched if it
+        holds them, else from a ranged GET of exactly those bytes."""
+        if first >= total - len(tail):
+            at = first - (total - len(tail))
+            source = io.BytesIO(tail[at : at + last - first])
+            yield from decrypt_stream(source, key, start=start, end=end, resume=position)
+            return
+        found = self._get(name, f"bytes={first}-{last - 1}")
         body = BodyReader(found["Body"])
         with contextlib.closing(body):  # also when the reader stops early: drop the connection
-            yield from decrypt_stream(body, key, start=start, end=end)
+            yield from decrypt_stream(body, key, start=start, end=end, resume=position)
 
-    def exists(self, relative: str) -> bool:
-        """Whether the object is in the bucket (not the spool)."""
+    def _get(self, name: str, byte_range: str) -> Any:
         try:
-            self._client.head_object(Bucket=self.bucket, Key=self.key(relative))
+            return self._client.get_object(Bucket=self.bucket, Key=name, Range=byte_range)
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
-                return False
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                raise FileNotFoundError(name) from exc
             raise
-        return True
+
+    def _get_tail(self, name: str) -> tuple[bytes, int]:
+        """The object's last TAIL_BYTES (or all of it) and its size."""
+        found = self._get(name, f"bytes=-{TAIL_BYTES}")
+        with contextlib.closing(found["Body"]):
+            tail: bytes = found["Body"].read()
+        content_range = found.get("ContentRange")  # "bytes first-last/total" (RFC 9110 14.4)
+        total = int(content_range.rsplit("/", 1)[1]) if content_range else len(tail)
+        return tail, total
+
+    def _layout(self, name: str, tail: bytes, total: int) -> Layout | None:
+        footer = parse_footer(tail[-FOOTER.size :])
+        if footer is None:
+            return None
+        file_id, count = footer
+        length = SIZE.size * count
+        if length + FOOTER.size > total:
+            raise IntegrityError("the object's chunk index is larger than the object")
+        if length + FOOTER.size <= len(tail):
+            raw = tail[len(tail) - FOOTER.size - length : len(tail) - FOOTER.size]
+        else:
+            at = total - FOOTER.size - length
+            found = self._get(name, f"bytes={at}-{total - FOOTER.size - 1}")
+            with contextlib.closing(found["Body"]):
+                raw = found["Body"].read()
+        layout = Layout.of_index(file_id, raw)
+        if len(layout.sizes) != count or layout.file_bytes + len(layout.trailer()) != total:
+            raise IntegrityError("the object's chunk index does not match the object")
+        return layout
 
     # removing
 

@@ -24,6 +24,7 @@ import os
 import secrets
 import struct
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
@@ -127,10 +128,9 @@ def _read_header(handle: ForwardReader) -> bytes:
     return header[len(MAGIC) :]
 
 
-def _chunks(handle: ForwardReader) -> Iterator[tuple[int, int]]:
+def _chunks(handle: ForwardReader, index: int = 0) -> Iterator[tuple[int, int]]:
     """(index, sealed length) per chunk, the handle positioned at its nonce; the caller
     reads the body or skips past it. Stops at a torn length field (a crash mid-write)."""
-    index = 0
     while True:
         head = handle.read(CHUNK_HEAD.size)
         if len(head) < CHUNK_HEAD.size:
@@ -161,14 +161,18 @@ def decrypt_stream(
     start: int = 0,
     end: int | None = None,
     salvage: bool = False,
+    resume: ChunkPosition | None = None,
 ) -> Iterator[bytes]:
-    """`decrypt` over an open file-like positioned at the header. It is only read forward
-    (`seek` only ever skips ahead), so a streaming HTTP body can stand in for a file."""
+    """`decrypt` over an open file-like positioned at the header, or at the chunk `resume`
+    names. It is only read forward (`seek` only ever skips ahead), so a streaming HTTP body
+    (a ranged GET starting at a chunk) can stand in for a file."""
     aead = AESGCM(key)
-    offset = 0
+    if resume is None:
+        file_id, first, offset = _read_header(handle), 0, 0
+    else:
+        file_id, first, offset = resume.file_id, resume.index, resume.offset
     saw_final = False
-    file_id = _read_header(handle)
-    for index, length in _chunks(handle):
+    for index, length in _chunks(handle, first):
         size = length - TAG_BYTES
         body_at = handle.tell()
         wanted = (offset + size > start or size == 0) and (end is None or offset < end)
@@ -212,17 +216,38 @@ def _open(
 
 def plaintext_size(path: Path) -> int:
     """Size of the plaintext, from the chunk headers alone (nothing decrypted)."""
-    total = 0
+    return sum(chunk_table(path)[1])
+
+
+def chunk_table(path: Path) -> tuple[bytes, list[int]]:
+    """The file id and each whole chunk's plaintext size, from the chunk headers alone."""
+    sizes: list[int] = []
     with path.open("rb") as handle:
-        _read_header(handle)
+        file_id = _read_header(handle)
+        end = handle.seek(0, os.SEEK_END)
+        handle.seek(HEADER_BYTES)
         for _, length in _chunks(handle):
             here = handle.tell()
-            handle.seek(0, os.SEEK_END)
-            if handle.tell() < here + NONCE_BYTES + length:
+            if end < here + NONCE_BYTES + length:
                 break
             handle.seek(here + NONCE_BYTES + length)
-            total += length - TAG_BYTES
-    return total
+            sizes.append(length - TAG_BYTES)
+    return file_id, sizes
+
+
+def chunk_span(size: int) -> int:
+    """Bytes on disk of a chunk holding `size` plaintext bytes."""
+    return CHUNK_HEAD.size + NONCE_BYTES + size + TAG_BYTES
+
+
+@dataclass(frozen=True)
+class ChunkPosition:
+    """Where a read starts when it does not start at the header: chunk `index` of file
+    `file_id`, whose plaintext starts at byte `offset`."""
+
+    file_id: bytes
+    index: int
+    offset: int
 
 
 class Storage(Protocol):

@@ -39,6 +39,7 @@ from media.recorder import Recorder
 from media.recordings import Recording, TrackKind
 from media.storage import MAGIC, IntegrityError, LocalStore, decrypt
 from media.testsource import EncodedTrack, encode_opus
+from summaries.recordings import RecordedAudio
 from tests.conftest import bearer
 from tests.integration.consent_bookings import Person, seed_booking
 
@@ -209,6 +210,10 @@ async def test_a_recording_lives_in_the_bucket_as_ciphertext_until_its_person_is
         name = f"recordings/{seeded.booking_id}/{row['id']}.ogg"
         assert bundle.read(name) == body
 
+    # So does the transcription job's input.
+    spans = await RecordedAudio(runtime).spans(seeded.booking_id)
+    assert [(span.subject_id, span.audio) for span in spans] == [(guest.id, body)]
+
     erased = await client.post(
         f"/v1/admin/subjects/{guest.external_id}/erase",
         headers=admin,
@@ -261,6 +266,83 @@ def test_a_large_file_goes_up_in_parts_and_reads_back_by_range(
         b"".join(store.read("b/big.webm.cgr", Keyring.new_data_key()))
     with pytest.raises(FileNotFoundError):
         b"".join(store.read("b/missing.webm.cgr", key))
+
+
+def test_a_range_fetches_only_the_chunks_holding_it(
+    store: ObjectStore, s3: S3Client, bucket: str
+) -> None:
+    key = Keyring.new_data_key()
+    write(store, "b/seek.webm.cgr", key, PIECES)
+    assert store.seal("b/seek.webm.cgr")
+    fetched: list[int] = []
+
+    def count(http_response: Any, parsed: dict[str, Any], **_: Any) -> None:
+        fetched.append(int(http_response.headers["Content-Length"]))
+
+    s3.meta.events.register("after-call.s3.GetObject", count)
+    # Bytes 3,000,000..3,000,009 sit in the fifth 700,000-byte chunk: the tail with the
+    # index, then that one chunk (length, nonce, ciphertext, tag) and nothing else.
+    assert b"".join(store.read("b/seek.webm.cgr", key, 3_000_000, 3_000_010)) == (
+        PLAIN[3_000_000:3_000_010]
+    )
+    assert fetched[1:] == [4 + 12 + 700_000 + 16]
+    assert fetched[0] <= 64 * 1024
+
+
+def test_an_object_whose_index_lies_does_not_read(
+    store: ObjectStore, s3: S3Client, bucket: str
+) -> None:
+    key = Keyring.new_data_key()
+    pieces = [os.urandom(1000), os.urandom(70_000), os.urandom(5000)]
+    write(store, "b/lie.ogg.cgr", key, pieces)  # chunks of 1000, 70000, 5000 and 0 (final)
+    assert store.seal("b/lie.ogg.cgr")
+    name = PREFIX + "b/lie.ogg.cgr"
+    honest = s3.get_object(Bucket=bucket, Key=name)["Body"].read()
+    footer = honest[-32:]
+    count = int.from_bytes(footer[16:24], "big")
+    assert count == 4
+    index = honest[-32 - 4 * count : -32]
+    body = honest[: -32 - 4 * count]
+    sizes = [int.from_bytes(index[i : i + 4], "big") for i in range(0, len(index), 4)]
+    assert sizes == [1000, 70_000, 5000, 0]
+    # The first two sizes swapped (same total): chunk 1 is looked for where it is not.
+    lying = body + index[4:8] + index[0:4] + index[8:] + footer
+    s3.put_object(Bucket=bucket, Key=name, Body=lying)
+    with pytest.raises(IntegrityError):
+        b"".join(store.read("b/lie.ogg.cgr", key, 2000, 2100))
+    # An index without the final chunk does not account for the whole object.
+    dropped = body + index[:-4] + footer[:16] + (count - 1).to_bytes(8, "big") + footer[24:]
+    s3.put_object(Bucket=bucket, Key=name, Body=dropped)
+    with pytest.raises(IntegrityError):
+        b"".join(store.read("b/lie.ogg.cgr", key))
+    s3.put_object(Bucket=bucket, Key=name, Body=honest)
+    assert b"".join(store.read("b/lie.ogg.cgr", key, 2000, 2100)) == b"".join(pieces)[2000:2100]
+
+
+def test_objects_without_an_index_and_indexes_beyond_the_tail_read_back(
+    store: ObjectStore, s3: S3Client, bucket: str, tmp_path: Path
+) -> None:
+    key = Keyring.new_data_key()
+    # A file copied into the bucket as a local store wrote it (no index): streamed whole.
+    local = LocalStore(tmp_path / "local")
+    copied = local.open_writer("b/copied.ogg.cgr", key)
+    for piece in PIECES[:4]:
+        copied.write(piece)
+        copied.flush()
+    copied.close()
+    s3.upload_file(str(copied.path), bucket, PREFIX + "b/copied.ogg.cgr")
+    plain = b"".join(PIECES[:4])
+    assert b"".join(store.read("b/copied.ogg.cgr", key)) == plain
+    assert b"".join(store.read("b/copied.ogg.cgr", key, 1_500_000, 1_500_003)) == (
+        plain[1_500_000:1_500_003]
+    )
+    # 20,000 one-byte chunks: an index of 80,000 bytes, fetched on its own.
+    tiny = [bytes([i % 256]) for i in range(20_000)]
+    write(store, "b/tiny.ogg.cgr", key, tiny)
+    assert store.seal("b/tiny.ogg.cgr")
+    joined = b"".join(tiny)
+    assert b"".join(store.read("b/tiny.ogg.cgr", key)) == joined
+    assert b"".join(store.read("b/tiny.ogg.cgr", key, 12_345, 12_400)) == joined[12_345:12_400]
 
 
 def test_a_failed_upload_keeps_the_file_readable_until_it_is_published(
