@@ -8,11 +8,14 @@ counted per client address and, past the limit, refused with 429 before any look
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
 import math
 import time
 import uuid
-from collections.abc import Mapping
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -196,26 +199,117 @@ class JoinRow:
         )
 
 
-async def _decode_json(conn: asyncpg.Connection) -> None:
+async def _connect(arguments: dict[str, Any]) -> Any:
+    conn = await asyncpg.connect(**arguments)
     # `requested_purposes` is a JSON column: decode it as SQLAlchemy's dialect does.
     await conn.set_type_codec("json", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+    return conn
 
 
-async def _keep_session(conn: asyncpg.Connection) -> None:
-    """Nothing to reset: the pool only runs one read-only statement in autocommit, so skip
-    asyncpg's default reset query (a round trip on every release)."""
+class Connections:
+    """At most `size` asyncpg connections, opened on first use and reused last-in first-out.
+    asyncpg's own Pool costs about as much CPU per query as the query (timeouts, a shielded
+    acquire, a reset round trip on release); one autocommit statement with no session state
+    needs none of it. A connection whose query failed or was cancelled is dropped (its state
+    is unknown); `expire()` drops every connection opened so far (after a database restart).
+    """
+
+    def __init__(self, connect: Callable[[], Awaitable[Any]], size: int) -> None:
+        self._connect = connect
+        self._idle: list[Any] = []
+        self._spare = size  # how many more may be opened
+        self._waiters: deque[asyncio.Future[Any]] = deque()
+        self._generation = 0
+        self._closed = False
+
+    async def fetchrow(self, sql: str, *args: Any) -> Any:
+        generation = self._generation
+        conn = self._idle.pop() if self._idle else await self._take()
+        try:
+            record = await conn.fetchrow(sql, *args)
+        except BaseException:
+            self._drop(conn)
+            raise
+        self._give(conn, generation)
+        return record
+
+    async def _take(self) -> Any:
+        while True:
+            if self._closed:
+                raise RuntimeError("the join connections are closed")
+            if self._idle:
+                return self._idle.pop()
+            if self._spare > 0:
+                self._spare -= 1
+                try:
+                    return await self._connect()
+                except BaseException:
+                    self._spare += 1
+                    self._wake()
+                    raise
+            waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                conn = await waiter
+            except BaseException:  # cancelled: pass on what was handed over meanwhile
+                if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                    handed = waiter.result()
+                    if handed is None:
+                        self._wake()
+                    else:
+                        self._give(handed, self._generation)
+                raise
+            if conn is not None:
+                return conn  # else a connection was dropped: its slot is free, go round
+
+    def _give(self, conn: Any, generation: int) -> None:
+        if self._closed or generation != self._generation or conn.is_closed():
+            self._drop(conn)
+            return
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(conn)
+                return
+        self._idle.append(conn)
+
+    def _drop(self, conn: Any) -> None:
+        conn.terminate()
+        self._spare += 1
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    def expire(self) -> None:
+        self._generation += 1
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            self._drop(conn)
+
+    async def close(self) -> None:
+        self._closed = True
+        idle, self._idle = self._idle, []
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_exception(RuntimeError("the join connections are closed"))
+        await asyncio.gather(*(conn.close(timeout=5) for conn in idle), return_exceptions=True)
 
 
 class JoinReader:
-    """The join path's reads. On PostgreSQL it keeps its own small asyncpg pool and runs the
-    credential lookup as one prepared statement: one round trip per join, none of the ORM's
-    or the shared engine's per-query work (pre-ping, transaction, pool events). After a
-    failure every pooled connection is expired and the read retried once. Entered on the app
-    lifespan, it is `runtime.extras["join"]`."""
+    """The join path's reads. On PostgreSQL it keeps its own few asyncpg connections
+    (`Connections`) and runs the credential lookup as one prepared statement: one round trip
+    per join, none of the ORM's or the shared engine's per-query work (pre-ping, transaction,
+    pool events). After a failure every connection is dropped and the read retried once.
+    Entered on the app lifespan, it is `runtime.extras["join"]`."""
 
     def __init__(self, runtime: Runtime) -> None:
         self._runtime = runtime
-        self._pool: asyncpg.Pool | None = None
+        self._pool: Connections | None = None
         self._sql = ""
 
     async def __aenter__(self) -> JoinReader:
@@ -224,11 +318,7 @@ class JoinReader:
             url = make_url(db.url)
             dialect = url.get_dialect()()
             _, connect = dialect.create_connect_args(url)
-            # min_size=0: connect on first use, so the app starts while the database is down.
-            self._pool = await asyncpg.create_pool(
-                min_size=0, max_size=JOIN_POOL_SIZE, init=_decode_json, reset=_keep_session,
-                **connect,
-            )
+            self._pool = Connections(functools.partial(_connect, dict(connect)), JOIN_POOL_SIZE)
             query = _BY_CREDENTIAL.where(Participant.credential_hash == bindparam("hash"))
             self._sql = str(query.compile(dialect=dialect))
         self._runtime.extras["join"] = self
@@ -247,7 +337,7 @@ class JoinReader:
         try:
             record = await pool.fetchrow(self._sql, digest)
         except Exception:  # e.g. the database restarted: every pooled connection is dead,
-            await pool.expire_connections()  # so reconnect them all and try once more
+            pool.expire()  # so drop them all and try once more on a new one
             record = await pool.fetchrow(self._sql, digest)
         return None if record is None else JoinRow.of(record)
 
@@ -281,16 +371,19 @@ def check_admission(row: JoinRow, settings: Settings, now: datetime) -> JoinWind
     if row.status is BookingStatus.CANCELLED:
         raise Gone("this booking was cancelled")
     window = join_window(settings, row.starts_at, row.ends_at)
-    times = {
+    if now < window.opens_at:
+        raise OutsideJoinWindow("the join window has not opened yet", extra=_times(row, window))
+    if now >= window.closes_at:
+        raise OutsideJoinWindow("the join window has closed", extra=_times(row, window))
+    return window
+
+
+def _times(row: JoinRow, window: JoinWindow) -> dict[str, str]:
+    return {
         "opens_at": window.opens_at.isoformat(),
         "closes_at": window.closes_at.isoformat(),
         "starts_at": row.starts_at.isoformat(),
     }
-    if now < window.opens_at:
-        raise OutsideJoinWindow("the join window has not opened yet", extra=times)
-    if now >= window.closes_at:
-        raise OutsideJoinWindow("the join window has closed", extra=times)
-    return window
 
 
 def ws_base(settings: Settings) -> str:
