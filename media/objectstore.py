@@ -3,8 +3,8 @@
 The recorder still writes every file to the local folder (the spool) chunk by chunk, so a
 killed process leaves whole chunks that crash recovery salvages exactly as with the local
 store. Once a file is sealed (its span closed, or recovery re-sealed it) the ciphertext is
-uploaded as one object under `prefix + relative path` (boto3's managed transfer switches to a
-multipart upload for large files) and the spool copy is removed. Data keys never leave
+uploaded as one object under `prefix + relative path` (a multipart upload of 16 MiB parts
+for large files, so memory stays at one part) and the spool copy is removed. Data keys never leave
 callgate, so destroying a person's key still shreds their objects; erasure and retention
 delete the objects too.
 
@@ -37,8 +37,6 @@ from typing import TYPE_CHECKING, Any
 
 import boto3
 import structlog
-from boto3.exceptions import Boto3Error
-from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -56,11 +54,13 @@ from media.storage import (
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
+    from mypy_boto3_s3.type_defs import CompletedPartTypeDef
 
 log = structlog.get_logger(__name__)
 
 DELETE_BATCH = 1000  # the most keys one DeleteObjects request takes
 MIB = 1024 * 1024
+CONTENT_TYPE = "application/octet-stream"  # ciphertext, whatever the recording's media type
 INDEX_MAGIC = b"CGIDX\x00\x01\n"
 FOOTER = struct.Struct(">16sQ8s")
 SIZE = struct.Struct(">I")
@@ -113,25 +113,6 @@ def parse_footer(footer: bytes) -> tuple[bytes, int] | None:
     return file_id, count
 
 
-def index_file(path: Path) -> Layout:
-    """Append the chunk index to a sealed file, once (a retried upload finds it there)."""
-    size = path.stat().st_size
-    with path.open("rb") as handle:
-        if size >= FOOTER.size:
-            handle.seek(size - FOOTER.size)
-            footer = parse_footer(handle.read(FOOTER.size))
-            if footer is not None and SIZE.size * footer[1] <= size - FOOTER.size:
-                file_id, count = footer
-                handle.seek(size - FOOTER.size - SIZE.size * count)
-                layout = Layout.of_index(file_id, handle.read(SIZE.size * count))
-                if layout.file_bytes + len(layout.trailer()) == size:
-                    return layout
-    layout = Layout(*chunk_table(path))
-    with path.open("ab") as handle:
-        handle.write(layout.trailer())
-    return layout
-
-
 class BodyReader:
     """A forward-only file-like over a streaming GET body: `seek` skips ahead by reading,
     which is all `decrypt_stream` asks of it."""
@@ -177,16 +158,16 @@ class ObjectStore:
         client: S3Client,
         bucket: str,
         prefix: str = "",
-        transfer: TransferConfig | None = None,
+        part_bytes: int = 16 * MIB,
     ) -> None:
         self.spool = spool
         self.root = spool.root
         self._client = client
         self.bucket = bucket
         self.prefix = prefix
-        self._transfer = transfer or TransferConfig(
-            multipart_threshold=16 * MIB, multipart_chunksize=16 * MIB, max_concurrency=4
-        )
+        if part_bytes < 5 * MIB:
+            raise ValueError("S3 parts (but the last) are at least 5 MiB")
+        self._part_bytes = part_bytes
 
     @classmethod
     def from_settings(cls, settings: Settings, spool: LocalStore) -> ObjectStore:
@@ -227,19 +208,52 @@ class ObjectStore:
         is read from) until `unpublished` hands it back for another try."""
         path = self.spool.path(relative)
         try:
-            index_file(path)
-            self._client.upload_file(
-                str(path),
-                self.bucket,
-                self.key(relative),
-                ExtraArgs={"ContentType": "application/octet-stream"},
-                Config=self._transfer,
-            )
-        except (Boto3Error, BotoCoreError, ClientError, OSError):
+            self._upload(path, self.key(relative))
+        except (BotoCoreError, ClientError, OSError):
             log.warning("storage.upload_failed", path=relative, exc_info=True)
             return False
         path.unlink(missing_ok=True)
         return True
+
+    def _upload(self, path: Path, name: str) -> None:
+        """The file's whole chunks and then their index, as one object. The spool file is
+        only read (another node sharing the spool may be uploading it too: same bytes)."""
+        layout = Layout(*chunk_table(path))
+        trailer = layout.trailer()
+        remaining = layout.file_bytes
+        with path.open("rb") as handle:
+            if remaining + len(trailer) <= self._part_bytes:
+                body = handle.read(remaining) + trailer
+                self._client.put_object(Bucket=self.bucket, Key=name, Body=body,
+                                        ContentType=CONTENT_TYPE)
+                return
+            started = self._client.create_multipart_upload(
+                Bucket=self.bucket, Key=name, ContentType=CONTENT_TYPE
+            )
+            upload_id = started["UploadId"]
+            try:
+                parts: list[CompletedPartTypeDef] = []
+                while remaining > 0:
+                    data = handle.read(min(self._part_bytes, remaining))
+                    if not data:
+                        raise OSError(f"{path} shrank while it was uploaded")
+                    remaining -= len(data)
+                    number = len(parts) + 1
+                    answer = self._client.upload_part(
+                        Bucket=self.bucket, Key=name, UploadId=upload_id, PartNumber=number,
+                        Body=data + trailer if remaining == 0 else data,
+                    )
+                    parts.append({"ETag": answer["ETag"], "PartNumber": number})
+                self._client.complete_multipart_upload(
+                    Bucket=self.bucket, Key=name, UploadId=upload_id,
+                    MultipartUpload={"Parts": parts},
+                )
+            except BaseException:
+                with contextlib.suppress(BotoCoreError, ClientError):
+                    self._client.abort_multipart_upload(
+                        Bucket=self.bucket, Key=name, UploadId=upload_id
+                    )
+                raise
 
     def recover(self, relative: str, key: bytes) -> tuple[int, str]:
         outcome = self.spool.recover(relative, key)

@@ -229,7 +229,7 @@ class MediaSubjects:
                 if rows:
                     ids: list[uuid.UUID] = [i for i, _ in rows]
                     await session.execute(delete(recordings).where(recordings.c.id.in_(ids)))
-            cleanup.run()
+            await asyncio.to_thread(cleanup.run)  # S3 deletes must not block the loop
             total += len(rows)
             if len(rows) < BATCH:
                 return total

@@ -24,7 +24,6 @@ import boto3
 import httpx
 import pytest
 from aiortc import RTCPeerConnection, RTCSessionDescription
-from boto3.s3.transfer import TransferConfig
 from fastapi import FastAPI
 from moto.server import ThreadedMotoServer
 from mypy_boto3_s3 import S3Client
@@ -236,8 +235,7 @@ PLAIN = b"".join(PIECES)
 @pytest.fixture
 def store(s3: S3Client, bucket: str, tmp_path: Path) -> ObjectStore:
     # Multipart from 5 MiB (S3's smallest part), so the ~6 MiB file below goes in parts.
-    transfer = TransferConfig(multipart_threshold=5 << 20, multipart_chunksize=5 << 20)
-    return ObjectStore(LocalStore(tmp_path / "spool"), s3, bucket, PREFIX, transfer)
+    return ObjectStore(LocalStore(tmp_path / "spool"), s3, bucket, PREFIX, part_bytes=5 << 20)
 
 
 def write(store: ObjectStore, relative: str, key: bytes, pieces: list[bytes]) -> Path:
