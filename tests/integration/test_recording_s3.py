@@ -15,8 +15,10 @@ import io
 import os
 import secrets
 import time
+import uuid
 import zipfile
 from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +31,18 @@ from moto.server import ThreadedMotoServer
 from mypy_boto3_s3 import S3Client
 from sqlalchemy import select
 
+from api.app import create_app
 from consent.purposes import Purpose
 from core.accounts import Scope
+from core.clock import ManualClock
 from core.crypto import Keyring
 from core.runtime import Runtime
+from core.settings import Settings
+from media.keys import access_data_key
 from media.objectstore import ObjectStore
+from media.ogg import OggOpusWriter
 from media.recorder import Recorder
-from media.recordings import Recording, TrackKind
+from media.recordings import Recording, RecordingState, TrackKind
 from media.storage import MAGIC, IntegrityError, LocalStore, decrypt
 from media.testsource import EncodedTrack, encode_opus
 from summaries.recordings import RecordedAudio
@@ -224,6 +231,75 @@ async def test_a_recording_lives_in_the_bucket_as_ciphertext_until_its_person_is
     assert spooled(spool) == []
     gone = await client.get(url, headers=bearer(api_keys[Scope.ADMIN]))
     assert gone.status_code == 404
+
+
+def spool_file(
+    recorder: Recorder, relative: str, key: bytes, *, sealed: bool
+) -> tuple[Path, int, str]:
+    """An Ogg Opus file in the spool, as a finished span (or a killed process) leaves it."""
+    file = recorder.store.open_writer(relative, key)
+    writer = OggOpusWriter(file)
+    for i, packet in enumerate(encode_opus(100)):
+        writer.write(packet, i * 960)
+        file.flush()
+    if sealed:
+        writer.close()
+    else:
+        file.abandon()
+    return file.path, file.size, file.sha256
+
+
+async def test_a_restart_publishes_what_an_outage_or_a_crash_left_in_the_spool(
+    client: httpx.AsyncClient,
+    runtime: Runtime,
+    settings: Settings,
+    clock: ManualClock,
+    s3: S3Client,
+    bucket: str,
+) -> None:
+    seeded = await seed_booking(runtime, [Purpose.RECORDING_AUDIO])
+    guest = seeded.people[1]
+    recorder: Recorder = runtime.extras["recorder"]
+    now = clock.now()
+    async with runtime.db.session() as session:
+        key = await access_data_key(session, runtime.keys, guest.external_id, now)
+    rows = {}
+    for name, state in (("finished", RecordingState.COMPLETE),
+                        ("crashed", RecordingState.RECORDING)):
+        recording_id = uuid.uuid4()
+        relative = f"{seeded.booking_id}/{recording_id}.ogg.cgr"
+        path, size, digest = spool_file(
+            recorder, relative, key, sealed=state is RecordingState.COMPLETE
+        )
+        stale = path.stat().st_mtime - 3600  # a crash an hour ago
+        os.utime(path, (stale, stale))
+        rows[name] = Recording(
+            id=recording_id, booking_id=seeded.booking_id, participant_id=guest.id,
+            kind=TrackKind.AUDIO, state=state, media_type=TrackKind.AUDIO.media_type,
+            started_at=now, ended_at=now + timedelta(seconds=2) if size else None,
+            consent_entry_ids=[], frames=100, size=size, sha256=digest,
+            retain_until=now + timedelta(days=30), path=relative,
+        )
+    async with runtime.db.session() as session:
+        session.add_all(rows.values())
+    spool = settings.data_dir / "recordings"
+    assert len(spooled(spool)) == 2
+    assert objects(s3, bucket) == {}
+
+    restarted = create_app(settings, clock=clock)
+    async with restarted.router.lifespan_context(restarted):
+        assert sorted(objects(s3, bucket)) == sorted(PREFIX + r.path for r in rows.values())
+        assert spooled(spool) == []
+    listing = (await client.get(
+        f"/v1/bookings/{seeded.booking_id}/recordings", headers=guest.headers
+    )).json()["recordings"]
+    states = {row["id"]: row["state"] for row in listing}
+    assert states == {str(rows["finished"].id): "complete", str(rows["crashed"].id): "recovered"}
+    for row in listing:
+        url = f"/v1/bookings/{seeded.booking_id}/recordings/{row['id']}"
+        body = (await client.get(url, headers=guest.headers)).content
+        assert body.startswith(b"OggS")
+        assert hashlib.sha256(body).hexdigest() == row["sha256"]
 
 
 # The store itself, against the same server: large files, failures, crashes, orphans.
