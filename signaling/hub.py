@@ -40,21 +40,23 @@ from signaling.protocol import (
     Peer,
     PeerJoined,
     PeerLeft,
-    Ping,
     Pong,
     Recording,
     RecordingState,
     RecordingSwitch,
+    Relay,
     Signal,
     Welcome,
     _Message,
     encode,
-    parse_client,
+    read_client,
+    signal_envelope,
 )
 
 log = structlog.get_logger(__name__)
 
 QUEUE_LIMIT = 512
+PONG = encode(Pong())
 
 BYE_CLOSE = {
     ByeReason.WINDOW_CLOSED: CloseCode.NORMAL,
@@ -87,7 +89,7 @@ class Connection:
     is a benchmark goal, docs/performance.md)."""
 
     __slots__ = (
-        "_burst", "_outbox", "_rate", "_stamp", "_tokens", "_writer", "ending", "id",
+        "_burst", "_outbox", "_rate", "_stamp", "_tokens", "_writer", "ending", "envelope", "id",
         "last_seen", "peer", "room", "transport",
     )
 
@@ -95,6 +97,7 @@ class Connection:
         self.id = secrets.token_hex(8)
         self.room = room
         self.peer = peer
+        self.envelope = signal_envelope(peer.id)  # what this person's relayed signals start with
         self.transport = transport
         self.ending: ByeReason | int | None = None
         self.last_seen = time.monotonic()
@@ -265,6 +268,10 @@ class Hub:
             for pid, presence in (await self.fanout.members(room_name)).items():
                 room.peers.setdefault(pid, presence.peer)
                 room.nodes.setdefault(pid, presence.node)
+        # Present before welcomed: someone who joins on another node once this person sees
+        # the welcome must find them in the presence hash (else their `welcome` would lack
+        # this person until the next heartbeat).
+        await self.fanout.present([(room_name, peer)])
         for state in consent:  # the ledger at admission is newer than any event missed
             room.consent[(state.who, state.purpose)] = state.decision
         pid = peer.id
@@ -283,7 +290,6 @@ class Hub:
         if not known:
             room.broadcast(PeerJoined(peer=peer), exclude=pid)
             self._tell_presence(Topic.PARTICIPANT_JOINED, room, pid)
-        await self.fanout.present([(room_name, peer)])
         await self.fanout.publish(
             {"kind": "join", "room": room_name, "peer": peer.model_dump(), "conn": conn.id}
         )
@@ -379,27 +385,29 @@ class Hub:
             conn.send(encode(Error(code=ErrorCode.RATE_LIMITED, detail="too many messages")))
             conn.finish(CloseCode.POLICY, "rate limit")
             return
-        message = parse_client(raw)
-        if isinstance(message, Error):
+        message = read_client(raw)
+        if type(message) is Relay:
+            await self._relay(conn, message)
+        elif isinstance(message, Error):
             conn.send(encode(message))
-        elif isinstance(message, Ping):
-            conn.send(encode(Pong()))
         else:
-            await self._relay(conn, message.to, message.payload)
+            conn.send(PONG)
 
-    async def _relay(self, conn: Connection, to: str, payload: dict[str, Any]) -> None:
+    async def _relay(self, conn: Connection, relay: Relay) -> None:
         room = self.rooms.get(conn.room)
+        to = relay.to
         if room is None or to == conn.peer.id or to not in room.peers:
             detail = f"no one with id {to!r} is in this room"
             conn.send(encode(Error(code=ErrorCode.UNKNOWN_PEER, detail=detail)))
             return
+        # The relayed message is built once, as text, and never parsed again on its way.
+        text = f"{conn.envelope}{relay.payload}}}"
         target = room.local.get(to)
         if target is not None:
-            target.send(encode(Signal.model_construct(from_=conn.peer.id, payload=payload)))
+            target.send(text)
         elif room.nodes.get(to) != self.node_id:
             await self.fanout.publish(
-                {"kind": "signal", "room": room.name, "to": to, "from": conn.peer.id,
-                 "payload": payload},
+                {"kind": "signal", "room": room.name, "to": to, "text": text},
                 node=room.nodes.get(to),
             )
 
@@ -415,8 +423,14 @@ class Hub:
     async def _on_event(self, event: Event) -> None:
         data = event.data
         if event.topic in self._room_topics:
-            if data.get("node") != self.node_id:
-                self._on_room_event(data)
+            node = str(data.get("node"))
+            if node == self.node_id:
+                return
+            if data.get("kind") == "batch":  # several in a row from one node (fanout.py)
+                for item in data["items"]:
+                    self._on_room_event(item, node)
+            else:
+                self._on_room_event(data, node)
             return
         room = self.rooms.get(self._by_booking.get(str(data.get("booking_id")), ""))
         if room is None:
@@ -461,16 +475,19 @@ class Hub:
         room.recording[state.who] = state
         room.broadcast(Recording(who=state.who, audio=state.audio, video=state.video))
 
-    def _on_room_event(self, data: dict[str, Any]) -> None:
+    def _on_room_event(self, data: dict[str, Any], node: str) -> None:
         room = self.rooms.get(str(data.get("room")))
         if room is None:
             return
-        kind, node = data.get("kind"), str(data["node"])
+        kind = data.get("kind")
         if kind == "signal":
             target = room.local.get(str(data["to"]))
             if target is not None:
-                signal = Signal.model_construct(from_=str(data["from"]), payload=data["payload"])
-                target.send(encode(signal))
+                text = data.get("text")
+                if not isinstance(text, str):  # from a node of the version before "text"
+                    sender, payload = str(data["from"]), data["payload"]
+                    text = encode(Signal.model_construct(from_=sender, payload=payload))
+                target.send(text)
         elif kind == "join":
             self._remote_join(room, Peer.model_validate(data["peer"]), node)
         elif kind == "leave":

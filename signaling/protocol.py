@@ -8,7 +8,8 @@ The documentation of each message and close code is docs/signaling.md.
 from __future__ import annotations
 
 import enum
-from typing import Annotated, Any, Literal
+import json
+from typing import Annotated, Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
@@ -181,6 +182,70 @@ client_messages: TypeAdapter[ClientMessage] = TypeAdapter(ClientMessage)
 
 def encode(message: _Message) -> str:
     return message.model_dump_json(by_alias=True)
+
+
+# The relay path. A `signal` is most of the traffic and its payload is opaque here, so the
+# common case skips pydantic: the C json module parses it, a few checks stand for the model,
+# and the relayed message is the sender's precomputed envelope around the payload's JSON.
+# Anything the cheap checks do not clearly accept takes the pydantic path, so what is refused
+# (and how) is exactly what `parse_client` says (tests/unit/test_signaling_protocol.py holds
+# the two paths against each other).
+
+_PING = {"type": "ping"}
+_MAX_BRACKETS = 100  # under pydantic's JSON nesting limit (200) however they nest
+_payloads: TypeAdapter[dict[str, Any]] = TypeAdapter(dict[str, Any])
+_dumps = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+
+
+class Relay(NamedTuple):
+    """A valid client `signal`: the addressee and the payload, already as JSON text."""
+
+    to: str
+    payload: str
+
+
+def read_client(raw: str) -> Relay | Ping | Error:
+    """`parse_client` for the socket loop: the same answers, a `signal` as a `Relay`."""
+    relay = _read_fast(raw)
+    if relay is not None:
+        return relay
+    message = parse_client(raw)
+    if isinstance(message, SendSignal):
+        return Relay(message.to, _payloads.dump_json(message.payload).decode())
+    return message
+
+
+def _read_fast(raw: str) -> Relay | Ping | None:
+    # A surrogate escape may be unpaired, which pydantic refuses and json accepts.
+    if "\\u" in raw and ("\\ud" in raw or "\\uD" in raw):
+        return None
+    if raw.count("{") + raw.count("[") > _MAX_BRACKETS:
+        return None
+    try:
+        obj = json.loads(raw)
+    except (ValueError, RecursionError):
+        return None
+    if type(obj) is not dict:
+        return None
+    if obj == _PING:
+        return PING
+    if len(obj) != 3 or obj.get("type") != "signal":
+        return None
+    to, payload = obj.get("to"), obj.get("payload")
+    if type(to) is not str or not 1 <= len(to) <= 64 or type(payload) is not dict:
+        return None
+    try:  # NaN and infinities: pydantic's own serialization decides what they become
+        return Relay(to, _dumps(payload))
+    except ValueError:
+        return None
+
+
+PING = Ping()
+
+
+def signal_envelope(sender: str) -> str:
+    """The start of every `signal` relayed from `sender`; the payload and `}` complete it."""
+    return f'{{"type":"signal","from":{json.dumps(sender)},"payload":'
 
 
 def parse_client(raw: str) -> ClientMessage | Error:
