@@ -22,15 +22,25 @@ STATIC = Path(__file__).resolve().parent.parent / "static"
 ASSETS = {"call.js": "text/javascript", "call.css": "text/css"}
 
 
+def _both_schemes(url: str | None) -> tuple[str, ...]:
+    """The LiveKit URL as the SDK uses it: WebSocket signaling and HTTP(S) (its `validate`
+    check), whichever of the two forms the setting names (`wss://` or `https://`)."""
+    if not url:
+        return ()
+    if url.startswith("http"):
+        return url.replace("http", "ws", 1), url
+    return url, url.replace("ws", "http", 1)
+
+
 def _headers(settings: Settings) -> dict[str, str]:
     ws_origin = settings.public_origin.replace("http", "ws", 1)
     lk = settings.livekit_client_url
     lk_origin = "/".join(lk.split("/")[:3]) if lk.startswith("http") else ""
-    lk_ws = settings.livekit_url or ""
+    lk_connect = " ".join(_both_schemes(settings.livekit_url))
     csp = (
         "default-src 'self'; "
         f"script-src 'self' {lk_origin}; "
-        f"connect-src 'self' {ws_origin} {lk_ws} {lk_ws.replace('ws', 'http', 1)}; "
+        f"connect-src 'self' {ws_origin} {lk_connect}; "
         "img-src 'self' data:; media-src 'self' blob: mediastream:; style-src 'self'; "
         "frame-ancestors 'none'; base-uri 'none'"
     )

@@ -84,6 +84,7 @@ class LiveKitStandIn:
         self._routes: dict[str, _Route] = {}
         self._runner: web.AppRunner | None = None
         self.port = port or _free_port()
+        self.setup: list[Callable[[web.Application], None]] = []  # more routes (e.g. /rtc)
         self.route("livekit.RoomService", "CreateRoom", room.CreateRoomRequest,
                    self._create_room, lambda c, r: bool(_video(c).room_create))
         self.route("livekit.RoomService", "ListRooms", room.ListRoomsRequest,
@@ -108,6 +109,8 @@ class LiveKitStandIn:
     async def start(self) -> None:
         app = web.Application()
         app.router.add_post("/twirp/{method:.+}", self._serve)
+        for install in self.setup:
+            install(app)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
