@@ -82,8 +82,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
                 Egress(
                     runtime,
                     gate=lambda: runtime.extras.get("gate"),
-                    active=runtime.extras["recorder"].is_active,
-                    refresh=runtime.extras["recorder"].recording_on,
+                    recorder=runtime.extras["recorder"],
                 )
             )
             await stack.enter_async_context(Rooms(runtime))

@@ -105,6 +105,13 @@ class Settings(BaseSettings):
     recording_retention_days: int = Field(
         default=30, ge=1, description="Days a recording is kept after it ends."
     )
+    egress_output_dir: Path | None = Field(
+        default=None,
+        description="LiveKit mode: the folder LiveKit Egress writes its files to, shared with "
+        "callgate at the same path. When set, each finished egress file is taken in: encrypted "
+        "under the person's data key into recording storage, listed with the consent entry "
+        "that allowed it, and the plaintext deleted. Unset: files stay where Egress put them.",
+    )
     storage_backend: StorageBackend = Field(
         default=StorageBackend.LOCAL,
         description="Where sealed recordings live: local (data_dir/recordings) or s3 (an "

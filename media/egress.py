@@ -5,8 +5,11 @@ deduplicated by `api/routers/livekit.py`); the consent gate says who may be reco
 which purpose. `reconcile()` makes the running egresses match: one Track Egress per allowed
 track (never a Room Composite, which would also capture people who did not consent), stopped
 on withdrawal, on unpublish, on a host stop, and whenever the gate cannot confirm consent
-(fail closed). Egress files are written by the LiveKit Egress service to the storage it is
-configured with; callgate keeps which egress recorded whom, and when.
+(fail closed). The LiveKit Egress service writes the files. With `egress_output_dir` set (a
+folder Egress and callgate share), callgate takes each finished file in as soon as the
+`egress_ended` webhook names it: encrypted under the person's data key into recording storage
+(local or S3, as the built-in recorder's files), listed as a recording with the consent entry
+that allowed it, and the plaintext deleted. Without it, files stay where Egress put them.
 
 State lives in this node's memory and is rebuilt from webhooks; with several nodes, route
 LiveKit's webhooks to one of them (or all: events are deduplicated through Redis).
@@ -22,10 +25,12 @@ import hashlib
 import hmac
 import uuid
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import structlog
 from google.protobuf.json_format import Parse as parse_json
@@ -37,13 +42,15 @@ from livekit.protocol import room as lk_room
 from livekit.protocol.webhook import WebhookEvent
 from sqlalchemy import select
 
-from core.bookings import Booking
+from core.bookings import Booking, Participant
 from core.bus import Topic
-from core.errors import AuthenticationFailed, InvalidInput
+from core.errors import AuthenticationFailed, Gone, InvalidInput
 from core.runtime import Runtime
 from core.settings import MediaMode, Settings
-from media.recorder import GateSource, gate_confirmed
-from media.recordings import TrackKind
+from media.keys import access_data_key
+from media.recorder import GateSource, Recorder, gate_confirmed
+from media.recordings import Recording, RecordingState, TrackKind
+from media.storage import Storage
 
 log = structlog.get_logger(__name__)
 
@@ -79,6 +86,7 @@ class Running:
     egress_id: str
     track: Track
     state: EgressState = EgressState.STARTING
+    entries: list[str] = field(default_factory=list)  # the ledger entries that allowed it
 
 
 @dataclass
@@ -136,20 +144,19 @@ class Egress:
         self,
         runtime: Runtime,
         gate: GateSource,
-        active: Callable[[uuid.UUID], bool],
+        recorder: Recorder,
         client: lk.LiveKitAPI | None = None,
-        refresh: Callable[[uuid.UUID], Awaitable[bool]] | None = None,
     ) -> None:
         self._runtime = runtime
         self._gate = gate
-        self._active = active  # this node's cached recording on/off
-        self._refresh = refresh  # reads it from the database (a room seen the first time)
+        self._recorder = recorder  # recording on/off, ledger lookups, storage
         self._client = client
         self._owns_client = client is None
         self.rooms: dict[str, Room] = {}
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
+        self._ingests: set[asyncio.Task[None]] = set()
 
     @property
     def enabled(self) -> bool:
@@ -180,6 +187,8 @@ class Egress:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
+        if self._ingests:  # a file being taken in is finished, not cut off
+            await asyncio.gather(*self._ingests, return_exceptions=True)
         for room in list(self.rooms.values()):
             await self._stop_all(room)
         if self._client is not None and self._owns_client:
@@ -229,6 +238,93 @@ class Egress:
             running.state = _STATUS.get(info.status, EgressState.FAILED)
             if running.state in (EgressState.COMPLETE, EgressState.FAILED):
                 room.finished.append(room.egress.pop(sid))
+        for running in room.finished:  # stopped by us, ended now
+            if running.egress_id == info.egress_id:
+                running.state = _STATUS.get(info.status, EgressState.FAILED)
+        ended = [r for r in room.finished if r.egress_id == info.egress_id]
+        if ended and info.status == lk_egress.EGRESS_COMPLETE:
+            files = list(info.file_results) or ([info.file] if info.file.filename else [])
+            for result in files:
+                self._spawn(self.take_in(room, ended[0], info, result))
+
+    # taking finished files in
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        async def guarded() -> None:
+            try:
+                await coro
+            except Exception:  # the plaintext stays in the shared folder; logged for the operator
+                log.exception("egress.take_in_failed")
+
+        task = asyncio.create_task(guarded())
+        self._ingests.add(task)
+        task.add_done_callback(self._ingests.discard)
+
+    def _source(self, filename: str) -> Path | None:
+        """The file Egress wrote, if it lies inside the shared folder (a webhook never makes
+        callgate read or delete anything else)."""
+        root = self._runtime.settings.egress_output_dir
+        if root is None or not filename:
+            return None
+        base = root.resolve()
+        path = Path(filename) if Path(filename).is_absolute() else base / filename
+        path = path.resolve()
+        if not path.is_relative_to(base) or not path.is_file():
+            log.warning("egress.file_refused", filename=filename)
+            return None
+        return path
+
+    async def take_in(
+        self, room: Room, running: Running, info: lk_egress.EgressInfo, result: lk_egress.FileInfo
+    ) -> None:
+        """Encrypt one finished egress file into recording storage, list it, drop the plaintext."""
+        source = self._source(result.filename)
+        if source is None:
+            return
+        track = running.track
+        now = self._runtime.clock.now()
+        try:
+            async with self._runtime.db.session() as session:
+                external_id = await session.scalar(
+                    select(Participant.external_id).where(Participant.id == track.subject_id)
+                )
+                if external_id is None:
+                    raise LookupError("the participant is gone")
+                key = await access_data_key(session, self._runtime.keys, external_id, now)
+        except (Gone, LookupError):  # erased meanwhile: the recording must not outlive them
+            log.warning("egress.take_in_refused", egress=running.egress_id, exc_info=True)
+            await asyncio.to_thread(source.unlink, True)
+            return
+        recording_id = uuid.uuid4()
+        suffix = source.suffix.lower().lstrip(".") or "bin"
+        relative = f"{room.booking_id}/{recording_id}.{suffix}.cgr"
+        store = self._recorder.store
+        size, digest = await asyncio.to_thread(_encrypt_file, store, source, relative, key)
+        started = _from_ns(result.started_at or info.started_at) or now
+        ended = _from_ns(result.ended_at or info.ended_at) or now
+        retention = timedelta(days=self._runtime.settings.recording_retention_days)
+        async with self._runtime.db.session() as session:
+            session.add(
+                Recording(
+                    id=recording_id,
+                    booking_id=room.booking_id,
+                    participant_id=track.subject_id,
+                    kind=track.kind,
+                    state=RecordingState.COMPLETE,
+                    media_type=MEDIA_TYPES.get(suffix, "application/octet-stream"),
+                    started_at=started,
+                    ended_at=ended,
+                    consent_entry_ids=running.entries,
+                    frames=0,
+                    size=size,
+                    sha256=digest,
+                    retain_until=ended + retention,
+                    path=relative,
+                )
+            )
+        await asyncio.to_thread(store.seal, relative)
+        await asyncio.to_thread(source.unlink, True)
+        log.info("egress.taken_in", egress=running.egress_id, recording=str(recording_id))
 
     async def _room(self, name: str) -> Room | None:
         if not name:
@@ -245,8 +341,7 @@ class Egress:
         gate = self._gate()
         if gate is not None:
             await gate.ensure_booking(found.id)
-        if self._refresh is not None:
-            await self._refresh(found.id)
+        await self._recorder.recording_on(found.id)  # a room seen the first time
         closes_at = found.ends_at + self._runtime.settings.join_grace
         room = self.rooms[name] = Room(found.id, name, closes_at)
         return room
@@ -280,7 +375,7 @@ class Egress:
     # consent -> egress
 
     def allowed(self, room: Room, track: Track) -> bool:
-        if not self._active(room.booking_id) or track.subject_id not in room.present:
+        if not self._recorder.is_active(room.booking_id) or track.subject_id not in room.present:
             return False
         gate = self._gate()
         if gate is None or not gate_confirmed(gate):
@@ -299,6 +394,9 @@ class Egress:
     async def _start(self, room: Room, track: Track) -> None:
         assert self._client is not None  # noqa: S101 (only reachable when entered)
         path = f"{room.booking_id}/{track.subject_id}/{track.kind.value}-{track.sid}-{{time}}"
+        root = self._runtime.settings.egress_output_dir
+        if root is not None:  # Egress sees the shared folder at the same path
+            path = str(root.resolve() / path)
         request = lk_egress.TrackEgressRequest(
             room_name=room.name,
             track_id=track.sid,
@@ -309,7 +407,10 @@ class Egress:
         except Exception:  # LiveKit down: the next tick tries again
             log.warning("egress.start_failed", room=room.name, track=track.sid, exc_info=True)
             return
-        room.egress[track.sid] = Running(info.egress_id, track)
+        entries = await self._recorder.granting_entries(
+            room.booking_id, track.subject_id, track.kind.purpose
+        )
+        room.egress[track.sid] = Running(info.egress_id, track, entries=entries)
 
     async def _stop(self, room: Room, sid: str) -> None:
         assert self._client is not None  # noqa: S101 (only reachable when entered)
@@ -360,6 +461,23 @@ class Egress:
             except Exception:  # the bus went away; ticks keep failing closed meanwhile
                 log.warning("egress.bus_lost", exc_info=True)
                 await asyncio.sleep(1.0)
+
+
+MEDIA_TYPES = {"ogg": "audio/ogg", "webm": "video/webm", "mp4": "video/mp4", "m4a": "audio/mp4"}
+COPY_BYTES = 1 << 20
+
+
+def _encrypt_file(store: Storage, source: Path, relative: str, key: bytes) -> tuple[int, str]:
+    writer = store.open_writer(relative, key)
+    with source.open("rb") as plaintext:
+        while block := plaintext.read(COPY_BYTES):
+            writer.write(block)
+    writer.close()
+    return writer.size, writer.sha256
+
+
+def _from_ns(ns: int) -> datetime | None:
+    return datetime.fromtimestamp(ns / 1e9, UTC) if ns > 0 else None
 
 
 def _track_kind(track_type: int) -> TrackKind | None:

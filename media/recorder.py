@@ -514,8 +514,13 @@ class Recorder:
         self._ops.put_nowait(publish)
 
     async def _grant_entries(self, peer: PeerSession, purpose: Purpose) -> list[str]:
+        return await self.granting_entries(peer.booking_id, peer.subject_id, purpose)
+
+    async def granting_entries(
+        self, booking_id: uuid.UUID, subject_id: uuid.UUID, purpose: Purpose
+    ) -> list[str]:
         """The ledger entry that granted this purpose: from the bus, else the ledger."""
-        key = (str(peer.booking_id), str(peer.subject_id), purpose.value)
+        key = (str(booking_id), str(subject_id), purpose.value)
         if key in self._entries:
             return [self._entries[key]]
         ledger = table(
@@ -530,8 +535,8 @@ class Recorder:
         query = (
             select(ledger.c.id, ledger.c.decision)
             .where(
-                ledger.c.booking_id == peer.booking_id,
-                ledger.c.subject_id == peer.subject_id,
+                ledger.c.booking_id == booking_id,
+                ledger.c.subject_id == subject_id,
                 ledger.c.purpose == purpose.value,
             )
             .order_by(ledger.c.seq.desc())

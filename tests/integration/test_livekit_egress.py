@@ -13,6 +13,7 @@ import hashlib
 import secrets
 from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -26,9 +27,13 @@ from livekit.protocol.webhook import WebhookEvent
 from sqlalchemy import select
 
 from consent.purposes import Purpose
+from core.accounts import Scope
 from core.bookings import Booking
 from core.clock import ManualClock
 from core.runtime import Runtime
+from media.ogg import OggOpusWriter
+from media.testsource import encode_opus
+from tests.conftest import bearer
 from tests.integration.consent_bookings import Person, seed_booking
 from tests.standins.livekit import LiveKitStandIn
 
@@ -78,8 +83,17 @@ def egress_server(standin: LiveKitStandIn) -> EgressServer:
 
 
 @pytest.fixture
-def settings_overrides(standin: LiveKitStandIn) -> dict[str, Any]:
+def egress_dir(tmp_path: Path) -> Path:
+    """The folder Egress writes to and callgate takes finished files in from."""
+    folder = tmp_path / "egress"
+    folder.mkdir()
+    return folder.resolve()
+
+
+@pytest.fixture
+def settings_overrides(standin: LiveKitStandIn, egress_dir: Path) -> dict[str, Any]:
     return {
+        "egress_output_dir": egress_dir,
         "media_mode": "livekit",
         "livekit_url": standin.url,
         "livekit_api_key": LK_KEY,
@@ -125,11 +139,15 @@ async def send(client: httpx.AsyncClient, event: WebhookEvent) -> httpx.Response
 
 async def decide(
     client: httpx.AsyncClient, person: Person, purpose: Purpose, decision: str
-) -> None:
+) -> str:
+    """Record the decision; the ledger entry's id."""
     overview = (await client.get("/v1/consent", headers=person.headers)).json()
     notice = next(p["notice"] for p in overview["purposes"] if p["purpose"] == purpose.value)
     body = {"purpose": purpose.value, "decision": decision, "notice_sha256": notice["sha256"]}
-    assert (await client.post("/v1/consent", headers=person.headers, json=body)).status_code == 201
+    response = await client.post("/v1/consent", headers=person.headers, json=body)
+    assert response.status_code == 201
+    entry_id: str = response.json()["id"]
+    return entry_id
 
 
 async def eventually(check: Callable[[], bool], what: str) -> None:
@@ -147,7 +165,7 @@ async def room_of(runtime: Runtime, booking_id: Any) -> str:
 
 
 async def test_egress_follows_each_persons_consent(
-    client: httpx.AsyncClient, runtime: Runtime, egress_server: EgressServer
+    client: httpx.AsyncClient, runtime: Runtime, egress_server: EgressServer, egress_dir: Path
 ) -> None:
     seeded = await seed_booking(runtime, [Purpose.RECORDING_AUDIO, Purpose.RECORDING_VIDEO])
     host, guest = seeded.people
@@ -176,7 +194,7 @@ async def test_egress_follows_each_persons_consent(
     )
     for request in egress_server.started.values():
         assert request.room_name == room
-        assert request.file.filepath.startswith(f"{seeded.booking_id}/")
+        assert request.file.filepath.startswith(f"{egress_dir}/{seeded.booking_id}/")
 
     await decide(client, guest, Purpose.RECORDING_AUDIO, "withdrawn")
     await eventually(
@@ -288,3 +306,92 @@ async def test_people_are_removed_when_the_window_closes(
     await eventually(lambda: len(removed) == 2, "both removed")
     assert sorted(removed) == sorted([(room, str(host.id)), (room, str(guest.id))])
     await eventually(lambda: egress_server.running() == set(), "egress stopped")
+
+
+def egress_file(request: egress.TrackEgressRequest) -> Path:
+    """Write the file Egress would have written for `request` (an Ogg Opus track)."""
+    path = Path(request.file.filepath.replace("{time}", "20261122T060000") + ".ogg")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as out:
+        writer = OggOpusWriter(out)
+        for i, packet in enumerate(encode_opus(50)):
+            writer.write(packet, i * 960)
+        writer.close()
+    return path
+
+
+def ended(room: str, egress_id: str, path: Path) -> WebhookEvent:
+    info = egress.EgressInfo(
+        egress_id=egress_id, room_name=room, status=egress.EGRESS_COMPLETE,
+        file_results=[egress.FileInfo(
+            filename=str(path), started_at=1_795_300_000_000_000_000,
+            ended_at=1_795_300_001_000_000_000, size=path.stat().st_size,
+        )],
+    )
+    return webhook("egress_ended", room, egress_info=info)
+
+
+async def test_finished_egress_files_are_encrypted_listed_and_the_plaintext_removed(
+    client: httpx.AsyncClient, runtime: Runtime, egress_server: EgressServer, egress_dir: Path,
+    api_keys: dict[Scope, str],
+) -> None:
+    seeded = await seed_booking(runtime, [Purpose.RECORDING_AUDIO])
+    host, guest = seeded.people
+    room = await room_of(runtime, seeded.booking_id)
+    grant = await decide(client, guest, Purpose.RECORDING_AUDIO, "granted")
+    await client.post(f"/v1/bookings/{seeded.booking_id}/recording/start", headers=host.headers)
+    await send(client, joined(room, guest))
+    await send(client, published(room, guest, "TR_a", models.TrackType.AUDIO))
+    await eventually(lambda: egress_server.running() == {"TR_a"}, "egress started")
+    [(egress_id, request)] = egress_server.started.items()
+    path = egress_file(request)
+    plaintext = path.read_bytes()
+    # The guest withdraws: callgate stops the egress, and Egress then reports the file.
+    await decide(client, guest, Purpose.RECORDING_AUDIO, "withdrawn")
+    await eventually(lambda: egress_server.running() == set(), "egress stopped")
+    assert (await send(client, ended(room, egress_id, path))).status_code == 200
+
+    listing = f"/v1/bookings/{seeded.booking_id}/recordings"
+    rows: list[dict[str, Any]] = []
+    for _ in range(100):
+        rows = (await client.get(listing, headers=host.headers)).json()["recordings"]
+        if rows:
+            break
+        await asyncio.sleep(0.05)
+    [row] = rows
+    assert row["participant_id"] == str(guest.id)
+    assert row["kind"] == "audio"
+    assert row["consent_entry_ids"] == [grant]
+    assert row["size"] == len(plaintext)
+    assert row["sha256"] == hashlib.sha256(plaintext).hexdigest()
+    assert not path.exists()  # no plaintext left in the shared folder
+    stored = [p for p in (runtime.settings.data_dir / "recordings").rglob("*") if p.is_file()]
+    assert stored
+    assert all(plaintext[:4] not in p.read_bytes() for p in stored)  # no "OggS" anywhere
+    download = await client.get(f"{listing}/{row['id']}", headers=guest.headers)
+    assert download.status_code == 200
+    assert download.content == plaintext
+
+    # A webhook naming a file outside the shared folder is not read, listed or deleted.
+    outside = egress_dir.parent / "elsewhere.ogg"
+    outside.write_bytes(plaintext)
+    await send(client, published(room, guest, "TR_b", models.TrackType.AUDIO))
+    await decide(client, guest, Purpose.RECORDING_AUDIO, "granted")
+    await eventually(lambda: egress_server.running() == {"TR_a", "TR_b"}, "new egresses")
+    second = next(e for e, r in egress_server.started.items() if r.track_id == "TR_b")
+    await client.post(f"/v1/bookings/{seeded.booking_id}/recording/stop", headers=host.headers)
+    await eventually(lambda: egress_server.running() == set(), "egress stopped again")
+    assert (await send(client, ended(room, second, outside))).status_code == 200
+    # A proper file reported after it is taken in; by then the refused one was handled.
+    third, again = next(
+        (e, r) for e, r in egress_server.started.items() if r.track_id == "TR_a" and e != egress_id
+    )
+    assert (await send(client, ended(room, third, egress_file(again)))).status_code == 200
+    admin = bearer(api_keys[Scope.ADMIN])
+    for _ in range(100):
+        rows = (await client.get(listing, headers=admin)).json()["recordings"]
+        if len(rows) > 1:
+            break
+        await asyncio.sleep(0.05)
+    assert len(rows) == 2
+    assert outside.read_bytes() == plaintext
