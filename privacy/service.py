@@ -228,7 +228,7 @@ class Privacy:
             record = ErasureRecord(id=uuid.uuid4(), at=now, tombstone=erasure.tombstone,
                                    api_key_id=api_key_id, counts=counts)
             session.add(record)
-        counts["files_removed"] = erasure.cleanup.run()
+        counts["files_removed"] = await asyncio.to_thread(erasure.cleanup.run)
         events = [
             Event(Topic.SUBJECT_ERASED.value,
                   {"booking_id": str(p.booking_id), "subject_id": str(p.id),
@@ -302,7 +302,7 @@ class Privacy:
                 participant_id=participant.id, purpose=purpose, entry_id=entry.id, counts=counts,
             )
             session.add(record)
-        cleanup.run()
+        await asyncio.to_thread(cleanup.run)
         log.info("privacy.withdrawn_and_deleted", withdrawal_id=str(record.id),
                  purpose=purpose.value, **counts)
         return {"entry": entry_view(entry), "withdrawal": record.view()}
