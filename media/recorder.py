@@ -37,7 +37,7 @@ from aiortc.jitterbuffer import JitterFrame
 from aiortc.mediastreams import MediaStreamTrack
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtcrtpreceiver import RTCRtpReceiver
-from sqlalchemy import column, select, table
+from sqlalchemy import column, delete, select, table
 
 from core.bookings import Participant
 from core.bus import Event, Topic
@@ -425,12 +425,30 @@ class Recorder:
         return RTCSessionDescription(sdp=local.sdp, type=local.type)
 
     async def _drop(self, peer: PeerSession) -> None:
+        self._detach(peer)
+        await peer.pc.close()
+
+    def _detach(self, peer: PeerSession) -> None:
+        """Forget a connection and close its spans (their row work is queued in order)."""
         if self._peers.get(peer.subject_id) is peer:
             del self._peers[peer.subject_id]
         peer.close_spans()
         for capture in peer.captures:
             capture.state = CaptureState.IDLE
-        await peer.pc.close()
+
+    def connected(self, subject_id: uuid.UUID) -> bool:
+        """Whether this person's page has a recording connection on this node."""
+        return subject_id in self._peers
+
+    async def settled(self) -> None:
+        """Wait until the row and file work queued so far is done."""
+        done = asyncio.Event()
+
+        async def mark() -> None:
+            done.set()
+
+        self._ops.put_nowait(mark)
+        await done.wait()
 
     def spawn(self, coro: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(coro)
@@ -572,12 +590,15 @@ class Recorder:
                     capture.evaluate()
 
     async def _run_events(self) -> None:
-        topics = (Topic.CONSENT_CHANGED, Topic.RECORDING_CHANGED)
+        topics = (Topic.CONSENT_CHANGED, Topic.RECORDING_CHANGED, Topic.SUBJECT_ERASED)
         while True:
             try:
                 async with self._runtime.bus.subscribe(*topics) as events:
                     async for event in events:
-                        self._on_event(event)
+                        if event.topic == Topic.SUBJECT_ERASED:
+                            await self._erased(uuid.UUID(str(event.data["subject_id"])))
+                        else:
+                            self._on_event(event)
             except asyncio.CancelledError:
                 raise
             except Exception:  # the bus went away: the gate fails closed; retry
@@ -605,6 +626,33 @@ class Recorder:
                 self._active.add(booking_id)
             else:
                 self._apply_stop(booking_id)
+
+    async def _erased(self, subject_id: uuid.UUID) -> None:
+        """A person erased while their page is connected: close their connection and spans,
+        then (after the row work those queued) delete whatever rows and files of theirs the
+        erasure could not see yet. Their key is destroyed, so nothing of it could be read."""
+        peer = self._peers.get(subject_id)
+        if peer is None:
+            return
+        self._detach(peer)
+        store = self.store
+
+        async def forget() -> None:
+            async with self._runtime.db.session() as session:
+                paths = list((await session.scalars(
+                    select(Recording.path).where(Recording.participant_id == subject_id)
+                )).all())
+                await session.execute(
+                    delete(Recording).where(Recording.participant_id == subject_id)
+                )
+            for path in paths:
+                await asyncio.to_thread(store.delete, path)
+            if paths:
+                await asyncio.to_thread(store.delete_published, paths)
+            log.info("recorder.erased_mid_call", files=len(paths))
+
+        self._ops.put_nowait(forget)  # after the rows its spans' closing queued
+        await peer.pc.close()
 
     # crash recovery
 

@@ -28,6 +28,7 @@ from fastapi import FastAPI
 
 from api.app import create_app
 from consent.purposes import Purpose
+from core.accounts import Scope
 from core.bus import Topic
 from core.clock import SystemClock
 from core.runtime import Runtime
@@ -42,6 +43,7 @@ from media.testsource import (
     encode_vp8,
 )
 from tests import support
+from tests.conftest import bearer
 from tests.integration.consent_bookings import Person, seed_booking
 from tests.recording_support import withdrawal_commits
 
@@ -375,3 +377,42 @@ async def test_withdrawal_on_another_node_stops_the_recording(
         late = [t for t in summary.arrivals if t > committed[0]]
         assert len(late) <= 1, (late, committed)
         assert summary.frames > 20
+
+
+async def test_erasure_mid_call_ends_the_recording_and_leaves_nothing(
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    runtime: Runtime,
+    pages: list[RTCPeerConnection],
+    api_keys: dict[Scope, str],
+) -> None:
+    seeded = await seed_booking(runtime, RECORDING)
+    host, guest = seeded.people
+    for purpose in RECORDING:
+        await decide(client, guest, purpose, "granted")
+        await decide(client, host, purpose, "granted")
+    start = f"/v1/bookings/{seeded.booking_id}/recording/start"
+    assert (await client.post(start, headers=host.headers)).status_code == 200
+    await connect(client, guest, pages, encoded=True)
+    await connect(client, host, pages, encoded=True)
+    recorder = recorder_of(app)
+    await eventually(
+        lambda: {who for who, _, _ in recorder.writing()} == {guest.id, host.id},
+        "both people recorded",
+    )
+    admin = bearer(api_keys[Scope.ADMIN])
+    erased = await client.post(
+        f"/v1/admin/subjects/{guest.external_id}/erase", headers=admin,
+        json={"confirm": guest.external_id},
+    )
+    assert erased.status_code == 200, erased.text
+
+    await eventually(lambda: not recorder.connected(guest.id), "the guest's connection closed")
+    await recorder.settled()  # the row work of the closed spans, then the clean-up after them
+    assert recorder.connected(host.id)
+    rows = await recordings(client, seeded.booking_id, host)
+    assert rows
+    assert {row["participant_id"] for row in rows} == {str(host.id)}
+    files = {p.name for p in (runtime.settings.data_dir / "recordings").rglob("*.cgr")}
+    assert files == {f"{row['id']}.{'ogg' if row['kind'] == 'audio' else 'webm'}.cgr"
+                     for row in rows}
