@@ -201,26 +201,35 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _database_cpu_seconds() -> float:
-    """CPU time of the local PostgreSQL processes (0 when the database runs elsewhere)."""
-    total = 0.0
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError):
-                if (entry / "cmdline").read_bytes().startswith(b"postgres"):
-                    total += _cpu_seconds(int(entry.name))
-    return total
+async def _database_cpu(database: str) -> dict[int, float]:
+    """CPU time of each PostgreSQL backend serving `database` (empty when it runs elsewhere)."""
+    conn = await asyncpg.connect(PG_DSN)
+    try:
+        pids = await conn.fetch("SELECT pid FROM pg_stat_activity WHERE datname = $1", database)
+    finally:
+        await conn.close()
+    seconds = {}
+    for record in pids:
+        with contextlib.suppress(OSError):
+            seconds[record["pid"]] = _cpu_seconds(record["pid"])
+    return seconds
+
+
+def _spent(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU seconds spent between two snapshots by the backends alive at the second."""
+    return sum(cpu - before.get(pid, 0.0) for pid, cpu in after.items())
 
 
 async def _measure(
     name: str, load: Callable[[str, list[str]], Awaitable[Run]], base: str,
-    credentials: list[str], pid: int,
+    credentials: list[str], pid: int, database: str,
 ) -> Run:
     # The benchmark process imported the whole app to seed: keep its heap out of the
     # collector while measuring, so a full collection here is not counted as join latency.
     gc.collect()
     gc.freeze()
-    before, database, client = _cpu_seconds(pid), _database_cpu_seconds(), time.process_time()
+    backends = await _database_cpu(database)
+    before, client = _cpu_seconds(pid), time.process_time()
     try:
         run = await load(base, credentials)
     finally:
@@ -228,7 +237,7 @@ async def _measure(
     run.client = name
     run.server_cpu_s = _cpu_seconds(pid) - before
     run.client_cpu_s = time.process_time() - client
-    run.database_cpu_s = _database_cpu_seconds() - database
+    run.database_cpu_s = _spent(backends, await _database_cpu(database))
     return run
 
 
@@ -285,7 +294,9 @@ async def run() -> str:
                 base = f"http://127.0.0.1:{port}"
                 await _wait_ready(base, process)
                 for label, load in (("httpx", _with_httpx), ("aiohttp", _with_aiohttp)):
-                    runs.append(await _measure(label, load, base, credentials, process.pid))
+                    runs.append(
+                        await _measure(label, load, base, credentials, process.pid, name)
+                    )
             finally:
                 process.terminate()
                 await asyncio.wait_for(process.wait(), 20)
@@ -322,8 +333,8 @@ participant and booking columns, one round trip on the join path's own asyncpg c
 the window check, one LiveKit token, JSON.
 "server CPU/join" is the uvicorn process's CPU time divided by the joins it answered (warm-up
 included, as the CPU counters are); "per free core" is its inverse (joins/s one worker would
-serve with a core to itself); "client" and "PostgreSQL" are the load generator's and the local
-PostgreSQL processes' CPU per join, which share the same two cores; ": tokens/s" is joins/s
+serve with a core to itself); "client" and "PostgreSQL" are the load generator's and the
+benchmark database's backends' CPU per join, which share the same two cores; ": tokens/s" is joins/s
 divided by the baseline below.
 
 {HEADER}
