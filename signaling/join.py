@@ -429,11 +429,13 @@ def grant_document(runtime: Runtime, row: JoinRow, now: datetime) -> dict[str, A
     livekit = settings.media_mode is MediaMode.LIVEKIT
     return {
         "mode": settings.media_mode.value,
+        # Ids as text: the driver's UUID subclass takes pydantic-core's slow path.
         "participant": {
-            "id": row.participant_id, "display_name": row.display_name, "role": row.role.value,
+            "id": str(row.participant_id), "display_name": row.display_name,
+            "role": row.role.value,
         },
         "booking": {
-            "id": row.booking_id,
+            "id": str(row.booking_id),
             "title": row.title,
             "starts_at": row.starts_at,
             "ends_at": row.ends_at,
