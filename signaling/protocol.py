@@ -184,17 +184,13 @@ def encode(message: _Message) -> str:
     return message.model_dump_json(by_alias=True)
 
 
-# The relay path. A `signal` is most of the traffic and its payload is opaque here, so the
-# common case skips pydantic: the C json module parses it, a few checks stand for the model,
-# and the relayed message is the sender's precomputed envelope around the payload's JSON.
-# Anything the cheap checks do not clearly accept takes the pydantic path, so what is refused
-# (and how) is exactly what `parse_client` says (tests/unit/test_signaling_protocol.py holds
-# the two paths against each other).
+# The relay path. A `signal` is most of the traffic and its payload is opaque here: it is
+# validated by the models above (pydantic-core parses JSON in Rust, faster than the standard
+# json module plus hand-written checks, measured on SDP-sized payloads), dumped back by
+# pydantic-core once, and wrapped in the sender's precomputed envelope; no `Signal` model
+# is built for it and the text is not parsed again on its way, also across nodes.
 
-_PING = {"type": "ping"}
-_MAX_BRACKETS = 100  # under pydantic's JSON nesting limit (200) however they nest
 _payloads: TypeAdapter[dict[str, Any]] = TypeAdapter(dict[str, Any])
-_dumps = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 
 
 class Relay(NamedTuple):
@@ -206,41 +202,10 @@ class Relay(NamedTuple):
 
 def read_client(raw: str) -> Relay | Ping | Error:
     """`parse_client` for the socket loop: the same answers, a `signal` as a `Relay`."""
-    relay = _read_fast(raw)
-    if relay is not None:
-        return relay
     message = parse_client(raw)
     if isinstance(message, SendSignal):
         return Relay(message.to, _payloads.dump_json(message.payload).decode())
     return message
-
-
-def _read_fast(raw: str) -> Relay | Ping | None:
-    # A surrogate escape may be unpaired, which pydantic refuses and json accepts.
-    if "\\u" in raw and ("\\ud" in raw or "\\uD" in raw):
-        return None
-    if raw.count("{") + raw.count("[") > _MAX_BRACKETS:
-        return None
-    try:
-        obj = json.loads(raw)
-    except (ValueError, RecursionError):
-        return None
-    if type(obj) is not dict:
-        return None
-    if obj == _PING:
-        return PING
-    if len(obj) != 3 or obj.get("type") != "signal":
-        return None
-    to, payload = obj.get("to"), obj.get("payload")
-    if type(to) is not str or not 1 <= len(to) <= 64 or type(payload) is not dict:
-        return None
-    try:  # NaN and infinities: pydantic's own serialization decides what they become
-        return Relay(to, _dumps(payload))
-    except ValueError:
-        return None
-
-
-PING = Ping()
 
 
 def signal_envelope(sender: str) -> str:
