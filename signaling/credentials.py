@@ -10,14 +10,12 @@ generation, so the old link stops matching and a new one is derived.
 from __future__ import annotations
 
 import functools
-import hashlib
-import hmac
 import re
 import uuid
 from typing import Any
 
+import jwt
 from livekit.api.access_token import Claims
-from pydantic_core import to_json
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -28,8 +26,6 @@ from core.settings import Settings
 from signaling.livekit import room_grants
 
 _SHAPE = re.compile(r"^[A-Za-z0-9_-]{43}$")
-# The JOSE header PyJWT writes for HS256 (keys sorted), RFC 7515 section 4.
-_JWT_HEADER = b64url(b'{"alg":"HS256","typ":"JWT"}')
 _ROOM = "\x00room"  # placeholder in the grant template, replaced by each token's room
 
 
@@ -85,14 +81,12 @@ def livekit_token(
 ) -> str:
     """A LiveKit access token (HS256 JWT, RFC 7519) with the claims livekit-api's
     `AccessToken(...).with_identity().with_name().with_grants(room_grants()).to_jwt()` puts in
-    (`name`, `video`, `sub`, `iss`, `nbf`, `exp`), signed here: `AccessToken` deep-copies every
-    grant through `dataclasses.asdict` and PyJWT re-validates its input on each call, which
-    cost ten times the signature itself on the join path."""
+    (`name`, `video`, `sub`, `iss`, `nbf`, `exp`), signed with PyJWT as `AccessToken` does, but
+    with the `video` claim prepared once per role: `AccessToken` deep-copies every grant through
+    `dataclasses.asdict` on each call, which cost several times the signature on the join path."""
     if not identity or not room:
         raise ValueError("identity and room must be set when joining a room")
     claims: dict[str, Any] = {"name": name} if name else {}
     claims["video"] = {**_video_claims(role), "room": room}
     claims.update(sub=identity, iss=api_key, nbf=not_before, exp=expires)
-    signing_input = f"{_JWT_HEADER}.{b64url(to_json(claims))}"
-    mac = hmac.new(api_secret.encode(), signing_input.encode(), hashlib.sha256).digest()
-    return f"{signing_input}.{b64url(mac)}"
+    return jwt.encode(claims, api_secret, algorithm="HS256")

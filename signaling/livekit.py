@@ -16,11 +16,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import math
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from types import TracebackType
 
 import aiohttp
@@ -52,13 +49,6 @@ def room_grants(role: Role, room: str) -> lk.VideoGrants:
     )
 
 
-@dataclass(frozen=True)
-class MediaToken:
-    url: str
-    token: str
-    expires_at: datetime
-
-
 def livekit_credentials(settings: Settings) -> tuple[str, str, str]:
     """URL, API key and secret, or ValueError naming what is missing."""
     missing = [  # every missing one named at once
@@ -74,32 +64,6 @@ def livekit_credentials(settings: Settings) -> tuple[str, str, str]:
     if not url or not key or secret is None:
         raise ValueError(f"livekit media mode needs {', '.join(missing)}")
     return url, key, secret.get_secret_value()
-
-
-def media_token(
-    settings: Settings,
-    *,
-    participant_id: uuid.UUID,
-    display_name: str,
-    role: Role,
-    room: str,
-    not_after: datetime,
-) -> MediaToken:
-    """A LiveKit access token for one participant that expires at `not_after` at the latest."""
-    url, key, secret = livekit_credentials(settings)
-    expiry = math.floor(not_after.timestamp())
-    # AccessToken stamps `exp` as its own wall-clock now + ttl, so the ttl is measured from
-    # the same wall clock (not the injected one) to land `exp` on the window's end.
-    ttl = datetime.fromtimestamp(expiry, UTC) - datetime.now(UTC)
-    token = (
-        lk.AccessToken(key, secret)
-        .with_identity(str(participant_id))
-        .with_name(display_name)
-        .with_grants(room_grants(role, room))
-        .with_ttl(ttl)
-        .to_jwt()
-    )
-    return MediaToken(url, token, datetime.fromtimestamp(expiry, UTC))
 
 
 def room_metadata(booking_id: uuid.UUID, purposes: list[str], policy: str) -> str:
