@@ -15,7 +15,7 @@ import contextlib
 import secrets
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Coroutine, Generator, Iterable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -82,6 +82,37 @@ class _Close:
     reason: str
 
 
+class _Resumed:
+    """A coroutine stepped by hand that is now waiting on `waiting_on`: awaiting this runs the
+    rest of it in the awaiting task, as if that task had started it (the PEP 492 protocol:
+    pass what it yields up to the event loop, and what the loop sends or throws back down)."""
+
+    __slots__ = ("_coro", "_waiting_on")
+
+    def __init__(self, coro: Coroutine[Any, Any, None], waiting_on: Any) -> None:
+        self._coro = coro
+        self._waiting_on = waiting_on
+
+    def __await__(self) -> Generator[Any, Any, None]:
+        value = self._waiting_on
+        while True:
+            try:
+                sent = yield value
+            except GeneratorExit:
+                self._coro.close()
+                raise
+            except BaseException as exc:  # a cancellation, thrown in by the task
+                try:
+                    value = self._coro.throw(exc)
+                except StopIteration:
+                    return
+                continue
+            try:
+                value = self._coro.send(sent)
+            except StopIteration:
+                return
+
+
 class Connection:
     """One admitted socket. `finish()` is idempotent: queued messages go out, then the close.
 
@@ -112,6 +143,9 @@ class Connection:
     def send(self, text: str) -> None:
         if self.ending is not None:
             return
+        if self._writer is None and not self._outbox:
+            self._send_now(text)
+            return
         if len(self._outbox) >= QUEUE_LIMIT:  # a browser that does not read: drop it
             self.finish(CloseCode.POLICY, "not reading")
             return
@@ -121,6 +155,21 @@ class Connection:
         self._outbox.append(item)
         if self._writer is None:
             self._writer = asyncio.get_running_loop().create_task(self._drain())
+
+    def _send_now(self, text: str) -> None:
+        """Nothing is queued: run the transport's send here, without a task (a task per
+        relayed message was a measurable part of the relay's CPU). It normally completes at
+        once; if it has to wait (the socket's buffer is full), a writer task takes it over
+        and finishes it before anything queued after it."""
+        sending = self.transport.send_text(text)
+        try:
+            waiting_on = sending.send(None)
+        except StopIteration:
+            return
+        except Exception:  # the socket went away; the reader side notices and detaches
+            return
+        resumed = _Resumed(sending, waiting_on)
+        self._writer = asyncio.get_running_loop().create_task(self._drain(resumed))
 
     def finish(self, how: ByeReason | int, reason: str = "") -> None:
         """Close after what is queued: with a `bye` first when `how` is a ByeReason."""
@@ -144,8 +193,10 @@ class Connection:
         self._tokens -= 1
         return True
 
-    async def _drain(self) -> None:
+    async def _drain(self, started: _Resumed | None = None) -> None:
         try:
+            if started is not None:
+                await started
             while self._outbox:
                 item = self._outbox.popleft()
                 if isinstance(item, _Close):
@@ -160,7 +211,8 @@ class Connection:
             # (as a dropped socket, so the reconnect grace still applies)
             self._outbox.clear()
         finally:
-            self._writer = None
+            if self._writer is asyncio.current_task():  # (not a successor after cancel())
+                self._writer = None
 
     async def wait_closed(self) -> None:
         writer = self._writer
@@ -169,8 +221,12 @@ class Connection:
                 await writer
 
     def cancel(self) -> None:
-        if self._writer is not None:
-            self._writer.cancel()
+        """Drop what is queued or being sent (a writer cancelled before it ever ran would
+        not clear itself)."""
+        writer, self._writer = self._writer, None
+        self._outbox.clear()
+        if writer is not None:
+            writer.cancel()
 
 
 @dataclass
