@@ -1,7 +1,8 @@
 """The signaling hub: rooms, their connections, and who is present.
 
 One hub per process, entered on the app lifespan. It owns every signaling socket of this node
-(each with its own writer task and bounded queue, so a slow browser never stalls a room), relays
+(each with its own bounded queue, and a writer task while it makes a send wait, so a slow
+browser never stalls a room), relays
 `signal` messages between the people of a room, announces arrivals and departures (a dropped
 socket gets `reconnect_grace_s` to come back before anyone sees a leave), forwards consent and
 recording changes from the bus, and ends rooms at the window end or on cancellation.
@@ -116,9 +117,10 @@ class _Resumed:
 class Connection:
     """One admitted socket. `finish()` is idempotent: queued messages go out, then the close.
 
-    Outgoing messages wait in a small deque drained by a writer task that exists only while
-    there is something to send, so an idle connection costs no task (memory per idle socket
-    is a benchmark goal, docs/performance.md)."""
+    A message for an idle socket is handed to it at once, without a task; only when the
+    socket makes a send wait do later messages queue in a small deque, drained by a writer
+    task that exists only while there is something to send, so an idle connection costs no
+    task (memory per idle socket is a benchmark goal, docs/performance.md)."""
 
     __slots__ = (
         "_burst", "_outbox", "_rate", "_stamp", "_tokens", "_writer", "ending", "envelope", "id",
