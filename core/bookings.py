@@ -106,6 +106,8 @@ class Participant(Base):
     credential_generation: Mapped[int] = mapped_column(Integer, default=0)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # The client whose words the booking's `stated_purpose` are (their data, their consent).
+    purpose_author: Mapped[bool] = mapped_column(Boolean, default=False)
 
     booking: Mapped[Booking] = relationship(back_populates="participants", lazy="joined")
 

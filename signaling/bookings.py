@@ -55,6 +55,12 @@ class BookingRequest(BaseModel):
     stated_purpose: str | None = Field(
         default=None, max_length=2000, description="Why the session happens, in the client's words."
     )
+    stated_by: str | None = Field(
+        default=None, min_length=1, max_length=200,
+        description="`external_id` of the client who stated the purpose (their words go to "
+        "`ai.agenda` only if they grant it); default: the first client.",
+        examples=["user-4711"],
+    )
     language: str = Field(
         min_length=2, max_length=35, pattern=r"^[A-Za-z]{2,8}(-[A-Za-z0-9]{1,8})*$",
         description="BCP 47 language tag of the session (notices are shown in it).",
@@ -104,7 +110,19 @@ def _people_errors(request: BookingRequest, settings: Settings) -> list[FieldErr
                 FieldError(("body", "clients", index, "external_id"), "duplicate participant")
             )
         seen.add(person.external_id)
+    if request.stated_by is not None:
+        if request.stated_by not in {c.external_id for c in request.clients}:
+            errors.append(FieldError(("body", "stated_by"), "must be one of the clients"))
+        if request.stated_purpose is None:
+            errors.append(FieldError(("body", "stated_by"), "names who stated no purpose"))
     return errors
+
+
+def purpose_author(request: BookingRequest) -> str | None:
+    """The external id of the client whose words `stated_purpose` are, if any."""
+    if request.stated_purpose is None or not request.clients:
+        return None
+    return request.stated_by or request.clients[0].external_id
 
 
 def _purpose_errors(purposes: list[Purpose]) -> list[FieldError]:
@@ -172,6 +190,7 @@ def _new_booking(
         participants=[],
     )
     people = [(request.host, Role.HOST), *((c, Role.CLIENT) for c in request.clients)]
+    author = purpose_author(request)
     for position, (person, role) in enumerate(people):
         pid = uuid.uuid4()
         booking.participants.append(
@@ -185,6 +204,7 @@ def _new_booking(
                 credential_hash=credential_hash(join_credential(runtime.keys, pid, 0)),
                 credential_generation=0,
                 created_at=now,
+                purpose_author=role is Role.CLIENT and person.external_id == author,
             )
         )
     return booking

@@ -252,11 +252,11 @@ class PayloadGate:
         return _seal(payload)
 
     async def agenda(self, booking: Booking) -> AgendaPayload:
-        """Title (the host's) and stated purpose (the client's who booked: the first client),
-        if both granted `ai.agenda`. Nobody else's data goes in."""
+        """Title (the host's) and stated purpose (the words of the client who stated it,
+        `stated_by`), if both granted `ai.agenda`. Nobody else's data goes in."""
         self._bound(Purpose.AI_AGENDA)
         host = booking.host
-        stater = next((p for p in booking.participants if p.role is Role.CLIENT), None)
+        stater = next((p for p in booking.participants if p.purpose_author), None)
         people = [host] if stater is None else [host, stater]
         allowed, excluded = await self._grants(booking, people, (Purpose.AI_AGENDA,))
         if excluded:

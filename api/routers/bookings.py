@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends, Header, Path, Query, Response
-from pydantic import AwareDatetime, BaseModel
+from pydantic import AwareDatetime, BaseModel, Field
 
 from api import problems
 from api.deps import RuntimeDep, SchedulerCaller
@@ -64,6 +64,9 @@ class BookingOut(BaseModel):
     id: uuid.UUID
     title: str
     stated_purpose: str | None
+    stated_by: str | None = Field(
+        description="`external_id` of the client who stated the purpose (null without one)."
+    )
     language: str
     starts_at: datetime
     ends_at: datetime
@@ -103,6 +106,7 @@ def booking_out(runtime: Runtime, booking: Booking) -> BookingOut:
         id=booking.id,
         title=booking.title,
         stated_purpose=booking.stated_purpose,
+        stated_by=next((p.external_id for p in booking.participants if p.purpose_author), None),
         language=booking.language,
         starts_at=booking.starts_at,
         ends_at=booking.ends_at,

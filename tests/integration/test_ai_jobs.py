@@ -308,6 +308,30 @@ async def test_agenda_runs_only_with_host_and_stating_client_consent(
     assert sent["data_categories"] == ["booking_text"]
 
 
+async def test_the_agenda_takes_the_words_and_consent_of_the_client_who_stated_them(
+    client: httpx.AsyncClient, api_keys: dict[Scope, str], clock: ManualClock,
+    standin: OpenAIStandIn,
+) -> None:
+    session = await book_session(
+        client, api_keys, soon(clock.now()), purposes=("ai.agenda",),
+        names=("Ada Lovelace", "Grace Hopper", "Linus Torvalds"),
+        stated_purpose="Review my kernel patch", stated_by="client-2",
+    )
+    ada, grace, linus = session.people
+    await grant(client, ada, "ai.agenda")
+    await grant(client, linus, "ai.agenda")
+    await decide(client, grace, "ai.agenda", "denied")  # her words are not in it
+    assert (await start(client, session, "ai.agenda")).status_code == 202
+    (job,) = await settle(client, session)
+    assert job["status"] == "succeeded"
+    (request,) = standin.requests
+    user = json.loads((request.json or {})["input"][0]["content"])
+    assert user["stated_purpose"] == "Review my kernel patch"
+    (sent,) = await register(client, api_keys, session)
+    assert sent["subjects"] == [str(ada.id), str(linus.id)]
+    assert set(sent["consent_entries"]) == {ada.entries["ai.agenda"], linus.entries["ai.agenda"]}
+
+
 async def test_withdrawal_while_the_provider_works_discards_its_answer(
     client: httpx.AsyncClient, api_keys: dict[Scope, str], clock: ManualClock,
     recordings: Recordings, standin: OpenAIStandIn, runtime: Runtime,

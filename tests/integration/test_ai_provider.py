@@ -50,7 +50,8 @@ def make_booking(language: str = "de-CH") -> Booking:
         Participant(id=uuid.uuid4(), position=0, external_id="h", display_name="Ada Lovelace",
                     role=Role.HOST, adult=True, credential_hash="x", created_at=now),
         Participant(id=uuid.uuid4(), position=1, external_id="c", display_name="Grace Hopper",
-                    role=Role.CLIENT, adult=True, credential_hash="y", created_at=now),
+                    role=Role.CLIENT, adult=True, credential_hash="y", created_at=now,
+                    purpose_author=True),
     ]
     return booking
 

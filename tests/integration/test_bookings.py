@@ -54,6 +54,12 @@ async def test_create_returns_links_and_get_shows_the_same(
     assert again.status_code == 200
     assert again.headers["cache-control"] == "no-store"  # it carries join links
     assert again.json() == created
+    assert created["stated_by"] == "client-1"  # the first client, unless the scheduler says
+    named = await book(client, key, clock.now() + timedelta(hours=2), clients=2,
+                       stated_by="client-2")
+    assert named["stated_by"] == "client-2"
+    unstated = await book(client, key, clock.now() + timedelta(hours=3), stated_purpose=None)
+    assert unstated["stated_by"] is None
 
 
 async def test_booking_events_are_published(
@@ -137,6 +143,13 @@ BAD_BODIES: list[tuple[str, dict[str, Any], list[Any]]] = [
         "unknown purpose",
         {"requested_purposes": ["mind.reading"]},
         ["body", "requested_purposes", 0],
+    ),
+    ("stated by the host", {"stated_by": "host-1"}, ["body", "stated_by"]),
+    ("stated by a stranger", {"stated_by": "client-9"}, ["body", "stated_by"]),
+    (
+        "stated by someone, no purpose",
+        {"stated_purpose": None, "stated_by": "client-1"},
+        ["body", "stated_by"],
     ),
     ("unknown policy", {"recording_policy": "sometimes"}, ["body", "recording_policy"]),
     ("missing title", {"title": None}, ["body", "title"]),
