@@ -7,6 +7,8 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
+from aiortc import RTCPeerConnection, RTCSessionDescription
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
@@ -34,3 +36,15 @@ def withdrawal_commits() -> Iterator[list[float]]:
     finally:
         event.remove(Session, "after_flush", after_flush)
         event.remove(Session, "after_commit", after_commit)
+
+
+async def offer_to_recorder(
+    client: httpx.AsyncClient, headers: dict[str, str], pc: RTCPeerConnection
+) -> None:
+    """Connect a page's send-only `pc` to the recording peer, as the call page does (one
+    non-trickle offer to `POST /v1/recording/offer`, its answer applied)."""
+    await pc.setLocalDescription(await pc.createOffer())
+    offer = {"sdp": pc.localDescription.sdp, "type": "offer"}
+    response = await client.post("/v1/recording/offer", headers=headers, json=offer)
+    assert response.status_code == 200, response.text
+    await pc.setRemoteDescription(RTCSessionDescription(**response.json()))

@@ -23,7 +23,7 @@ from typing import Any
 import av
 import httpx
 import pytest
-from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCPeerConnection
 from fastapi import FastAPI
 
 from api.app import create_app
@@ -45,7 +45,7 @@ from media.testsource import (
 from tests import support
 from tests.conftest import bearer
 from tests.integration.consent_bookings import Person, seed_booking
-from tests.recording_support import withdrawal_commits
+from tests.recording_support import offer_to_recorder, withdrawal_commits
 
 RECORDING = [Purpose.RECORDING_AUDIO, Purpose.RECORDING_VIDEO]
 
@@ -111,11 +111,7 @@ async def connect(
     else:
         pc.addTransceiver(ToneAudioTrack(), direction="sendonly")
         pc.addTransceiver(PatternVideoTrack(), direction="sendonly")
-    await pc.setLocalDescription(await pc.createOffer())
-    offer = {"sdp": pc.localDescription.sdp, "type": "offer"}
-    response = await client.post("/v1/recording/offer", headers=person.headers, json=offer)
-    assert response.status_code == 200, response.text
-    await pc.setRemoteDescription(RTCSessionDescription(**response.json()))
+    await offer_to_recorder(client, person.headers, pc)
     return pc
 
 

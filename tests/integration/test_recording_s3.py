@@ -25,7 +25,7 @@ from typing import Any
 import boto3
 import httpx
 import pytest
-from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCPeerConnection
 from fastapi import FastAPI
 from moto.server import ThreadedMotoServer
 from mypy_boto3_s3 import S3Client
@@ -48,6 +48,7 @@ from media.testsource import EncodedTrack, encode_opus
 from summaries.recordings import RecordedAudio
 from tests.conftest import bearer
 from tests.integration.consent_bookings import Person, seed_booking
+from tests.recording_support import offer_to_recorder
 
 PREFIX = "rec/"
 CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
@@ -136,11 +137,7 @@ async def connect_microphone(
     pages.append(pc)
     track = EncodedTrack("audio", encode_opus(50))
     pc.addTransceiver(track, direction="sendonly")
-    await pc.setLocalDescription(await pc.createOffer())
-    offer = {"sdp": pc.localDescription.sdp, "type": "offer"}
-    response = await client.post("/v1/recording/offer", headers=person.headers, json=offer)
-    assert response.status_code == 200, response.text
-    await pc.setRemoteDescription(RTCSessionDescription(**response.json()))
+    await offer_to_recorder(client, person.headers, pc)
     return track
 
 
