@@ -21,7 +21,8 @@ from consent.purposes import Purpose
 from core.accounts import Scope, do_create_key
 from core.runtime import Runtime
 from media.recordings import Recording, RecordingState, TrackKind
-from tests.integration.consent_bookings import Person, Seeded, seed_booking
+from tests.consent_support import decide
+from tests.integration.consent_bookings import Seeded, seed_booking
 from tests.liveserver import LiveServer
 
 pytestmark = pytest.mark.e2e
@@ -35,13 +36,6 @@ class World:
     booking: Seeded
     other: Seeded
 
-
-async def decide(http: httpx.AsyncClient, person: Person, purpose: str, decision: str) -> None:
-    overview = (await http.get("/v1/consent", headers=person.headers)).json()
-    notice = next(p["notice"] for p in overview["purposes"] if p["purpose"] == purpose)
-    body = {"purpose": purpose, "decision": decision, "notice_sha256": notice["sha256"]}
-    response = await http.post("/v1/consent", headers=person.headers, json=body)
-    assert response.status_code == 201, response.text
 
 
 async def read(path: Path) -> str:

@@ -21,6 +21,7 @@ import httpx
 from core.accounts import Scope
 from summaries.payloads import AudioSpan
 from tests.booking_support import bearer, booking_body, credential_of
+from tests.consent_support import decide as consent_decide
 
 
 def tone(frequency: float, seconds: float = 0.4) -> bytes:
@@ -94,16 +95,8 @@ async def book_session(
 async def decide(
     client: httpx.AsyncClient, person: Person, purpose: str, decision: str = "granted"
 ) -> dict[str, Any]:
-    """A decision through the real participant consent API (with the notice it shows)."""
-    overview = (await client.get("/v1/consent", headers=person.headers)).json()
-    notice = next(p["notice"] for p in overview["purposes"] if p["purpose"] == purpose)
-    response = await client.post(
-        "/v1/consent",
-        json={"purpose": purpose, "decision": decision, "notice_sha256": notice["sha256"]},
-        headers=person.headers,
-    )
-    assert response.status_code == 201, response.text
-    entry: dict[str, Any] = response.json()
+    """A decision through the real participant consent API, remembering each grant's entry."""
+    entry = await consent_decide(client, person, purpose, decision)
     if decision == "granted":
         person.entries[purpose] = str(entry["id"])
     return entry

@@ -65,17 +65,6 @@ async def book(
     return Booked(uuid.UUID(created["id"]), people)
 
 
-async def decide(
-    client: httpx.AsyncClient, who: Person, purpose: str, decision: str = "granted"
-) -> dict[str, Any]:
-    overview = (await client.get("/v1/consent", headers=who.headers)).json()
-    notice = next(p["notice"] for p in overview["purposes"] if p["purpose"] == purpose)
-    body = {"purpose": purpose, "decision": decision, "notice_sha256": notice["sha256"]}
-    response = await client.post("/v1/consent", headers=who.headers, json=body)
-    assert response.status_code == 201, response.text
-    entry: dict[str, Any] = response.json()
-    return entry
-
 
 async def add_recording(
     runtime: Runtime,

@@ -17,15 +17,8 @@ from core.clock import ManualClock
 from core.runtime import Runtime
 from media.recordings import Recording, RecordingState, TrackKind
 from tests.conftest import bearer
-from tests.integration.consent_bookings import Person, Seeded, seed_booking
-
-
-async def decide(client: httpx.AsyncClient, person: Person, purpose: str, decision: str) -> None:
-    overview = (await client.get("/v1/consent", headers=person.headers)).json()
-    notice = next(p["notice"] for p in overview["purposes"] if p["purpose"] == purpose)
-    body = {"purpose": purpose, "decision": decision, "notice_sha256": notice["sha256"]}
-    response = await client.post("/v1/consent", headers=person.headers, json=body)
-    assert response.status_code == 201, response.text
+from tests.consent_support import decide
+from tests.integration.consent_bookings import Seeded, seed_booking
 
 
 @pytest.fixture

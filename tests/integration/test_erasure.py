@@ -25,13 +25,13 @@ from media.recordings import TrackKind
 from media.storage import IntegrityError, decrypt
 from privacy.records import WithdrawalRecord
 from tests.conftest import bearer
+from tests.consent_support import decide
 from tests.integration.privacy_support import (
     Booked,
     add_outputs,
     add_recording,
     audio,
     book,
-    decide,
     person,
 )
 

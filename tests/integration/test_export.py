@@ -20,12 +20,12 @@ from privacy.records import ExportRecord
 from privacy.service import Privacy
 from signaling.tickets import UsedTicket
 from tests.conftest import bearer
+from tests.consent_support import decide
 from tests.integration.privacy_support import (
     add_outputs,
     add_recording,
     audio,
     book,
-    decide,
     person,
 )
 

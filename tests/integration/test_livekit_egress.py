@@ -34,6 +34,7 @@ from core.runtime import Runtime
 from media.ogg import OggOpusWriter
 from media.testsource import encode_opus
 from tests.conftest import bearer
+from tests.consent_support import decide
 from tests.integration.consent_bookings import Person, seed_booking
 from tests.standins.livekit import LiveKitStandIn
 
@@ -136,18 +137,6 @@ async def send(client: httpx.AsyncClient, event: WebhookEvent) -> httpx.Response
     body, headers = signed(event)
     return await client.post("/v1/livekit/webhook", content=body, headers=headers)
 
-
-async def decide(
-    client: httpx.AsyncClient, person: Person, purpose: Purpose, decision: str
-) -> str:
-    """Record the decision; the ledger entry's id."""
-    overview = (await client.get("/v1/consent", headers=person.headers)).json()
-    notice = next(p["notice"] for p in overview["purposes"] if p["purpose"] == purpose.value)
-    body = {"purpose": purpose.value, "decision": decision, "notice_sha256": notice["sha256"]}
-    response = await client.post("/v1/consent", headers=person.headers, json=body)
-    assert response.status_code == 201
-    entry_id: str = response.json()["id"]
-    return entry_id
 
 
 async def eventually(check: Callable[[], bool], what: str) -> None:
@@ -338,7 +327,7 @@ async def test_finished_egress_files_are_encrypted_listed_and_the_plaintext_remo
     seeded = await seed_booking(runtime, [Purpose.RECORDING_AUDIO])
     host, guest = seeded.people
     room = await room_of(runtime, seeded.booking_id)
-    grant = await decide(client, guest, Purpose.RECORDING_AUDIO, "granted")
+    grant = (await decide(client, guest, Purpose.RECORDING_AUDIO, "granted"))["id"]
     await client.post(f"/v1/bookings/{seeded.booking_id}/recording/start", headers=host.headers)
     await send(client, joined(room, guest))
     await send(client, published(room, guest, "TR_a", models.TrackType.AUDIO))

@@ -19,7 +19,8 @@ from core.runtime import Runtime
 from summaries.consents import LedgerConsent
 from tests.booking_support import booking_body
 from tests.conftest import bearer
-from tests.integration.privacy_support import Person, book, decide, person
+from tests.consent_support import decide
+from tests.integration.privacy_support import Person, book, person
 
 PURPOSES = ["recording.audio", "transcription", "ai.summary"]
 

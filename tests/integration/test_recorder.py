@@ -44,6 +44,7 @@ from media.testsource import (
 )
 from tests import support
 from tests.conftest import bearer
+from tests.consent_support import decide
 from tests.integration.consent_bookings import Person, seed_booking
 from tests.recording_support import offer_to_recorder, withdrawal_commits
 
@@ -75,17 +76,6 @@ async def eventually(check: Callable[[], bool], what: str, timeout_s: float = 15
         await asyncio.sleep(0.05)
     raise AssertionError(f"never happened: {what}")
 
-
-async def decide(
-    client: httpx.AsyncClient, person: Person, purpose: Purpose, decision: str
-) -> dict[str, Any]:
-    overview = (await client.get("/v1/consent", headers=person.headers)).json()
-    notice = next(p["notice"] for p in overview["purposes"] if p["purpose"] == purpose.value)
-    body = {"purpose": purpose.value, "decision": decision, "notice_sha256": notice["sha256"]}
-    response = await client.post("/v1/consent", headers=person.headers, json=body)
-    assert response.status_code == 201, response.text
-    entry: dict[str, Any] = response.json()
-    return entry
 
 
 @functools.cache

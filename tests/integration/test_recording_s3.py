@@ -47,6 +47,7 @@ from media.storage import MAGIC, IntegrityError, LocalStore, decrypt
 from media.testsource import EncodedTrack, encode_opus
 from summaries.recordings import RecordedAudio
 from tests.conftest import bearer
+from tests.consent_support import decide
 from tests.integration.consent_bookings import Person, seed_booking
 from tests.recording_support import offer_to_recorder
 
@@ -118,15 +119,6 @@ async def eventually(check: Callable[[], Any], what: str, timeout_s: float = 30.
         await asyncio.sleep(0.05)
     raise AssertionError(f"never happened: {what}")
 
-
-async def decide(
-    client: httpx.AsyncClient, person: Person, purpose: Purpose, decision: str
-) -> None:
-    overview = (await client.get("/v1/consent", headers=person.headers)).json()
-    notice = next(p["notice"] for p in overview["purposes"] if p["purpose"] == purpose.value)
-    body = {"purpose": purpose.value, "decision": decision, "notice_sha256": notice["sha256"]}
-    response = await client.post("/v1/consent", headers=person.headers, json=body)
-    assert response.status_code == 201, response.text
 
 
 async def connect_microphone(

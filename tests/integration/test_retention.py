@@ -28,12 +28,12 @@ from privacy.records import RetentionRun, Trigger
 from signaling.tickets import UsedTicket
 from summaries.outputs import Summary, Transcript
 from tests.conftest import bearer
+from tests.consent_support import decide
 from tests.integration.privacy_support import (
     add_outputs,
     add_recording,
     audio,
     book,
-    decide,
     person,
 )
 from tests.support import REDIS_URL
