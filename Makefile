@@ -40,14 +40,10 @@ system-deps:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
-# Start PostgreSQL and Redis when installed but stopped; then wait until both answer.
+# Install (Debian packages), configure and start PostgreSQL and Redis, then wait until both
+# answer; a missing service fails the run, it never skips tests.
 services: install
-	@pg_isready -q -h 127.0.0.1 -p 5432 || { command -v pg_ctlcluster >/dev/null && \
-	  pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql | head -1) main start; } || true
-	@redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 || { command -v redis-server >/dev/null && \
-	  mkdir -p /var/lib/redis /var/log/redis && \
-	  redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no \
-	    --dir /var/lib/redis --logfile /var/log/redis/ci.log; } || true
+	bash tests/services.sh
 	$(BIN)/python -m tests.services
 
 $(LIVEKIT_SDK):

@@ -38,7 +38,7 @@ from core.crypto import Keyring, sha256_hex
 from core.database import Database
 from core.migrate import upgrade
 
-DSN = os.environ.get("CALLGATE_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+DSN = os.environ.get("CALLGATE_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:54329/postgres")
 WRITERS = 16
 APPENDS_PER_WRITER = 20
 ENTRIES = 1_000_000

@@ -38,7 +38,7 @@ from signaling.bookings import BookingRequest, Person, do_create_booking
 from signaling.credentials import join_credential
 from signaling.livekit import room_grants
 
-PG_DSN = os.environ.get("CALLGATE_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+PG_DSN = os.environ.get("CALLGATE_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:54329/postgres")
 CONCURRENCY = 32
 WARMUP_S = 2.0
 MEASURE_S = 10.0

@@ -36,7 +36,7 @@ from media.storage import RecordingStore, decrypt
 from privacy.records import Trigger
 from summaries.outputs import Segment, Transcript
 
-DSN = os.environ.get("CALLGATE_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+DSN = os.environ.get("CALLGATE_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:54329/postgres")
 SESSIONS = 100
 RECORDING_BYTES = 256 * 1024  # ~5 s of 400 kbit/s video per session
 EXPIRED_ROWS = 100_000

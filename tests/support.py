@@ -16,7 +16,7 @@ import asyncpg
 
 from core.migrate import upgrade
 
-PG_DSN = os.environ.get("CALLGATE_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+PG_DSN = os.environ.get("CALLGATE_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:54329/postgres")
 REDIS_URL = os.environ.get("CALLGATE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 SECRET = "test-secret-" + "x" * 40
 MASTER = base64.b64encode(b"k" * 32).decode()
