@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 import uuid
 
 import structlog
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 log = structlog.get_logger("callgate.access")
@@ -39,6 +40,20 @@ class Metrics:
             "callgate_ws_connections_total", "Signaling connections opened",
             registry=self.registry,
         )
+        # Read at scrape time on the event loop (the /metrics handler runs there): a count
+        # that only grows is a leak (bench/soak.py watches it).
+        self.tasks = Gauge(
+            "callgate_asyncio_tasks", "asyncio tasks alive in this process",
+            registry=self.registry,
+        )
+        self.tasks.set_function(_task_count)
+
+
+def _task_count() -> float:
+    try:
+        return float(len(asyncio.all_tasks()))
+    except RuntimeError:  # scraped from outside the event loop
+        return float("nan")
 
 
 class RequestContext:

@@ -1,0 +1,409 @@
+"""A soak: one callgate node under steady churn for ten minutes; does anything grow?
+
+One uvicorn worker (a separate process, as `callgate serve` runs it) on PostgreSQL, built-in
+media mode. For `SOAK_S` seconds (default 600; `CALLGATE_SOAK_S` shortens it) the benchmark
+keeps up, all at once and at fixed rates:
+- joins (`POST /v1/join`) at `JOINS_PER_S`;
+- signaling sockets joining and leaving: `SOCKETS` loops that each join, open the room socket,
+  wait for `welcome`, ping, stay a random 1-4 s and leave, half with `bye`, half by dropping;
+- consent changes: clients granting and withdrawing `recording.audio` at `DECISIONS_PER_S`;
+- recordings starting and stopping: each host switching recording on and off every few seconds,
+  while `RECORDED` people send pre-encoded audio and video to the recording peer through real
+  aiortc connections, so spans open and close and files are written.
+Every `SAMPLE_S` it reads the server's resident memory, open file descriptors and threads from
+/proc, and its asyncio task count from `/metrics` (`callgate_asyncio_tasks`). It reports the
+values after warm-up and at the end, every unexpected answer, and plots the curves as a PNG in
+bench/results/. No baseline process: the comparison is the node with itself, after warm-up
+against the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import os
+import random
+import re
+import secrets
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+from aiortc import RTCPeerConnection, RTCSessionDescription
+from websockets.asyncio.client import connect
+from websockets.typing import Origin
+
+from core.migrate import upgrade
+from core.runtime import Runtime
+from core.settings import Settings
+from media.testsource import EncodedTrack, encode_opus, encode_vp8
+from tests.signaling_support import Seeded, seed_bookings
+from tests.support import PG_DSN
+
+SOAK_S = float(os.environ.get("CALLGATE_SOAK_S", "600"))
+WARMUP_S = min(60.0, SOAK_S / 5)
+SAMPLE_S = 5.0
+BOOKINGS = 40
+JOINS_PER_S = 20.0
+SOCKETS = 24
+DECISIONS_PER_S = 5.0
+RECORDED = 4
+SECRET = "soak-server-secret-" + "s" * 32
+MASTER = base64.b64encode(b"s" * 32).decode()
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+@dataclass
+class Sample:
+    at: float
+    rss_mib: float
+    fds: int
+    threads: int
+    tasks: int
+
+
+@dataclass
+class Tally:
+    counts: dict[str, int] = field(default_factory=dict)
+    errors: dict[str, int] = field(default_factory=dict)
+
+    def ok(self, what: str) -> None:
+        self.counts[what] = self.counts.get(what, 0) + 1
+
+    def fail(self, what: str) -> None:
+        self.errors[what] = self.errors.get(what, 0) + 1
+
+
+def _pg_url(name: str) -> str:
+    base = PG_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://", 1)
+    return f"{base}/{name}"
+
+
+async def _admin(sql: str) -> None:
+    conn = await asyncpg.connect(PG_DSN)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+def _settings(url: str, data_dir: Path, base: str) -> Settings:
+    return Settings(
+        database_url=url, data_dir=data_dir, secret_key=SECRET, master_key=MASTER,
+        public_base_url=base, log_level="WARNING",
+    )
+
+
+def _env(settings: Settings) -> dict[str, str]:
+    return {
+        **os.environ,
+        "CALLGATE_DATABASE_URL": settings.database_url,
+        "CALLGATE_DATA_DIR": str(settings.data_dir),
+        "CALLGATE_SECRET_KEY": SECRET,
+        "CALLGATE_MASTER_KEY": MASTER,
+        "CALLGATE_PUBLIC_BASE_URL": str(settings.public_base_url),
+        "CALLGATE_LOG_LEVEL": "WARNING",
+        # The soak's sockets all come from one address: it is not a join flood.
+        "CALLGATE_JOIN_FAILURES_PER_MINUTE": "100000",
+    }
+
+
+def _proc(pid: int) -> tuple[float, int, int]:
+    status = Path(f"/proc/{pid}/status").read_text()
+    rss_kib = int(re.search(r"VmRSS:\s+(\d+)", status).group(1))  # type: ignore[union-attr]
+    threads = int(re.search(r"Threads:\s+(\d+)", status).group(1))  # type: ignore[union-attr]
+    return rss_kib / 1024, len(os.listdir(f"/proc/{pid}/fd")), threads
+
+
+async def _tasks(client: httpx.AsyncClient) -> int:
+    text = (await client.get("/metrics")).text
+    found = re.search(r"^callgate_asyncio_tasks ([0-9.e+]+)$", text, re.M)
+    return int(float(found.group(1))) if found else -1
+
+
+async def _paced(rate: float, until: float, step: Any) -> None:
+    """Call `step()` `rate` times a second until `until`, on a fixed schedule (no drift)."""
+    began, n = time.monotonic(), 0
+    while (now := time.monotonic()) < until:
+        wait = began + n / rate - now
+        if wait > 0:
+            await asyncio.sleep(wait)
+        await step()
+        n += 1
+
+
+async def _joins(client: httpx.AsyncClient, people: list[str], until: float, t: Tally) -> None:
+    async def step() -> None:
+        response = await client.post("/v1/join", json={"credential": random.choice(people)})
+        (t.ok if response.status_code == 200 else t.fail)("join")
+
+    await _paced(JOINS_PER_S, until, step)
+
+
+async def _socket_loop(
+    client: httpx.AsyncClient, people: list[str], origin: str, until: float, t: Tally
+) -> None:
+    while time.monotonic() < until:
+        joined = await client.post("/v1/join", json={"credential": random.choice(people)})
+        if joined.status_code != 200:
+            t.fail("socket-join")
+            await asyncio.sleep(1)
+            continue
+        grant = joined.json()["builtin"]
+        try:
+            async with connect(
+                f"{grant['ws_url']}?ticket={grant['ticket']}", origin=Origin(origin),
+                open_timeout=20, proxy=None,
+            ) as ws:
+                while json.loads(await asyncio.wait_for(ws.recv(), 20))["type"] != "welcome":
+                    pass
+                await ws.send('{"type":"ping"}')
+                await asyncio.sleep(random.uniform(1, 4))
+                if random.random() < 0.5:
+                    await ws.send('{"type":"bye"}')
+            t.ok("socket")
+        except Exception as exc:
+            t.fail(f"socket ({type(exc).__name__}: {str(exc)[:80]})")
+            await asyncio.sleep(1)
+
+
+async def _decisions(
+    client: httpx.AsyncClient, clients: list[str], until: float, t: Tally
+) -> None:
+    notices: dict[str, str] = {}
+    state: dict[str, bool] = {}
+
+    async def step() -> None:
+        credential = random.choice(clients)
+        headers = {"X-Join-Credential": credential}
+        if credential not in notices:
+            overview = (await client.get("/v1/consent", headers=headers)).json()
+            notices[credential] = next(
+                p["notice"]["sha256"] for p in overview["purposes"]
+                if p["purpose"] == "recording.audio"
+            )
+        granted = not state.get(credential, False)
+        body = {
+            "purpose": "recording.audio", "decision": "granted" if granted else "withdrawn",
+            "notice_sha256": notices[credential],
+        }
+        response = await client.post("/v1/consent", headers=headers, json=body)
+        if response.status_code == 201:
+            state[credential] = granted
+            t.ok("decision")
+        else:
+            t.fail("decision")
+
+    await _paced(DECISIONS_PER_S, until, step)
+
+
+async def _switching(
+    client: httpx.AsyncClient, hosts: list[tuple[str, str]], until: float, t: Tally
+) -> None:
+    async def step() -> None:
+        booking, credential = random.choice(hosts)
+        action = random.choice(("start", "stop"))
+        response = await client.post(
+            f"/v1/bookings/{booking}/recording/{action}",
+            headers={"X-Join-Credential": credential},
+        )
+        (t.ok if response.status_code == 200 else t.fail)("recording-switch")
+
+    await _paced(2.0, until, step)
+
+
+async def _recorded(
+    client: httpx.AsyncClient, credential: str, video: list[bytes], audio: list[bytes],
+    until: float, t: Tally,
+) -> None:
+    """One person sending pre-encoded media to the recording peer, reconnecting now and then
+    (a page reload), while `_decisions` and `_switching` turn their capture on and off."""
+    headers = {"X-Join-Credential": credential}
+    while time.monotonic() < until:
+        pc = RTCPeerConnection()
+        try:
+            pc.addTrack(EncodedTrack("audio", audio))
+            pc.addTrack(EncodedTrack("video", video))
+            await pc.setLocalDescription(await pc.createOffer())
+            offer = {"sdp": pc.localDescription.sdp, "type": "offer"}
+            response = await client.post("/v1/recording/offer", headers=headers, json=offer)
+            if response.status_code != 200:
+                t.fail("recording-offer")
+                await asyncio.sleep(1)
+                continue
+            await pc.setRemoteDescription(RTCSessionDescription(**response.json()))
+            t.ok("recording-offer")
+            await asyncio.sleep(min(random.uniform(20, 40), max(0, until - time.monotonic())))
+        except Exception:
+            t.fail("recording-offer")
+        finally:
+            await pc.close()
+
+
+async def _sample(client: httpx.AsyncClient, pid: int, began: float, until: float,
+                  samples: list[Sample]) -> None:
+    while time.monotonic() < until:
+        rss, fds, threads = _proc(pid)
+        samples.append(Sample(time.monotonic() - began, rss, fds, threads, await _tasks(client)))
+        await asyncio.sleep(SAMPLE_S)
+
+
+def _plot(samples: list[Sample], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    xs = [s.at / 60 for s in samples]
+    fig, axes = plt.subplots(3, 1, sharex=True, figsize=(8, 7))
+    axes[0].plot(xs, [s.rss_mib for s in samples])
+    axes[0].set_ylabel("resident MiB")
+    axes[1].plot(xs, [s.tasks for s in samples])
+    axes[1].set_ylabel("asyncio tasks")
+    axes[2].plot(xs, [s.fds for s in samples], label="file descriptors")
+    axes[2].plot(xs, [s.threads for s in samples], label="threads")
+    axes[2].set_ylabel("count")
+    axes[2].legend()
+    axes[2].set_xlabel("minutes")
+    for axis in axes:
+        axis.axvline(WARMUP_S / 60, color="grey", linestyle=":")
+        axis.set_ylim(bottom=0)
+    fig.suptitle("callgate soak: one node under churn")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def _near(samples: list[Sample], at: float) -> Sample:
+    return min(samples, key=lambda s: abs(s.at - at))
+
+
+def _median(samples: list[Sample], pick: Any) -> float:
+    values = sorted(pick(s) for s in samples)
+    return float(values[len(values) // 2])
+
+
+async def run() -> str:
+    name = f"cg_soak_{secrets.token_hex(4)}"
+    await _admin(f'CREATE DATABASE "{name}"')
+    url = _pg_url(name)
+    tally, samples = Tally(), []
+    png = RESULTS / "soak.png"
+    try:
+        await upgrade(url)
+        with tempfile.TemporaryDirectory() as tmp:
+            with socket_port() as port:
+                base = f"http://127.0.0.1:{port}"
+            settings = _settings(url, Path(tmp), base)
+            runtime = Runtime.open(settings)
+            try:
+                seeded: list[Seeded] = await seed_bookings(
+                    runtime.db, runtime.keys, datetime.now(UTC), BOOKINGS
+                )
+            finally:
+                await runtime.close()
+            video, audio = encode_vp8(90, width=320, height=240, bit_rate=300_000), encode_opus(50)
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "uvicorn", "api.app:create_app", "--factory",
+                "--host", "127.0.0.1", "--port", str(port), "--loop", "uvloop",
+                "--http", "httptools", "--no-access-log", "--log-level", "warning",
+                env=_env(settings), stdout=subprocess.DEVNULL,
+            )
+            try:
+                async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+                    await _ready(client, process)
+                    began = time.monotonic()
+                    until = began + SOAK_S
+                    people = [p.credential for s in seeded for p in s.people]
+                    clients = [s.client.credential for s in seeded]
+                    hosts = [(str(s.booking_id), s.host.credential) for s in seeded]
+                    await asyncio.gather(
+                        _sample(client, process.pid, began, until, samples),
+                        _joins(client, people, until, tally),
+                        _decisions(client, clients, until, tally),
+                        _switching(client, hosts, until, tally),
+                        # Each loop its own people: one person twice is a replacement (4409).
+                        *(_socket_loop(client, people[i::SOCKETS], base, until, tally)
+                          for i in range(SOCKETS)),
+                        *(_recorded(client, seeded[i].client.credential, video, audio, until,
+                                    tally) for i in range(RECORDED)),
+                    )
+                    rss, fds, threads = _proc(process.pid)
+                    samples.append(Sample(time.monotonic() - began, rss, fds, threads,
+                                          await _tasks(client)))
+                    files = sum(1 for _ in (Path(tmp) / "recordings").rglob("*") if _.is_file())
+            finally:
+                process.terminate()
+                await asyncio.wait_for(process.wait(), 30)
+    finally:
+        await _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    _plot(samples, png)
+    return _report(samples, tally, files, png)
+
+
+@contextlib.contextmanager
+def socket_port() -> Any:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield sock.getsockname()[1]
+
+
+async def _ready(client: httpx.AsyncClient, process: asyncio.subprocess.Process) -> None:
+    for _ in range(300):
+        if process.returncode is not None:
+            raise RuntimeError("uvicorn exited")
+        with contextlib.suppress(httpx.TransportError):
+            if (await client.get("/healthz")).status_code == 200:
+                return
+        await asyncio.sleep(0.1)
+    raise RuntimeError("uvicorn did not become ready")
+
+
+def _report(samples: list[Sample], tally: Tally, files: int, png: Path) -> str:
+    settled = [s for s in samples if s.at >= WARMUP_S]
+    first = [s for s in settled if s.at < WARMUP_S + 60] or settled[:1]
+    last = [s for s in settled if s.at >= settled[-1].at - 60] or settled[-1:]
+    rss0, rss1 = _median(first, lambda s: s.rss_mib), _median(last, lambda s: s.rss_mib)
+    tasks0, tasks1 = _median(first, lambda s: s.tasks), _median(last, lambda s: s.tasks)
+    fds0, fds1 = _median(first, lambda s: s.fds), _median(last, lambda s: s.fds)
+    growth = (rss1 - rss0) / rss0 * 100 if rss0 else 0.0
+    errors = sum(tally.errors.values())
+    held = abs(growth) <= 10 and tasks1 <= tasks0 * 1.1 + 5 and fds1 <= fds0 * 1.1 + 5
+    goal = "met" if held and errors == 0 else "not met"
+    done = ", ".join(f"{k} {v:,}" for k, v in sorted(tally.counts.items()))
+    failed = ", ".join(f"{k} {v:,}" for k, v in sorted(tally.errors.items())) or "none"
+    peak = max(s.rss_mib for s in samples)
+    return f"""## Soak (one node, {SOAK_S / 60:.0f} minutes of churn)
+
+One uvicorn worker on PostgreSQL, built-in media mode, {BOOKINGS} running bookings. Kept up at
+once for {SOAK_S:.0f} s: joins at {JOINS_PER_S:.0f}/s, {SOCKETS} loops of signaling sockets
+joining and leaving (each: join, socket, `welcome`, ping, 1-4 s, then `bye` or a dropped
+connection), consent decisions at {DECISIONS_PER_S:.0f}/s (grant/withdraw `recording.audio`),
+hosts switching recording on and off at 2/s, and {RECORDED} people sending pre-encoded
+audio+video to the recording peer through aiortc, reconnecting every 20-40 s. Sampled every
+{SAMPLE_S:.0f} s from /proc and `/metrics`; "after warm-up" is the median over the minute after
+the first {WARMUP_S:.0f} s, "end" the median over the last minute.
+
+| measure | after warm-up | end | change |
+|---|---|---|---|
+| resident memory | {rss0:.1f} MiB | {rss1:.1f} MiB | {growth:+.1f}% (peak {peak:.1f} MiB) |
+| asyncio tasks | {tasks0:.0f} | {tasks1:.0f} | {tasks1 - tasks0:+.0f} |
+| open file descriptors | {fds0:.0f} | {fds1:.0f} | {fds1 - fds0:+.0f} |
+
+Done: {done}; recording files written: {files}. Unexpected answers: {failed}.
+
+Goal (memory at the end within 10% of after warm-up, no growth in tasks or descriptors, no
+errors): **{goal}**. The curves: `bench/results/{png.name}` (written by the run, not committed).
+"""
