@@ -1,7 +1,8 @@
 """The app factory. `create_app()` builds settings once; the lifespan owns every resource.
 
 Background services (room provisioning, the consent gate, signaling hub, recorder, workers)
-are entered on the lifespan's exit stack, so they close in reverse order of opening.
+are entered on the lifespan's exit stack, so they close in reverse order of opening; they are
+held by one typed `api.services.Services` (`app.state.services`).
 """
 
 from __future__ import annotations
@@ -22,18 +23,11 @@ from api.routers import livekit_webhook as livekit_router
 from api.routers import privacy as privacy_router
 from api.routers import recordings as recordings_router
 from api.routers import summaries as summaries_router
-from api.subjects import privacy_service
-from consent.live import LiveGate
+from api.services import Services
 from core.clock import Clock
 from core.logs import configure_logging
 from core.runtime import Runtime
 from core.settings import Settings
-from media.egress import Egress
-from media.recorder import Recorder
-from signaling.hub import Hub
-from signaling.join import JoinReader
-from signaling.livekit import Rooms
-from summaries.service import ai_jobs
 
 DESCRIPTION = """
 callgate provisions booked live video sessions, admits exactly the booked people during the
@@ -73,22 +67,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
         app.state.runtime = runtime
         async with AsyncExitStack() as stack:
             stack.push_async_callback(runtime.close)
-            runtime.extras["gate"] = await stack.enter_async_context(LiveGate(runtime))
-            runtime.extras["signaling"] = await stack.enter_async_context(Hub(runtime))
-            runtime.extras["recorder"] = await stack.enter_async_context(
-                Recorder(runtime, gate=lambda: runtime.extras.get("gate"))
-            )
-            runtime.extras["egress"] = await stack.enter_async_context(
-                Egress(
-                    runtime,
-                    gate=lambda: runtime.extras.get("gate"),
-                    recorder=runtime.extras["recorder"],
-                )
-            )
-            await stack.enter_async_context(Rooms(runtime))
-            await stack.enter_async_context(JoinReader(runtime))
-            runtime.extras["ai_jobs"] = await stack.enter_async_context(ai_jobs(runtime))
-            runtime.extras["privacy"] = await stack.enter_async_context(privacy_service(runtime))
+            app.state.services = await Services.open(runtime, stack)
             yield
 
     app = CallgateApp(

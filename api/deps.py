@@ -8,11 +8,20 @@ from typing import Annotated
 from fastapi import Depends, Header, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from api.services import Services
+from consent.live import LiveGate
 from core.accounts import Caller, Scope, access_caller
 from core.bookings import Participant
 from core.errors import PermissionDenied
 from core.runtime import Runtime
+from media.egress import Egress
+from media.recorder import Recorder
+from privacy.service import Privacy
 from signaling.credentials import access_participant
+from signaling.hub import Hub
+from signaling.join import JoinReader
+from signaling.livekit import Rooms
+from summaries.service import AiJobs
 
 _bearer = HTTPBearer(auto_error=False, description="API key: `Authorization: Bearer cg_...`")
 
@@ -23,6 +32,56 @@ def get_runtime(request: Request) -> Runtime:
 
 
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+
+
+def get_services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+def get_gate(services: ServicesDep) -> LiveGate | None:
+    return services.gate
+
+
+def get_hub(services: ServicesDep) -> Hub:
+    return services.hub
+
+
+def get_recorder(services: ServicesDep) -> Recorder:
+    return services.recorder
+
+
+def get_egress(services: ServicesDep) -> Egress:
+    return services.egress
+
+
+def get_rooms(services: ServicesDep) -> Rooms:
+    return services.rooms
+
+
+def get_join_reader(services: ServicesDep) -> JoinReader:
+    return services.join
+
+
+def get_ai_jobs(services: ServicesDep) -> AiJobs:
+    return services.ai_jobs
+
+
+def get_privacy(services: ServicesDep) -> Privacy:
+    return services.privacy
+
+
+GateDep = Annotated[LiveGate | None, Depends(get_gate)]
+HubDep = Annotated[Hub, Depends(get_hub)]
+RecorderDep = Annotated[Recorder, Depends(get_recorder)]
+EgressDep = Annotated[Egress, Depends(get_egress)]
+RoomsDep = Annotated[Rooms, Depends(get_rooms)]
+JoinReaderDep = Annotated[JoinReader, Depends(get_join_reader)]
+AiJobsDep = Annotated[AiJobs, Depends(get_ai_jobs)]
+PrivacyDep = Annotated[Privacy, Depends(get_privacy)]
 
 
 def require(*scopes: Scope) -> Callable[..., Awaitable[Caller]]:

@@ -1,7 +1,7 @@
 """Composition of data-subject rights: each domain's `SubjectData`, in erasure order.
 
 Only `api/` (and the CLI, a composition root too) knows every domain; privacy/ sees them
-through the `privacy.subjects.SubjectData` protocol. Order matters for retention: media
+through the `core.subjects.SubjectData` protocol. Order matters for retention: media
 unlinks a booking's files before signaling deletes the booking (which cascades to its rows).
 """
 
@@ -14,10 +14,10 @@ from arq.cron import CronJob, cron
 from consent.subjects import ConsentSubjects
 from core.runtime import Runtime
 from core.settings import Settings
+from core.subjects import SubjectData
 from media.subjects import MediaSubjects
 from privacy.records import Trigger
 from privacy.service import Privacy
-from privacy.subjects import SubjectData
 from signaling.subjects import SignalingSubjects
 from summaries.subjects import SummariesSubjects
 

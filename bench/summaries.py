@@ -35,6 +35,7 @@ from core.migrate import upgrade
 from core.purposes import Purpose
 from core.runtime import Runtime
 from core.settings import Settings
+from media.audio import RecordedAudio
 from summaries.consents import LedgerConsent
 from summaries.payloads import PayloadGate, Utterance
 from summaries.redaction import Redactor
@@ -204,7 +205,7 @@ async def run() -> str:
                 database_url=url, redis_url=support.REDIS_URL, redis_prefix=prefix, **base
             )
             sessions = await setup(settings)
-            worker = build_worker(settings)
+            worker = build_worker(settings, audio=RecordedAudio)
             worker_task = asyncio.create_task(worker.main())
             try:
                 async with app_client(settings) as (client, runtime):

@@ -19,15 +19,13 @@ from types import TracebackType
 from typing import Any
 
 import structlog
-from sqlalchemy import select
 
 from consent.checkpoints import Signer, do_checkpoint, latest_checkpoint
 from consent.gate import BookingConsent, Reason, Recorded, Verdict, may
-from consent.ledger import Entry, chain_head
+from consent.ledger import chain_head
 from consent.notices import seed_notices
 from consent.purposes import Actor, Decision, Purpose
-from consent.restrictions import restricted_in_booking
-from core.bookings import Booking, BookingStatus
+from consent.snapshot import read_snapshot
 from core.bus import Event, Topic
 from core.runtime import Runtime
 
@@ -147,25 +145,14 @@ class LiveGate:
     async def ensure_booking(self, booking_id: uuid.UUID) -> None:
         """Load (or reload) a booking's terms and every decision on it from the ledger."""
         async with self._rt.db.session() as session:
-            booking = await session.get(Booking, booking_id)
-            if booking is None:
-                return
-            query = select(Entry).where(Entry.booking_id == booking_id).order_by(Entry.seq)
-            entries = list((await session.execute(query)).scalars())
-            restricted = await restricted_in_booking(session, booking_id)
-        state = BookingConsent(
-            booking_id=booking.id,
-            requested=booking.purposes,
-            policy=booking.recording_policy,
-            cancelled=booking.status is BookingStatus.CANCELLED,
-            minors=frozenset(p.id for p in booking.participants if not p.adult),
-            restricted=restricted,
-        )
+            snapshot = await read_snapshot(session, booking_id)
+        if snapshot is None:
+            return
+        state = snapshot.state
         old = self._bookings.get(booking_id)
         if old is not None:
             state.present = old.present
             state.record_all(item for items in old.history.values() for item in items)
-        state.record_all(recorded(entry) for entry in entries)
         self._bookings[booking_id] = state
 
     def forget_booking(self, booking_id: uuid.UUID) -> None:
@@ -313,12 +300,6 @@ class LiveGate:
             return False
         await do_checkpoint(self._rt.db, self.signer, now)
         return True
-
-
-def recorded(entry: Entry) -> Recorded:
-    return Recorded(
-        entry.seq, entry.subject_id, entry.purpose, entry.decision, entry.at, entry.actor
-    )
 
 
 def recorded_from_event(data: dict[str, Any]) -> Recorded:

@@ -1,4 +1,4 @@
-"""The consent ledger under data-subject rights (privacy.subjects.SubjectData).
+"""The consent ledger under data-subject rights (core.subjects.SubjectData).
 
 Export: every decision about the person with the exact notice text they (or their guardian)
 were shown. Erasure changes nothing in the ledger: keeping the proof of consent is a legal
@@ -22,7 +22,7 @@ from consent.restrictions import Restriction
 from core.bookings import Participant
 from core.purposes import Purpose
 from core.runtime import Runtime
-from privacy.subjects import Category, Cleanup, Cutoff, Erasure, JsonLines, Part, Subject
+from core.subjects import Category, Cleanup, Cutoff, Erasure, JsonLines, Part, Subject
 
 
 class ConsentSubjects:

@@ -89,6 +89,19 @@ class Booking(Base):
     def host(self) -> Participant:
         return next(p for p in self.participants if p.role is Role.HOST)
 
+    @property
+    def purpose_author(self) -> Participant | None:
+        """The client whose words `stated_purpose` are (`stated_by` at booking): the one rule
+        both the agenda trigger and the agenda payload gate ask."""
+        return next((p for p in self.participants if p.purpose_author), None)
+
+    @property
+    def agenda_people(self) -> list[Participant]:
+        """Whose `ai.agenda` grants an agenda needs: the host (the title is theirs) and the
+        purpose author, if any."""
+        author = self.purpose_author
+        return [self.host] if author is None else [self.host, author]
+
 
 class Participant(Base):
     __tablename__ = "participants"

@@ -1,14 +1,14 @@
 """The process's shared resources, opened once and closed in reverse order.
 
 The FastAPI lifespan, the CLI and the worker all build one `Runtime` from `Settings`; domain
-services take the parts they need from it (constructor injection), never from globals.
+services take the parts they need from it (constructor injection), never from globals. The
+services built on top of it are held by the composition root (`api.services.Services`).
 """
 
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
@@ -43,7 +43,6 @@ class Runtime:
     keys: Keyring
     clock: Clock
     redis: aioredis.Redis | None = None
-    extras: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def open(cls, settings: Settings, *, clock: Clock | None = None) -> Runtime:

@@ -43,6 +43,7 @@ from core.bookings import Participant
 from core.bus import Event, Topic
 from core.purposes import Purpose
 from core.runtime import Runtime
+from media.backends import open_store
 from media.keys import access_data_key
 from media.ogg import OggOpusWriter
 from media.recordings import (
@@ -52,7 +53,7 @@ from media.recordings import (
     do_set_recording_on,
     read_recording_on,
 )
-from media.storage import EncryptedWriter, Storage, open_store
+from media.storage import EncryptedWriter, Storage
 from media.webm import WebmVp8Writer
 
 log = structlog.get_logger(__name__)

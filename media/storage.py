@@ -11,10 +11,11 @@ splicing chunks between files fails authentication, and a file whose last chunk 
 final was truncated. A writer emits a chunk at every `flush()` (the media writers flush at
 least every second), so a killed process leaves whole chunks that `recover()` can salvage.
 
-Where files live is a `Storage`: `LocalStore` keeps them in `settings.data_dir/recordings`
-(the default); `media.objectstore.ObjectStore` (CALLGATE_STORAGE_BACKEND=s3) spools them there
-while they are written and moves each sealed file to an S3-compatible bucket, ciphertext only.
-Callers name a file by its relative path (the row's `path`) and never branch on the backend.
+Where files live is a `Storage` (`media.backends.open_store` picks one): `LocalStore` keeps
+them in `settings.data_dir/recordings` (the default); `media.objectstore.ObjectStore`
+(CALLGATE_STORAGE_BACKEND=s3) spools them there while they are written and moves each sealed
+file to an S3-compatible bucket, ciphertext only. Callers name a file by its relative path
+(the row's `path`) and never branch on the backend.
 """
 
 from __future__ import annotations
@@ -30,8 +31,6 @@ from typing import BinaryIO, Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
-from core.settings import Settings, StorageBackend
 
 MAGIC = b"CGREC\x00\x01\n"
 FILE_ID_BYTES = 16
@@ -361,13 +360,3 @@ class LocalStore:
 
 # The name the local store had before storage became configurable.
 RecordingStore = LocalStore
-
-
-def open_store(settings: Settings) -> Storage:
-    """The store the settings name (one per user; S3 clients are thread-safe)."""
-    local = LocalStore(settings.data_dir / "recordings")
-    if settings.storage_backend is StorageBackend.S3:
-        from media.objectstore import ObjectStore  # boto3 loads only when S3 is configured
-
-        return ObjectStore.from_settings(settings, local)
-    return local

@@ -1,4 +1,4 @@
-"""Recordings under data-subject rights (privacy.subjects.SubjectData).
+"""Recordings under data-subject rights (core.subjects.SubjectData).
 
 Export decrypts the person's own recordings into the bundle. Erasure crypto-shreds: the
 person's wrapped data key is destroyed (and re-keyed under the tombstone, so nothing can
@@ -19,15 +19,12 @@ import structlog
 from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from core.batches import BATCH, delete_where, table_of
 from core.bookings import Booking, Participant
 from core.errors import Gone
 from core.purposes import Purpose
 from core.runtime import Runtime
-from media.keys import DataKey, access_data_key
-from media.recordings import Recording, RecordingDownload, RecordingState, TrackKind
-from media.storage import Storage, open_store
-from privacy.batches import BATCH, delete_where, table_of
-from privacy.subjects import (
+from core.subjects import (
     Blob,
     Category,
     Cleanup,
@@ -37,6 +34,10 @@ from privacy.subjects import (
     Part,
     Subject,
 )
+from media.backends import open_store
+from media.keys import DataKey, access_data_key
+from media.recordings import Recording, RecordingDownload, RecordingState, TrackKind
+from media.storage import Storage
 
 log = structlog.get_logger(__name__)
 

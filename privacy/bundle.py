@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 
-from privacy.subjects import Blob, JsonLines, Part
+from core.subjects import Blob, JsonLines, Part
 
 FLUSH_AT = 64 * 1024
 

@@ -30,15 +30,7 @@ from core.bus import Event, Topic, publish_all
 from core.errors import NotFound
 from core.runtime import Runtime
 from core.settings import Settings
-from privacy.bundle import zip_stream
-from privacy.records import (
-    ErasureRecord,
-    ExportRecord,
-    RetentionRun,
-    Trigger,
-    WithdrawalRecord,
-)
-from privacy.subjects import (
+from core.subjects import (
     Category,
     Cleanup,
     Cutoff,
@@ -47,6 +39,14 @@ from privacy.subjects import (
     Part,
     Subject,
     SubjectData,
+)
+from privacy.bundle import zip_stream
+from privacy.records import (
+    ErasureRecord,
+    ExportRecord,
+    RetentionRun,
+    Trigger,
+    WithdrawalRecord,
 )
 
 log = structlog.get_logger(__name__)
@@ -70,7 +70,7 @@ def periods(settings: Settings) -> dict[Category, timedelta]:
 
 class Privacy:
     """Enter on the lifespan (`async with`) for the periodic purge; reachable as
-    `runtime.extras["privacy"]`. The domains are given in erasure order (identity last)."""
+    `api.services.Services.privacy`. The domains are given in erasure order (identity last)."""
 
     def __init__(
         self, runtime: Runtime, domains: Sequence[SubjectData], *, periodic: bool = True

@@ -14,6 +14,7 @@ from datetime import datetime
 from sqlalchemy import select
 
 from consent.ledger import Entry
+from consent.purposes import Decision
 from core.bookings import Booking, BookingStatus, Participant, Role
 from core.errors import (
     AuthenticationFailed,
@@ -27,7 +28,7 @@ from core.errors import (
 from core.runtime import Runtime
 from core.settings import Settings
 from signaling.ice import ice_servers
-from signaling.protocol import CloseCode, ConsentState, Decision, IceServer, Peer
+from signaling.protocol import CloseCode, ConsentState, IceServer, Peer
 from signaling.tickets import redeem_ticket
 
 _BOOKING = select(Booking.id, Booking.status, Booking.starts_at, Booking.ends_at)

@@ -31,7 +31,7 @@ from core.purposes import REQUIRES, Purpose, RecordingPolicy
 from core.runtime import Runtime
 from core.settings import MediaMode, Settings
 from signaling.credentials import credential_hash, join_credential, join_url
-from signaling.livekit import get_rooms
+from signaling.livekit import Rooms
 
 ROOM_NAME_BYTES = 24  # 192 random bits: no one finds a room by guessing its name
 
@@ -228,9 +228,15 @@ async def _replay(
 
 
 async def do_create_booking(
-    runtime: Runtime, caller: Caller, request: BookingRequest, key: str | None = None
+    runtime: Runtime,
+    caller: Caller,
+    request: BookingRequest,
+    key: str | None = None,
+    *,
+    rooms: Rooms | None = None,
 ) -> tuple[Booking, bool]:
-    """Create a booking (or return the one this Idempotency-Key made); True when new."""
+    """Create a booking (or return the one this Idempotency-Key made); True when new.
+    `rooms` (the app's LiveKit rooms) provisions its room; without it nothing is provisioned."""
     validate_booking(request, runtime.settings)
     if key is not None and not 1 <= len(key) <= 200:
         raise InvalidInput.field(("header", "Idempotency-Key"), "use 1 to 200 characters")
@@ -252,7 +258,6 @@ async def do_create_booking(
             raise
         return await access_booking_by_id(runtime, earlier.id), False
     await publish_all(runtime.bus, [_event(Topic.BOOKING_CREATED, booking)])
-    rooms = get_rooms(runtime)
     if rooms is not None:
         await rooms.provision(booking.id)
     return await access_booking_by_id(runtime, booking.id), True
@@ -299,7 +304,11 @@ async def access_booking_participant(
 
 
 async def do_reschedule_booking(
-    runtime: Runtime, booking_id: uuid.UUID, request: RescheduleRequest
+    runtime: Runtime,
+    booking_id: uuid.UUID,
+    request: RescheduleRequest,
+    *,
+    rooms: Rooms | None = None,
 ) -> Booking:
     """Move a booking to a new window; SEQUENCE grows so calendars replace the invite."""
     errors = _window_errors(request.starts_at, request.ends_at, runtime.settings)
@@ -317,13 +326,14 @@ async def do_reschedule_booking(
             booking.room_state = RoomState.PENDING
         event = _event(Topic.BOOKING_UPDATED, booking)
     await publish_all(runtime.bus, [event])
-    rooms = get_rooms(runtime)
     if rooms is not None:
         await rooms.provision(booking_id)
     return await access_booking_by_id(runtime, booking_id)
 
 
-async def do_cancel_booking(runtime: Runtime, booking_id: uuid.UUID) -> Booking:
+async def do_cancel_booking(
+    runtime: Runtime, booking_id: uuid.UUID, *, rooms: Rooms | None = None
+) -> Booking:
     """Cancel: join links answer 410 from now on and the LiveKit room is deleted.
     Cancelling twice is not an error."""
     events: list[Event] = []
@@ -337,7 +347,6 @@ async def do_cancel_booking(runtime: Runtime, booking_id: uuid.UUID) -> Booking:
             booking.sequence += 1
             events.append(_event(Topic.BOOKING_CANCELLED, booking))
     await publish_all(runtime.bus, events)
-    rooms = get_rooms(runtime)
     if rooms is not None:
         await rooms.remove(booking_id)
     return await access_booking_by_id(runtime, booking_id)

@@ -25,6 +25,7 @@ from typing import Any, Protocol
 
 import structlog
 
+from consent.purposes import Decision
 from core.bus import Event, Subscription, Topic, publish_all
 from core.runtime import Runtime
 from signaling.fanout import Fanout, LocalFanout, Presence, RedisFanout, node_topic
@@ -34,7 +35,6 @@ from signaling.protocol import (
     CloseCode,
     Consent,
     ConsentState,
-    Decision,
     Error,
     ErrorCode,
     IceServer,

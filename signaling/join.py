@@ -35,6 +35,7 @@ from core.settings import MediaMode, Settings
 from signaling.credentials import credential_hash, livekit_token, looks_like_credential
 from signaling.ice import ice_servers
 from signaling.livekit import livekit_credentials
+from signaling.protocol import IceServer
 from signaling.tickets import issue_ticket
 
 FAILURE_WINDOW_S = 60
@@ -86,12 +87,6 @@ class JoinBooking(BaseModel):
 class JoinWindow(BaseModel):
     opens_at: datetime
     closes_at: datetime
-
-
-class IceServer(BaseModel):
-    urls: list[str]
-    username: str | None = None
-    credential: str | None = None
 
 
 class BuiltinAccess(BaseModel):
@@ -305,7 +300,8 @@ class JoinReader:
     (`Connections`) and runs the credential lookup as one prepared statement: one round trip
     per join, none of the ORM's or the shared engine's per-query work (pre-ping, transaction,
     pool events). After a failure every connection is dropped and the read retried once.
-    Entered on the app lifespan, it is `runtime.extras["join"]`."""
+    Entered on the app lifespan (`api.services.Services.join`); without one (a CLI, a
+    benchmark) the functions below read through the ORM."""
 
     def __init__(self, runtime: Runtime) -> None:
         self._runtime = runtime
@@ -321,11 +317,9 @@ class JoinReader:
             self._pool = Connections(functools.partial(_connect, dict(connect)), JOIN_POOL_SIZE)
             query = _BY_CREDENTIAL.where(Participant.credential_hash == bindparam("hash"))
             self._sql = str(query.compile(dialect=dialect))
-        self._runtime.extras["join"] = self
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        self._runtime.extras.pop("join", None)
         pool, self._pool = self._pool, None
         if pool is not None:
             await pool.close()
@@ -348,16 +342,13 @@ class JoinReader:
         return None if row is None else JoinRow.of(row._mapping)
 
 
-def _reader(runtime: Runtime) -> JoinReader:
-    reader = runtime.extras.get("join")
-    return reader if isinstance(reader, JoinReader) else JoinReader(runtime)
-
-
-async def get_join_row(runtime: Runtime, credential: str) -> JoinRow | None:
+async def get_join_row(
+    runtime: Runtime, credential: str, reader: JoinReader | None = None
+) -> JoinRow | None:
     """Participant and booking columns for a live credential: one read by a unique index."""
     if not looks_like_credential(credential):
         return None
-    return await _reader(runtime).by_credential_hash(credential_hash(credential))
+    return await (reader or JoinReader(runtime)).by_credential_hash(credential_hash(credential))
 
 
 def join_window(settings: Settings, starts_at: datetime, ends_at: datetime) -> JoinWindow:
@@ -455,7 +446,9 @@ def grant(runtime: Runtime, row: JoinRow, now: datetime) -> JoinGrant:
     return JoinGrant.model_validate(grant_document(runtime, row, now))
 
 
-async def admit(runtime: Runtime, credential: str, address: str) -> JoinRow:
+async def admit(
+    runtime: Runtime, credential: str, address: str, reader: JoinReader | None = None
+) -> JoinRow:
     """The row behind a live credential, counting failures per address (see the module
     docstring): RateLimited past the limit, before any lookup; NotFound for unknown links."""
     limit = runtime.settings.join_failures_per_minute
@@ -465,7 +458,7 @@ async def admit(runtime: Runtime, credential: str, address: str) -> JoinRow:
         raise RateLimited(
             "too many failed joins from this address", retry_after_s=verdict.retry_after_s
         )
-    row = await get_join_row(runtime, credential)
+    row = await get_join_row(runtime, credential, reader)
     if row is None:
         verdict = await runtime.limiter.hit(key, limit, FAILURE_WINDOW_S)
         if not verdict.allowed:
@@ -476,9 +469,11 @@ async def admit(runtime: Runtime, credential: str, address: str) -> JoinRow:
     return row
 
 
-async def do_join(runtime: Runtime, credential: str, address: str) -> bytes:
+async def do_join(
+    runtime: Runtime, credential: str, address: str, reader: JoinReader | None = None
+) -> bytes:
     """Exchange a join credential for media access: the `JoinGrant` as JSON."""
-    row = await admit(runtime, credential, address)
+    row = await admit(runtime, credential, address, reader)
     return to_json(grant_document(runtime, row, runtime.clock.now()))
 
 
@@ -486,7 +481,7 @@ async def do_participant_token(
     runtime: Runtime, booking_id: uuid.UUID, participant_id: uuid.UUID
 ) -> JoinGrant:
     """The join payload for one participant, for platforms with their own client apps."""
-    row = await _reader(runtime).fetch(
+    row = await JoinReader(runtime).fetch(
         (Participant.id == participant_id) & (Participant.booking_id == booking_id)
     )
     if row is None:

@@ -82,8 +82,9 @@ def _describe(exc: BaseException) -> str:
 class Rooms:
     """Creates and deletes the LiveKit rooms of bookings; a no-op in builtin media mode.
 
-    Enter it on the app lifespan (`async with Rooms(runtime) as rooms`); it is reachable as
-    `runtime.extras["rooms"]`. `client` may be injected (tests, a shared session).
+    Enter it on the app lifespan (`async with Rooms(runtime) as rooms`; the app's is
+    `api.services.Services.rooms`, handed to the booking functions that change rooms).
+    `client` may be injected (tests, a shared session).
     """
 
     def __init__(self, runtime: Runtime, client: lk.LiveKitAPI | None = None) -> None:
@@ -98,7 +99,6 @@ class Rooms:
         return self._runtime.settings.media_mode is MediaMode.LIVEKIT
 
     async def __aenter__(self) -> Rooms:
-        self._runtime.extras["rooms"] = self
         if not self.enabled:
             return self
         if self._client is None:
@@ -126,7 +126,6 @@ class Rooms:
         client, self._client = self._client, None
         if client is not None and self._owns_client:
             await client.aclose()
-        self._runtime.extras.pop("rooms", None)
 
     async def provision(self, booking_id: uuid.UUID) -> None:
         """Try once to create the booking's room; record the outcome on the booking."""
@@ -252,7 +251,3 @@ class Rooms:
             except Exception:  # the loop is a task boundary: log, keep retrying
                 log.exception("livekit.retry_failed")
 
-
-def get_rooms(runtime: Runtime) -> Rooms | None:
-    rooms = runtime.extras.get("rooms")
-    return rooms if isinstance(rooms, Rooms) else None

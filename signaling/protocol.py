@@ -13,6 +13,8 @@ from typing import Annotated, Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
+from consent.purposes import Decision
+
 MAX_FRAME_BYTES = 64 * 1024
 
 
@@ -47,12 +49,6 @@ class ErrorCode(enum.StrEnum):
     RATE_LIMITED = "rate_limited"
 
 
-class Decision(enum.StrEnum):
-    GRANTED = "granted"
-    DENIED = "denied"
-    WITHDRAWN = "withdrawn"
-
-
 class _Message(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -64,6 +60,8 @@ class Peer(_Message):
 
 
 class IceServer(_Message):
+    """One RTCIceServer as the browser takes it (also in the `POST /v1/join` answer)."""
+
     urls: list[str]
     username: str | None = None
     credential: str | None = None

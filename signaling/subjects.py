@@ -1,4 +1,4 @@
-"""The identity side of data-subject rights (privacy.subjects.SubjectData): bookings,
+"""The identity side of data-subject rights (core.subjects.SubjectData): bookings,
 participant rows, join links and the join log (redeemed signaling tickets).
 
 Erasure replaces the person's external id and display name with the tombstone and ends
@@ -16,12 +16,12 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from core.batches import delete_where, table_of
 from core.bookings import Booking, Participant
 from core.crypto import sha256_hex
 from core.purposes import Purpose
 from core.runtime import Runtime
-from privacy.batches import delete_where, table_of
-from privacy.subjects import (
+from core.subjects import (
     ERASED_NAME,
     Category,
     Cleanup,

@@ -11,11 +11,9 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping
 
-from consent.gate import BookingConsent, Recorded, may
-from consent.ledger import booking_entries
+from consent.gate import may
 from consent.purposes import Actor, Decision, Purpose
-from consent.restrictions import restricted_in_booking
-from core.bookings import Booking, BookingStatus
+from consent.snapshot import read_snapshot
 from core.clock import Clock
 from core.database import Database
 
@@ -27,25 +25,13 @@ class LedgerConsent:
 
     async def grants(self, booking_id: uuid.UUID) -> Mapping[tuple[uuid.UUID, Purpose], uuid.UUID]:
         async with self._db.session() as session:
-            booking = await session.get(Booking, booking_id)
-            if booking is None:
-                return {}
-            entries = await booking_entries(session, booking_id)
-            restricted = await restricted_in_booking(session, booking_id)
-        state = BookingConsent(
-            booking_id=booking.id,
-            requested=booking.purposes,
-            policy=booking.recording_policy,
-            cancelled=booking.status is BookingStatus.CANCELLED,
-            minors=frozenset(p.id for p in booking.participants if not p.adult),
-            restricted=restricted,
-        )
-        state.record_all(
-            Recorded(e.seq, e.subject_id, e.purpose, e.decision, e.at, e.actor) for e in entries
-        )
+            snapshot = await read_snapshot(session, booking_id)
+        if snapshot is None:
+            return {}
+        state = snapshot.state
         granting = {
             (e.subject_id, e.purpose): e.id
-            for e in entries
+            for e in snapshot.entries
             if e.decision is Decision.GRANTED and e.actor is Actor.SUBJECT
         }
         now = self._clock.now()

@@ -19,6 +19,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, Literal, Protocol, TypeAlias, TypeVar
 
+from core.audio import AudioSpan
 from core.bookings import Booking, Participant, Role
 from core.errors import PermissionDenied
 from core.purposes import Purpose
@@ -155,17 +156,6 @@ class ConsentView(Protocol):
 
 
 @dataclass(frozen=True)
-class AudioSpan:
-    """A stretch of one person's recorded voice, inside a span they consented to record."""
-
-    subject_id: uuid.UUID
-    start_ms: int
-    end_ms: int
-    audio: bytes
-    mime: str = "audio/ogg"
-
-
-@dataclass(frozen=True)
 class Utterance:
     """One transcript segment as stored: who (pseudonymously) said what, when."""
 
@@ -256,9 +246,10 @@ class PayloadGate:
         `stated_by`), if both granted `ai.agenda`. Nobody else's data goes in."""
         self._bound(Purpose.AI_AGENDA)
         host = booking.host
-        stater = next((p for p in booking.participants if p.purpose_author), None)
-        people = [host] if stater is None else [host, stater]
-        allowed, excluded = await self._grants(booking, people, (Purpose.AI_AGENDA,))
+        stater = booking.purpose_author
+        allowed, excluded = await self._grants(
+            booking, booking.agenda_people, (Purpose.AI_AGENDA,)
+        )
         if excluded:
             reason = "the host and the client who stated the purpose must grant ai.agenda"
             raise NotPermitted(reason, excluded=excluded)

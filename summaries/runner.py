@@ -9,14 +9,14 @@ outcome (sent, failed, skipped by consent) leaves a processing-register row.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Protocol
 
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from core.audio import AudioSource
 from core.bookings import Booking
 from core.bus import Event, publish_all
 from core.purposes import Purpose, RecordingPolicy
@@ -33,7 +33,6 @@ from summaries.jobs import (
     mark_started,
 )
 from summaries.payloads import (
-    AudioSpan,
     ConsentView,
     NotPermitted,
     P,
@@ -45,12 +44,6 @@ from summaries.provider import OpenAIProvider, ProviderError
 from summaries.register import Outcome, do_register
 
 log = structlog.get_logger(__name__)
-
-
-class AudioSource(Protocol):
-    """Where consented recordings come from (media/ provides it; tests give generated audio)."""
-
-    async def spans(self, booking_id: uuid.UUID) -> Sequence[AudioSpan]: ...
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,8 @@ import structlog
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core.bookings import Booking, Role
+from core.audio import AudioSource, AudioSpan
+from core.bookings import Booking
 from core.bus import Event, Topic, publish_all
 from core.errors import InvalidInput, NotFound
 from core.purposes import Purpose
@@ -30,12 +31,11 @@ from core.runtime import Runtime
 from summaries import outputs
 from summaries.consents import LedgerConsent
 from summaries.jobs import Job, JobKind, JobStatus, do_create_job, get_unfinished, latest_job
-from summaries.payloads import AudioSpan, ConsentView
+from summaries.payloads import ConsentView
 from summaries.provider import AiUnavailable, OpenAIProvider
 from summaries.queue import ArqQueue, InProcessQueue, JobQueue
-from summaries.recordings import RecordedAudio
 from summaries.register import Outcome, do_register
-from summaries.runner import AudioSource, JobRunner
+from summaries.runner import JobRunner
 
 log = structlog.get_logger(__name__)
 
@@ -43,7 +43,7 @@ WITHDRAWING = ("withdrawn", "denied")
 
 
 class AiJobs:
-    """Enter on the lifespan (`async with`); reachable as `runtime.extras["ai_jobs"]`."""
+    """Enter on the lifespan (`async with`); the app's is `api.services.Services.ai_jobs`."""
 
     def __init__(
         self,
@@ -177,8 +177,7 @@ class AiJobs:
             booking = await session.get(Booking, booking_id)
             if booking is None or Purpose.AI_AGENDA not in booking.purposes:
                 return
-            stater = next((p.id for p in booking.participants if p.role is Role.CLIENT), None)
-            people = [booking.host.id] if stater is None else [booking.host.id, stater]
+            people = [p.id for p in booking.agenda_people]
             existing = await latest_job(session, booking_id, JobKind.AGENDA)
         if existing is not None and existing.status is not JobStatus.SKIPPED:
             return
@@ -257,9 +256,10 @@ class AiJobs:
         )
 
 
-def ai_jobs(runtime: Runtime) -> AiJobs:
+def ai_jobs(runtime: Runtime, audio: AudioSource | None) -> AiJobs:
     """The service as configured: the OpenAI provider from settings (or none), consent read
-    from the ledger, the arq queue when Redis is configured."""
+    from the ledger, the arq queue when Redis is configured; `audio` is media/'s recordings
+    (given by the composition root, api/)."""
     provider = OpenAIProvider.from_settings(runtime.settings)
     consent = LedgerConsent(runtime.db, runtime.clock)
-    return AiJobs(runtime, provider, consent, audio=RecordedAudio(runtime))
+    return AiJobs(runtime, provider, consent, audio=audio)

@@ -1,4 +1,4 @@
-"""AI outputs under data-subject rights (privacy.subjects.SubjectData).
+"""AI outputs under data-subject rights (core.subjects.SubjectData).
 
 Export: the person's own transcript segments, the summaries and agendas their words or
 consent went into, and the processing-register rows naming them. Erasure deletes their
@@ -17,11 +17,11 @@ from typing import Any, cast
 from sqlalchemy import delete, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from core.batches import delete_where, table_of
 from core.bookings import Participant
 from core.purposes import Purpose
 from core.runtime import Runtime
-from privacy.batches import delete_where, table_of
-from privacy.subjects import Category, Cleanup, Cutoff, Erasure, JsonLines, Part, Subject
+from core.subjects import Category, Cleanup, Cutoff, Erasure, JsonLines, Part, Subject
 from summaries.outputs import Agenda, Segment, Summary, Transcript
 from summaries.register import Outcome, RegisterEntry, do_register
 

@@ -8,7 +8,7 @@ a transcript) back onto the queue.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import structlog
@@ -16,12 +16,12 @@ from arq.connections import RedisSettings
 from arq.cron import CronJob
 from arq.worker import Worker, func
 
+from core.audio import AudioSource
 from core.runtime import Runtime
 from core.settings import Settings
 from summaries.consents import LedgerConsent
 from summaries.provider import OpenAIProvider
 from summaries.queue import RUN_FUNCTION, ArqQueue, dumps, loads, queue_name
-from summaries.recordings import RecordedAudio
 from summaries.runner import JobRunner
 
 log = structlog.get_logger(__name__)
@@ -33,10 +33,18 @@ async def run_ai_job(ctx: dict[str, Any], job_id: str) -> str:
     return status.value
 
 
+AudioFactory = Callable[[Runtime], AudioSource]
+
+
 def build_worker(
-    settings: Settings, *, burst: bool = False, cron_jobs: Sequence[CronJob] = ()
+    settings: Settings,
+    *,
+    audio: AudioFactory,
+    burst: bool = False,
+    cron_jobs: Sequence[CronJob] = (),
 ) -> Worker:
-    """An arq worker for the AI job queue (`handle_signals` off: the caller owns the loop)."""
+    """An arq worker for the AI job queue (`handle_signals` off: the caller owns the loop).
+    `audio` builds the recordings' audio source on the worker's runtime (media/, from api/)."""
     if not settings.redis_url:
         raise SystemExit("callgate worker needs CALLGATE_REDIS_URL (embedded mode runs jobs "
                          "inside the server)")
@@ -48,7 +56,7 @@ def build_worker(
         runtime = Runtime.open(settings)
         queue = await ArqQueue.open(settings)
         consent = LedgerConsent(runtime.db, runtime.clock)
-        runner = JobRunner(runtime, provider, consent, RecordedAudio(runtime))
+        runner = JobRunner(runtime, provider, consent, audio(runtime))
         runner.follow_up = queue.enqueue
         ctx.update(runtime=runtime, queue=queue, runner=runner)
         log.info("ai.worker_started", queue=queue_name(settings))
@@ -78,8 +86,10 @@ def build_worker(
     )
 
 
-async def run_worker(settings: Settings, *, cron_jobs: Sequence[CronJob] = ()) -> None:
-    worker = build_worker(settings, cron_jobs=cron_jobs)
+async def run_worker(
+    settings: Settings, *, audio: AudioFactory, cron_jobs: Sequence[CronJob] = ()
+) -> None:
+    worker = build_worker(settings, audio=audio, cron_jobs=cron_jobs)
     try:
         await worker.main()
     finally:

@@ -13,6 +13,7 @@ import pytest
 from fastapi import FastAPI
 
 from api.app import create_app
+from api.services import Services
 from core.accounts import Scope, do_create_key
 from core.clock import ManualClock
 from core.runtime import Runtime
@@ -98,6 +99,13 @@ async def app(settings: Settings, clock: ManualClock) -> AsyncIterator[FastAPI]:
 def runtime(app: FastAPI) -> Runtime:
     rt: Runtime = app.state.runtime
     return rt
+
+
+@pytest.fixture
+def services(app: FastAPI) -> Services:
+    """The app's service container (gate, recorder, AI jobs, ...), built in its lifespan."""
+    built: Services = app.state.services
+    return built
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import AwareDatetime, BaseModel, Field
 from sqlalchemy import select
 
-from api.deps import AdminCaller, ReviewerCaller, RuntimeDep
+from api.deps import AdminCaller, GateDep, ReviewerCaller, RuntimeDep
 from api.problems import responses
 from consent.checkpoints import Signer, checkpoint_view, do_checkpoint, list_checkpoints, verify
 from consent.ledger import LogFilter, LogRow, booking_entries, entry_view, log_page, stream_log
@@ -197,7 +197,7 @@ async def export_checkpoints(runtime: RuntimeDep, _caller: ReviewerCaller) -> JS
     responses=responses(401, 403, 404),
 )
 async def consent_timeline(
-    runtime: RuntimeDep, _caller: ReviewerCaller, booking_id: uuid.UUID
+    runtime: RuntimeDep, gate: GateDep, _caller: ReviewerCaller, booking_id: uuid.UUID
 ) -> dict[str, Any]:
     async with runtime.db.session() as session:
         booking = await session.get(Booking, booking_id)
@@ -209,7 +209,6 @@ async def consent_timeline(
             .order_by(Recording.started_at)
         )
         recordings = list((await session.execute(query)).scalars())
-    gate = runtime.extras.get("gate")
     stays = gate.presence(booking_id) if gate is not None else []
     return {
         "booking": {

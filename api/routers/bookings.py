@@ -10,7 +10,7 @@ from fastapi import APIRouter, Body, Depends, Header, Path, Query, Response
 from pydantic import AwareDatetime, BaseModel, Field
 
 from api import problems
-from api.deps import RuntimeDep, SchedulerCaller
+from api.deps import RoomsDep, RuntimeDep, SchedulerCaller
 from core.bookings import Booking, BookingStatus, Participant, Role, RoomState
 from core.purposes import RecordingPolicy
 from core.runtime import Runtime
@@ -106,7 +106,7 @@ def booking_out(runtime: Runtime, booking: Booking) -> BookingOut:
         id=booking.id,
         title=booking.title,
         stated_purpose=booking.stated_purpose,
-        stated_by=next((p.external_id for p in booking.participants if p.purpose_author), None),
+        stated_by=booking.purpose_author.external_id if booking.purpose_author else None,
         language=booking.language,
         starts_at=booking.starts_at,
         ends_at=booking.ends_at,
@@ -148,6 +148,7 @@ ParticipantId = Annotated[uuid.UUID, Path(description="The participant's pseudon
 )
 async def create_booking(
     runtime: RuntimeDep,
+    rooms: RoomsDep,
     caller: SchedulerCaller,
     response: Response,
     request: Annotated[service.BookingRequest, Body(examples=[EXAMPLE])],
@@ -156,7 +157,9 @@ async def create_booking(
         Header(description="Makes retries safe: same key + same body = same booking."),
     ] = None,
 ) -> BookingOut:
-    booking, created = await service.do_create_booking(runtime, caller, request, idempotency_key)
+    booking, created = await service.do_create_booking(
+        runtime, caller, request, idempotency_key, rooms=rooms
+    )
     response.status_code = 201 if created else 200
     return booking_out(runtime, booking)
 
@@ -210,6 +213,7 @@ async def get_booking(
 )
 async def reschedule_booking(
     runtime: RuntimeDep,
+    rooms: RoomsDep,
     caller: SchedulerCaller,
     booking_id: BookingId,
     request: Annotated[
@@ -217,7 +221,7 @@ async def reschedule_booking(
         Body(examples=[{"starts_at": "2030-05-05T09:00:00Z", "ends_at": "2030-05-05T10:00:00Z"}]),
     ],
 ) -> BookingOut:
-    booking = await service.do_reschedule_booking(runtime, booking_id, request)
+    booking = await service.do_reschedule_booking(runtime, booking_id, request, rooms=rooms)
     return booking_out(runtime, booking)
 
 
@@ -229,9 +233,9 @@ async def reschedule_booking(
     responses=problems.responses(401, 403, 404, 422),
 )
 async def cancel_booking(
-    runtime: RuntimeDep, caller: SchedulerCaller, booking_id: BookingId
+    runtime: RuntimeDep, rooms: RoomsDep, caller: SchedulerCaller, booking_id: BookingId
 ) -> BookingOut:
-    return booking_out(runtime, await service.do_cancel_booking(runtime, booking_id))
+    return booking_out(runtime, await service.do_cancel_booking(runtime, booking_id, rooms=rooms))
 
 
 @router.get(

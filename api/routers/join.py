@@ -21,8 +21,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import problems
 from api.observability import Metrics, RequestContext
+from api.services import Services
 from core.errors import CallgateError
-from core.runtime import Runtime
 from signaling.join import JoinGrant, do_join
 
 router = APIRouter(prefix="/v1", tags=["join (participant)"])
@@ -64,9 +64,9 @@ async def join(
     ],
 ) -> Response:
     # Reached only for what JoinFastPath passes on; the grant is the same JSON either way.
-    runtime: Runtime = request.app.state.runtime
+    services: Services = request.app.state.services
     address = request.client.host if request.client is not None else "unknown"
-    grant = await do_join(runtime, body.credential, address)
+    grant = await do_join(services.runtime, body.credential, address, services.join)
     return Response(grant, media_type="application/json", headers=NO_STORE)
 
 
@@ -147,11 +147,13 @@ class JoinFastPath:
         await self._handle(scope, receive, send)
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
-        runtime: Runtime = self._app.state.runtime
+        services: Services = self._app.state.services
         client = scope.get("client")
         address = client[0] if client else "unknown"
         try:
-            grant = await do_join(runtime, scope["callgate.credential"], address)
+            grant = await do_join(
+                services.runtime, scope["callgate.credential"], address, services.join
+            )
         except Exception as exc:  # the app's own handlers: the same problem+json as elsewhere
             response = await self._problem(scope, exc)
             await response(scope, receive, send)

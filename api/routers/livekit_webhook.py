@@ -6,10 +6,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Request
 
-from api.deps import RuntimeDep
+from api.deps import EgressDep, RuntimeDep
 from api.problems import responses
 from core.errors import NotFound
-from media.egress import Egress, verify_webhook
+from media.egress import verify_webhook
 
 router = APIRouter(tags=["livekit"])
 
@@ -26,10 +26,10 @@ router = APIRouter(tags=["livekit"])
 async def post_webhook(
     request: Request,
     runtime: RuntimeDep,
+    egress: EgressDep,
     authorization: Annotated[str | None, Header()] = None,
 ) -> dict[str, str]:
-    egress: Egress | None = runtime.extras.get("egress")
-    if egress is None or not egress.enabled:
+    if not egress.enabled:
         raise NotFound("LiveKit media mode is not enabled")
     event = verify_webhook(runtime.settings, await request.body(), authorization)
     if not await egress.first_time(event.id):

@@ -1,23 +1,22 @@
 """Data-subject rights for admins (search, export, erasure, restriction, retention) and
 withdraw-and-delete for participants (by their join link).
 
-Thin: the work is `privacy.service.Privacy` (`runtime.extras["privacy"]`).
+Thin: the work is `privacy.service.Privacy` (`api.services.Services.privacy`).
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import APIRouter, Path, Query
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
-from api.deps import AdminCaller, ParticipantDep
+from api.deps import AdminCaller, ParticipantDep, PrivacyDep
 from api.problems import responses
 from consent.purposes import Purpose
 from core.errors import InvalidInput
 from privacy.records import Trigger
-from privacy.service import Privacy
 
 router = APIRouter(tags=["privacy"])
 
@@ -26,24 +25,19 @@ SubjectPath = Annotated[
 ]
 
 
-def get_privacy(request: Request) -> Privacy:
-    privacy: Privacy = request.app.state.runtime.extras["privacy"]
-    return privacy
-
-
 @router.get(
     "/v1/admin/subjects",
     summary="Find people by external id or display name",
     responses=responses(401, 403, 422),
 )
 async def search_subjects(
-    request: Request,
+    privacy: PrivacyDep,
     caller: AdminCaller,
     q: Annotated[str, Query(min_length=1, max_length=200, description="Part of an external "
                             "id or display name (case-insensitive).")],
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> dict[str, Any]:
-    return {"subjects": await get_privacy(request).search(q, limit)}
+    return {"subjects": await privacy.search(q, limit)}
 
 
 @router.post(
@@ -57,9 +51,9 @@ async def search_subjects(
     response_class=StreamingResponse,
 )
 async def export_subject(
-    request: Request, caller: AdminCaller, external_id: SubjectPath
+    privacy: PrivacyDep, caller: AdminCaller, external_id: SubjectPath
 ) -> StreamingResponse:
-    export_id, body = await get_privacy(request).do_export(external_id, caller.key_id)
+    export_id, body = await privacy.do_export(external_id, caller.key_id)
     name = f"callgate-export-{export_id}.zip"
     return StreamingResponse(
         body,
@@ -82,11 +76,11 @@ class EraseBody(BaseModel):
     responses=responses(401, 403, 404, 422),
 )
 async def erase_subject(
-    request: Request, caller: AdminCaller, external_id: SubjectPath, body: EraseBody
+    privacy: PrivacyDep, caller: AdminCaller, external_id: SubjectPath, body: EraseBody
 ) -> dict[str, Any]:
     if body.confirm != external_id:
         raise InvalidInput.field(("body", "confirm"), "must repeat the external id")
-    return await get_privacy(request).do_erase(external_id, caller.key_id)
+    return await privacy.do_erase(external_id, caller.key_id)
 
 
 @router.post(
@@ -95,9 +89,9 @@ async def erase_subject(
     responses=responses(401, 403, 404),
 )
 async def restrict_subject(
-    request: Request, caller: AdminCaller, external_id: SubjectPath
+    privacy: PrivacyDep, caller: AdminCaller, external_id: SubjectPath
 ) -> dict[str, Any]:
-    return await get_privacy(request).do_restrict(external_id, True, caller.key_id)
+    return await privacy.do_restrict(external_id, True, caller.key_id)
 
 
 @router.delete(
@@ -106,9 +100,9 @@ async def restrict_subject(
     responses=responses(401, 403, 404),
 )
 async def lift_restriction(
-    request: Request, caller: AdminCaller, external_id: SubjectPath
+    privacy: PrivacyDep, caller: AdminCaller, external_id: SubjectPath
 ) -> dict[str, Any]:
-    return await get_privacy(request).do_restrict(external_id, False, caller.key_id)
+    return await privacy.do_restrict(external_id, False, caller.key_id)
 
 
 @router.get(
@@ -116,8 +110,8 @@ async def lift_restriction(
     summary="Retention per data category: period, expired now, last purge",
     responses=responses(401, 403),
 )
-async def retention_status(request: Request, caller: AdminCaller) -> dict[str, Any]:
-    return await get_privacy(request).retention_status()
+async def retention_status(privacy: PrivacyDep, caller: AdminCaller) -> dict[str, Any]:
+    return await privacy.retention_status()
 
 
 @router.post(
@@ -126,11 +120,11 @@ async def retention_status(request: Request, caller: AdminCaller) -> dict[str, A
     responses=responses(401, 403),
 )
 async def run_retention(
-    request: Request,
+    privacy: PrivacyDep,
     caller: AdminCaller,
     dry_run: Annotated[bool, Query(description="Count what would go; change nothing.")] = False,
 ) -> dict[str, Any]:
-    return await get_privacy(request).run_retention(dry_run=dry_run, trigger=Trigger.API)
+    return await privacy.run_retention(dry_run=dry_run, trigger=Trigger.API)
 
 
 class WithdrawBody(BaseModel):
@@ -146,6 +140,6 @@ class WithdrawBody(BaseModel):
     responses=responses(404, 410, 422),
 )
 async def withdraw_and_delete(
-    request: Request, participant: ParticipantDep, body: WithdrawBody
+    privacy: PrivacyDep, participant: ParticipantDep, body: WithdrawBody
 ) -> dict[str, Any]:
-    return await get_privacy(request).do_withdraw_and_delete(participant.id, body.purpose)
+    return await privacy.do_withdraw_and_delete(participant.id, body.purpose)

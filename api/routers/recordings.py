@@ -8,19 +8,17 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Header, Request
+from fastapi import APIRouter, Depends, Header
 from fastapi.responses import Response, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
-from api.deps import ParticipantDep, RuntimeDep
+from api.deps import ParticipantDep, RecorderDep, RuntimeDep
 from api.problems import problem, responses
 from core.accounts import access_caller
 from core.bookings import BookingStatus, Participant
 from core.errors import AuthenticationFailed, Conflict, Gone, InvalidInput, OutsideJoinWindow
-from core.runtime import Runtime
 from media.keys import access_data_key
-from media.recorder import Recorder
 from media.recordings import (
     Recording,
     RecordingState,
@@ -35,15 +33,6 @@ from signaling.credentials import access_participant
 router = APIRouter(tags=["recordings"])
 _bearer = HTTPBearer(auto_error=False, description="Admin API key: `Authorization: Bearer cg_...`")
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
-
-
-def get_recorder(request: Request) -> Recorder:
-    runtime: Runtime = request.app.state.runtime
-    recorder: Recorder = runtime.extras["recorder"]
-    return recorder
-
-
-RecorderDep = Annotated[Recorder, Depends(get_recorder)]
 
 
 async def get_viewer(
@@ -224,6 +213,7 @@ async def download(
     booking_id: uuid.UUID,
     recording_id: uuid.UUID,
     runtime: RuntimeDep,
+    recorder: RecorderDep,
     viewer: ViewerDep,
     range_header: Annotated[str | None, Header(alias="Range")] = None,
 ) -> Response:
@@ -252,7 +242,7 @@ async def download(
         headers["Content-Range"] = f"bytes {start}-{end - 1}/{row.size}"
     filename = f"{row.kind.value}-{row.participant_id}-{row.id}.{row.kind.extension}"
     headers["Content-Disposition"] = f'attachment; filename="{filename}"'
-    body: Iterator[bytes] = runtime.extras["recorder"].store.read(row.path, key, start, end)
+    body: Iterator[bytes] = recorder.store.read(row.path, key, start, end)
     return StreamingResponse(
         body, status_code=206 if byte_range else 200, media_type=row.media_type, headers=headers
     )

@@ -21,7 +21,7 @@ from fastapi.responses import FileResponse, HTMLResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import AwareDatetime, BaseModel
 
-from api.deps import ReviewerCaller, RuntimeDep
+from api.deps import AiJobsDep, ReviewerCaller, RuntimeDep
 from api.problems import responses
 from core.accounts import Scope, access_caller
 from core.bookings import Booking
@@ -88,9 +88,9 @@ async def booking_reader(
 ReaderDep = Annotated[Reader, Depends(booking_reader)]
 
 
-def ai_jobs(runtime: Runtime) -> AiJobs:
-    service = runtime.extras.get("ai_jobs")
-    if not isinstance(service, AiJobs) or not service.available:
+def available_ai_jobs(service: AiJobsDep) -> AiJobs:
+    """The AI jobs service, if a provider is configured (else 503 `ai_unavailable`)."""
+    if not service.available:
         raise AiUnavailable("no AI provider is configured (CALLGATE_OPENAI_BASE_URL)")
     return service
 
@@ -108,8 +108,10 @@ class JobRequest(BaseModel):
     "reason. 503 `ai_unavailable` when no provider is configured.",
     responses=responses(401, 403, 404, 422, 503),
 )
-async def post_job(runtime: RuntimeDep, reader: ReaderDep, body: JobRequest) -> dict[str, Any]:
-    job = await ai_jobs(runtime).request(reader.booking_id, body.kind)
+async def post_job(
+    service: Annotated[AiJobs, Depends(available_ai_jobs)], reader: ReaderDep, body: JobRequest
+) -> dict[str, Any]:
+    job = await service.request(reader.booking_id, body.kind)
     return job.view()
 
 
@@ -118,12 +120,12 @@ async def post_job(runtime: RuntimeDep, reader: ReaderDep, body: JobRequest) -> 
     summary="This booking's AI jobs: status, attempts, progress, error",
     responses=responses(401, 403, 404),
 )
-async def list_jobs(runtime: RuntimeDep, reader: ReaderDep) -> dict[str, Any]:
+async def list_jobs(
+    runtime: RuntimeDep, service: AiJobsDep, reader: ReaderDep
+) -> dict[str, Any]:
     async with runtime.db.session() as session:
         jobs = await get_jobs(session, reader.booking_id)
-    service = runtime.extras.get("ai_jobs")
-    available = isinstance(service, AiJobs) and service.available
-    return {"available": available, "jobs": [job.view() for job in jobs]}
+    return {"available": service.available, "jobs": [job.view() for job in jobs]}
 
 
 def _sse(event: str, data: dict[str, Any]) -> str:

@@ -31,7 +31,7 @@ async def room_socket(
     websocket: WebSocket, room: str, ticket: Annotated[str, Query(max_length=512)] = ""
 ) -> None:
     runtime: Runtime = websocket.app.state.runtime
-    hub: Hub = runtime.extras["signaling"]
+    hub: Hub = websocket.app.state.services.hub
     await websocket.accept()
     try:
         admission = await access_admission(runtime, room, ticket, websocket.headers.get("origin"))

@@ -19,7 +19,7 @@ import av
 import httpx
 
 from core.accounts import Scope
-from summaries.payloads import AudioSpan
+from core.audio import AudioSpan
 from tests.booking_support import bearer, booking_body, credential_of
 from tests.consent_support import decide as consent_decide
 

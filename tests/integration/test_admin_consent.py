@@ -203,7 +203,7 @@ async def test_booking_timeline_with_presence(
     world: tuple[Seeded, Seeded],
 ) -> None:
     first, _ = world
-    gate = app.state.runtime.extras["gate"]
+    gate = app.state.services.gate
     gate.joined(first.booking_id, first.people[0].id)
     gate.joined(first.booking_id, first.people[1].id)
     gate.left(first.booking_id, first.people[1].id)
@@ -252,7 +252,7 @@ async def test_periodic_checkpoint_signs_only_when_due_and_grown(
     app: FastAPI, client: httpx.AsyncClient, api_keys: dict[Scope, str],
     world: tuple[Seeded, Seeded], clock: ManualClock, runtime: Runtime,
 ) -> None:
-    gate = app.state.runtime.extras["gate"]
+    gate = app.state.services.gate
     key = bearer(api_keys[Scope.AUDITOR])
     assert await gate.checkpoint_if_due() is True
     assert await gate.checkpoint_if_due() is False  # just signed

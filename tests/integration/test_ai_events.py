@@ -10,11 +10,13 @@ from typing import Any
 import httpx
 import pytest
 
+from api.services import Services
 from core.accounts import Scope
 from core.bus import Event, Topic
 from core.clock import ManualClock
 from core.runtime import Runtime
 from summaries.service import AiJobs
+from tests.booking_support import bearer
 from tests.integration.ai_support import (
     Recordings,
     book_session,
@@ -42,12 +44,12 @@ def settings_overrides(standin: OpenAIStandIn) -> dict[str, Any]:
 
 async def test_session_end_starts_transcription_then_summary(
     client: httpx.AsyncClient, api_keys: dict[Scope, str], clock: ManualClock,
-    standin: OpenAIStandIn, runtime: Runtime,
+    standin: OpenAIStandIn, runtime: Runtime, services: Services,
 ) -> None:
     purposes = ("recording.audio", "transcription", "ai.summary")
     session = await book_session(client, api_keys, soon(clock.now()), purposes=purposes)
     source = Recordings()
-    service = runtime.extras["ai_jobs"]
+    service = services.ai_jobs
     assert isinstance(service, AiJobs)
     service.audio = source
     for i, person in enumerate(session.people):
@@ -79,6 +81,38 @@ async def test_agenda_is_drafted_when_its_consent_is_complete(
     (job,) = await settle(client, session, as_=guest)
     assert (job["kind"], job["status"]) == ("ai.agenda", "succeeded")
     assert len(standin.requests) == 1
+
+
+async def test_agenda_waits_for_the_client_who_stated_the_purpose_not_the_first_one(
+    client: httpx.AsyncClient, api_keys: dict[Scope, str], clock: ManualClock,
+    standin: OpenAIStandIn,
+) -> None:
+    """The trigger and the payload gate ask the same person: with a second client as
+    `stated_by`, the host's and that client's grants start the agenda on their own, and the
+    register cites exactly those two grants (the first client never decided)."""
+    session = await book_session(
+        client, api_keys, soon(clock.now()), purposes=("ai.agenda",),
+        names=("Ada Lovelace", "Grace Hopper", "Linus Torvalds"),
+        stated_purpose="Review my kernel patch", stated_by="client-2",
+    )
+    host, _, stater = session.people
+    await grant(client, host, "ai.agenda")
+    await grant(client, stater, "ai.agenda")
+    await until_jobs(client, session, 1)
+    (job,) = await settle(client, session, as_=stater)
+    assert (job["kind"], job["status"]) == ("ai.agenda", "succeeded")
+    (request,) = standin.requests
+    assert json.loads((request.json or {})["input"][0]["content"])["stated_purpose"] == (
+        "Review my kernel patch"
+    )
+    register = await client.get(
+        "/v1/admin/processing", params={"booking_id": str(session.booking_id)},
+        headers=bearer(api_keys[Scope.AUDITOR]),
+    )
+    assert register.status_code == 200
+    (sent,) = [r for r in register.json()["entries"] if r["outcome"] == "sent"]
+    assert sent["subjects"] == [str(host.id), str(stater.id)]
+    assert set(sent["consent_entries"]) == {host.entries["ai.agenda"], stater.entries["ai.agenda"]}
 
 
 async def test_event_stream_shows_progress_then_goes_idle(

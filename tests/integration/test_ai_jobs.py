@@ -13,6 +13,7 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
+from api.services import Services
 from core.accounts import Scope
 from core.clock import ManualClock
 from core.runtime import Runtime
@@ -59,9 +60,9 @@ def settings_overrides(standin: OpenAIStandIn) -> dict[str, Any]:
 
 
 @pytest.fixture
-def recordings(runtime: Runtime) -> Recordings:
+def recordings(runtime: Runtime, services: Services) -> Recordings:
     source = Recordings()
-    service = runtime.extras["ai_jobs"]
+    service = services.ai_jobs
     assert isinstance(service, AiJobs)
     service.audio = source
     return source

@@ -14,10 +14,10 @@ from typing import Any, cast
 
 import pytest
 
+from core.audio import AudioSpan
 from core.purposes import Purpose, RecordingPolicy
 from core.settings import Settings
 from summaries.payloads import (
-    AudioSpan,
     DataCategory,
     NotPermitted,
     PayloadGate,

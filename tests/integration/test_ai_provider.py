@@ -10,12 +10,12 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from core.audio import AudioSpan
 from core.bookings import Booking, BookingStatus, Participant, Role, RoomState
 from core.purposes import Purpose, RecordingPolicy
 from core.settings import Settings
 from summaries.payloads import (
     AgendaPayload,
-    AudioSpan,
     PayloadGate,
     SummaryPayload,
     Utterance,

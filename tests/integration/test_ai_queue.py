@@ -17,6 +17,7 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
+from api.services import Services
 from core.accounts import Scope
 from core.clock import ManualClock
 from core.runtime import Runtime
@@ -127,12 +128,12 @@ async def test_provider_failures_fail_the_job_with_a_code_and_store_nothing(
 
 async def test_running_a_job_again_stores_one_output(
     client: httpx.AsyncClient, api_keys: dict[Scope, str], clock: ManualClock,
-    standin: OpenAIStandIn, runtime: Runtime,
+    standin: OpenAIStandIn, runtime: Runtime, services: Services,
 ) -> None:
     session = await agenda_session(client, api_keys, clock)
     job = await started(client, session)
     await settle(client, session)
-    service = runtime.extras["ai_jobs"]
+    service = services.ai_jobs
     assert isinstance(service, AiJobs)
     assert service.runner is not None
     again = await asyncio.gather(*(service.runner.run(uuid.UUID(job["id"])) for _ in range(3)))
@@ -143,7 +144,7 @@ async def test_running_a_job_again_stores_one_output(
 
 async def test_a_job_left_running_by_a_crash_is_resumed_once(
     client: httpx.AsyncClient, api_keys: dict[Scope, str], clock: ManualClock,
-    standin: OpenAIStandIn, runtime: Runtime,
+    standin: OpenAIStandIn, runtime: Runtime, services: Services,
 ) -> None:
     session = await book_session(client, api_keys, soon(clock.now()), purposes=("ai.agenda",))
     await grant(client, session.host, "ai.agenda")
@@ -151,7 +152,7 @@ async def test_a_job_left_running_by_a_crash_is_resumed_once(
         created = await do_create_job(db, session.booking_id, JobKind.AGENDA, clock.now())
         mark_started(created.job, clock.now())
     await grant(client, session.people[1], "ai.agenda")
-    service = runtime.extras["ai_jobs"]
+    service = services.ai_jobs
     assert isinstance(service, AiJobs)
     assert await service.resume() == 1
     (job,) = await settle(client, session)
@@ -186,7 +187,7 @@ class TestWorkerProcess:
             raw = value.get_secret_value() if hasattr(value, "get_secret_value") else value
             env[f"CALLGATE_{name.upper()}"] = str(raw)
         proc = subprocess.Popen(
-            [sys.executable, "-c", "from core.cli import main; main()", "worker"],
+            [sys.executable, "-c", "from api.cli import main; main()", "worker"],
             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )
         yield proc
@@ -201,9 +202,10 @@ class TestWorkerProcess:
 
     async def test_callgate_worker_runs_queued_jobs(
         self, client: httpx.AsyncClient, api_keys: dict[Scope, str], clock: ManualClock,
-        standin: OpenAIStandIn, runtime: Runtime, worker: subprocess.Popen[bytes],
+        standin: OpenAIStandIn, runtime: Runtime, services: Services,
+        worker: subprocess.Popen[bytes],
     ) -> None:
-        service = runtime.extras["ai_jobs"]
+        service = services.ai_jobs
         assert isinstance(service, AiJobs)
         assert isinstance(service.queue, ArqQueue)
         session = await agenda_session(client, api_keys, clock)

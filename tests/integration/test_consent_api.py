@@ -201,7 +201,7 @@ async def test_notice_follows_booking_language_with_english_fallback(
 
 
 def gate_of(app: FastAPI) -> LiveGate:
-    gate = app.state.runtime.extras["gate"]
+    gate = app.state.services.gate
     assert isinstance(gate, LiveGate)
     return gate
 

@@ -14,6 +14,7 @@ import av
 import httpx
 from sqlalchemy import func, select
 
+from api.services import Services
 from core.accounts import Scope
 from core.runtime import Runtime
 from privacy.records import ExportRecord
@@ -38,7 +39,7 @@ def lines(archive: zipfile.ZipFile, name: str) -> list[dict[str, Any]]:
 
 
 async def test_export_bundle_holds_everything_about_the_person_only(
-    client: httpx.AsyncClient, api_keys: dict[Scope, str], runtime: Runtime
+    client: httpx.AsyncClient, api_keys: dict[Scope, str], runtime: Runtime, services: Services
 ) -> None:
     start = runtime.clock.now() + timedelta(minutes=5)
     booked = await book(
@@ -66,7 +67,7 @@ async def test_export_bundle_holds_everything_about_the_person_only(
     assert response.headers["content-disposition"].startswith("attachment; filename=")
     body = response.content
     # The stream the response sends: pieces of about one storage chunk, never the whole file.
-    privacy = runtime.extras["privacy"]
+    privacy = services.privacy
     assert isinstance(privacy, Privacy)
     _, stream = await privacy.do_export(EXTERNAL, None)
     sizes = [len(piece) async for piece in stream]

@@ -251,7 +251,7 @@ async def test_cli_verify_and_checkpoint(
 
     async def callgate(*args: str) -> tuple[int, str]:
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", "from core.cli import main; main()", *args,
+            sys.executable, "-c", "from api.cli import main; main()", *args,
             env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         )
         out, _ = await process.communicate()

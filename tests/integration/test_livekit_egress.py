@@ -26,6 +26,7 @@ from livekit.protocol import room as lk_room
 from livekit.protocol.webhook import WebhookEvent
 from sqlalchemy import select
 
+from api.services import Services
 from consent.purposes import Purpose
 from core.accounts import Scope
 from core.bookings import Booking
@@ -235,7 +236,7 @@ async def test_webhook_signature_and_replays(
 
 
 async def test_egress_state_follows_egress_webhooks(
-    client: httpx.AsyncClient, runtime: Runtime, egress_server: EgressServer
+    client: httpx.AsyncClient, runtime: Runtime, services: Services, egress_server: EgressServer
 ) -> None:
     seeded = await seed_booking(runtime, [Purpose.RECORDING_AUDIO])
     host, guest = seeded.people
@@ -246,7 +247,7 @@ async def test_egress_state_follows_egress_webhooks(
     await send(client, published(room, guest, "TR_a", models.TrackType.AUDIO))
     await eventually(lambda: egress_server.running() == {"TR_a"}, "egress started")
     [egress_id] = egress_server.started
-    live = runtime.extras["egress"].rooms[room]
+    live = services.egress.rooms[room]
     assert live.egress["TR_a"].state == "starting"
     info = egress.EgressInfo(egress_id=egress_id, room_name=room, status=egress.EGRESS_ACTIVE)
     await send(client, webhook("egress_updated", room, egress_info=info))

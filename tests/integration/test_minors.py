@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 
+from api.services import Services
 from consent.gate import Reason
 from consent.live import LiveGate
 from core.accounts import Scope
@@ -57,7 +58,7 @@ async def test_a_minor_is_never_a_host(
 
 
 async def test_a_minor_needs_their_guardian_too(
-    client: httpx.AsyncClient, api_keys: dict[Scope, str], runtime: Runtime
+    client: httpx.AsyncClient, api_keys: dict[Scope, str], runtime: Runtime, services: Services
 ) -> None:
     booked = await book(
         client, api_keys, runtime.clock.now() + timedelta(minutes=5),
@@ -65,7 +66,7 @@ async def test_a_minor_needs_their_guardian_too(
         PURPOSES,
     )
     tutor, pupil = booked.people
-    gate = runtime.extras["gate"]
+    gate = services.gate
     assert isinstance(gate, LiveGate)
     await gate.ensure_booking(booked.booking_id)
     consent = LedgerConsent(runtime.db, runtime.clock)

@@ -152,7 +152,7 @@ def span_seconds(row: dict[str, Any]) -> float:
 
 
 def recorder_of(app: FastAPI) -> Recorder:
-    recorder: Recorder = app.state.runtime.extras["recorder"]
+    recorder: Recorder = app.state.services.recorder
     return recorder
 
 
@@ -268,12 +268,13 @@ async def test_gate_unavailable_pauses_and_resumes_in_a_new_file(
         await connect(client, guest, pages)
         await eventually(lambda: "recording" in states, "recording announced")
         await asyncio.sleep(1.0)
-        gate = runtime.extras.pop("gate")  # the gate goes dark: fail closed
+        services = app.state.services
+        gate, services.gate = services.gate, None  # the gate goes dark: fail closed
         await eventually(lambda: states[-1] == "paused", "paused announced")
         paused_rows = await recordings(client, seeded.booking_id, guest)
         await asyncio.sleep(1.0)
         assert await recordings(client, seeded.booking_id, guest) == paused_rows
-        runtime.extras["gate"] = gate
+        services.gate = gate
         await eventually(lambda: states[-1] == "recording", "resumed")
         await asyncio.sleep(1.0)
         await client.post(

@@ -12,6 +12,7 @@ from pathlib import Path
 import av
 import httpx
 
+from api.services import Services
 from consent.purposes import Purpose
 from core.runtime import Runtime
 from core.settings import Settings
@@ -31,7 +32,7 @@ def played_seconds(data: bytes) -> float:
 
 
 async def test_killed_recorder_leaves_playable_files(
-    client: httpx.AsyncClient, runtime: Runtime, settings: Settings
+    client: httpx.AsyncClient, runtime: Runtime, services: Services, settings: Settings
 ) -> None:
     seeded = await seed_booking(runtime, [Purpose.RECORDING_AUDIO, Purpose.RECORDING_VIDEO])
     person = seeded.people[1]
@@ -62,7 +63,7 @@ async def test_killed_recorder_leaves_playable_files(
         written[kind] = float(seconds)
     assert child.returncode == -signal.SIGKILL
 
-    recorder: Recorder = runtime.extras["recorder"]
+    recorder: Recorder = services.recorder
     assert await recorder.recover_stale(min_age_s=0) == 2
     listed = await client.get(
         f"/v1/bookings/{seeded.booking_id}/recordings", headers=person.headers

@@ -32,12 +32,14 @@ from mypy_boto3_s3 import S3Client
 from sqlalchemy import select
 
 from api.app import create_app
+from api.services import Services
 from consent.purposes import Purpose
 from core.accounts import Scope
 from core.clock import ManualClock
 from core.crypto import Keyring
 from core.runtime import Runtime
 from core.settings import Settings
+from media.audio import RecordedAudio
 from media.keys import access_data_key
 from media.objectstore import ObjectStore
 from media.ogg import OggOpusWriter
@@ -45,7 +47,6 @@ from media.recorder import Recorder
 from media.recordings import Recording, RecordingState, TrackKind
 from media.storage import MAGIC, IntegrityError, LocalStore, decrypt
 from media.testsource import EncodedTrack, encode_opus
-from summaries.recordings import RecordedAudio
 from tests.conftest import bearer
 from tests.consent_support import decide
 from tests.integration.consent_bookings import Person, seed_booking
@@ -136,7 +137,7 @@ async def connect_microphone(
 async def test_a_recording_lives_in_the_bucket_as_ciphertext_until_its_person_is_erased(
     app: FastAPI,
     client: httpx.AsyncClient,
-    runtime: Runtime,
+    runtime: Runtime, services: Services,
     api_keys: dict[Scope, str],
     pages: list[RTCPeerConnection],
     s3: S3Client,
@@ -150,7 +151,7 @@ async def test_a_recording_lives_in_the_bucket_as_ciphertext_until_its_person_is
     )
     assert started.status_code == 200
     await connect_microphone(client, guest, pages)
-    recorder: Recorder = runtime.extras["recorder"]
+    recorder: Recorder = services.recorder
     await eventually(
         lambda: recorder.frames_written[TrackKind.AUDIO] >= 150, "three seconds of audio"
     )
@@ -240,7 +241,7 @@ def spool_file(
 
 async def test_a_restart_publishes_what_an_outage_or_a_crash_left_in_the_spool(
     client: httpx.AsyncClient,
-    runtime: Runtime,
+    runtime: Runtime, services: Services,
     settings: Settings,
     clock: ManualClock,
     s3: S3Client,
@@ -248,7 +249,7 @@ async def test_a_restart_publishes_what_an_outage_or_a_crash_left_in_the_spool(
 ) -> None:
     seeded = await seed_booking(runtime, [Purpose.RECORDING_AUDIO])
     guest = seeded.people[1]
-    recorder: Recorder = runtime.extras["recorder"]
+    recorder: Recorder = services.recorder
     now = clock.now()
     async with runtime.db.session() as session:
         key = await access_data_key(session, runtime.keys, guest.external_id, now)

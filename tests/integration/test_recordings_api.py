@@ -16,9 +16,9 @@ from sqlalchemy import select
 from consent.purposes import Purpose
 from core.accounts import Scope
 from core.runtime import Runtime
+from media.backends import open_store
 from media.keys import access_data_key, do_destroy_data_key
 from media.ogg import OggOpusWriter
-from media.recorder import Recorder
 from media.recordings import Recording, RecordingDownload, RecordingState, TrackKind
 from media.testsource import encode_opus
 from tests.conftest import bearer
@@ -39,13 +39,13 @@ async def store_recording(
     leaves it: an encrypted Ogg file and its row."""
     seeded = await seed_booking(runtime, [Purpose.RECORDING_AUDIO])
     person = seeded.people[person_index]
-    recorder: Recorder = runtime.extras["recorder"]
+    store = open_store(runtime.settings)  # the store the app's recorder writes to
     now = runtime.clock.now()
     async with runtime.db.session() as session:
         key = await access_data_key(session, runtime.keys, person.external_id, now)
     recording_id = uuid.uuid4()
     relative = f"{seeded.booking_id}/{recording_id}.ogg.cgr"
-    file = recorder.store.open_writer(relative, key)
+    file = store.open_writer(relative, key)
     writer = OggOpusWriter(file)
     for i, packet in enumerate(encode_opus(100)):
         writer.write(packet, i * 960)
@@ -68,7 +68,7 @@ async def store_recording(
     )
     async with runtime.db.session() as session:
         session.add(row)
-    plaintext = b"".join(recorder.store.read(relative, key))
+    plaintext = b"".join(store.read(relative, key))
     return Stored(seeded, row, plaintext)
 
 

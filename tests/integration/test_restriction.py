@@ -12,6 +12,7 @@ import httpx
 import pytest
 from aiortc import RTCPeerConnection
 
+from api.services import Services
 from consent.gate import Reason
 from consent.live import LiveGate
 from core.accounts import Scope
@@ -48,15 +49,16 @@ async def eventually(check: Callable[[], bool], what: str) -> None:
 
 
 async def test_restricted_person_is_neither_allowed_nor_recorded(
-    client: httpx.AsyncClient, api_keys: dict[Scope, str], runtime: Runtime, clock: ManualClock
+    client: httpx.AsyncClient, api_keys: dict[Scope, str], runtime: Runtime, services: Services,
+    clock: ManualClock,
 ) -> None:
     session = await book_session(client, api_keys, soon(clock.now()),
                                  purposes=("recording.audio",))
     host, guest = session.people
     await grant(client, host, "recording.audio")
     await grant(client, guest, "recording.audio")
-    gate = runtime.extras["gate"]
-    recorder = runtime.extras["recorder"]
+    gate = services.gate
+    recorder = services.recorder
     assert isinstance(gate, LiveGate)
     assert isinstance(recorder, Recorder)
     await recorder.start(session.booking_id)

@@ -152,7 +152,7 @@ async def test_cli_dry_run_shows_what_would_go_and_changes_nothing(
 
     async def cli(*args: str) -> dict[str, Any]:
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", "from core.cli import main; main()", "retention", "run", *args,
+            sys.executable, "-c", "from api.cli import main; main()", "retention", "run", *args,
             env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         )
         out, err = await process.communicate()

@@ -15,6 +15,7 @@ from fastapi import FastAPI
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from api.services import Services
 from core.bookings import Booking, BookingStatus
 from core.bus import Event, Topic
 from core.clock import ManualClock
@@ -335,7 +336,7 @@ async def _until(predicate: Any, what: str) -> None:
 
 
 async def test_all_or_nothing_recording_follows_who_is_in_the_room(
-    ws_base: str, runtime: Runtime, seeded: Seeded, client: httpx.AsyncClient
+    ws_base: str, runtime: Runtime, services: Services, seeded: Seeded, client: httpx.AsyncClient
 ) -> None:
     """Presence from the signaling hub reaches the consent gate: under all_or_nothing the
     host's audio may be recorded only while everyone present has granted."""
@@ -355,7 +356,7 @@ async def test_all_or_nothing_recording_follows_who_is_in_the_room(
               "notice_sha256": notice["sha256"]},
     )
     assert granted.status_code == 201, granted.text
-    gate = runtime.extras["gate"]
+    gate = services.gate
     await gate.ensure_booking(seeded.booking_id)
 
     def host_audio() -> bool:

@@ -8,8 +8,9 @@ import pydantic
 import pytest
 
 from core.settings import Settings, StorageBackend
+from media.backends import open_store
 from media.objectstore import ObjectStore
-from media.storage import LocalStore, open_store
+from media.storage import LocalStore
 
 
 def test_recordings_stay_in_the_local_folder_by_default(tmp_path: Path) -> None:

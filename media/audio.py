@@ -1,6 +1,7 @@
 """The transcription job's audio: the recorder's finished audio files, decrypted for the job.
 
-Reads media/'s recording rows (one Ogg Opus file per person per consent span) and decrypts
+`RecordedAudio` is the `core.audio.AudioSource` the composition root hands summaries/. Reads
+the recording rows (one Ogg Opus file per person per consent span) and decrypts
 each under its owner's data key. A person whose key was destroyed (erased) has no audio any
 more and is left out. Which spans go to the provider is still decided by the payload gate.
 """
@@ -14,13 +15,14 @@ from collections.abc import Sequence
 import structlog
 from sqlalchemy import select
 
+from core.audio import AudioSpan
 from core.bookings import Booking, Participant
 from core.errors import Gone
 from core.runtime import Runtime
+from media.backends import open_store
 from media.keys import access_data_key
 from media.recordings import Recording, RecordingState, TrackKind
-from media.storage import Storage, open_store
-from summaries.payloads import AudioSpan
+from media.storage import Storage
 
 log = structlog.get_logger(__name__)
 

@@ -1,4 +1,8 @@
-"""The `callgate` command: serve, migrate, keys, demo (and the domains' own sub-commands)."""
+"""The `callgate` command: serve, migrate, keys, demo (and the domains' own sub-commands).
+
+A composition root like the app factory, so it lives in api/, above every domain; the domains
+are imported inside the commands that need them, so `callgate migrate` loads no media stack.
+"""
 
 from __future__ import annotations
 
@@ -87,7 +91,7 @@ def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key id (cg_<id>_
 @app.command()
 def demo() -> None:
     """Seed the demo (API keys and a booking starting now) and print what to open."""
-    from api.demo import describe, seed_demo  # the CLI is a composition root, like api/
+    from api.demo import describe, seed_demo
     from core.runtime import Runtime
 
     async def run() -> str:
@@ -112,7 +116,7 @@ def settings_command() -> None:
 @ledger.command("verify")
 def ledger_verify() -> None:
     """Walk the consent chain and its checkpoints; exit 1 at the first bad entry."""
-    from consent.cli import run_verify  # consent is imported only when the command runs
+    from consent.cli import run_verify
 
     raise typer.Exit(run_verify(Settings()))
 
@@ -137,7 +141,7 @@ def retention_run(
     """Purge every category once and print the counts (as JSON)."""
     import json
 
-    from api.subjects import privacy_service  # the CLI is a composition root, like api/
+    from api.subjects import privacy_service
     from core.logs import configure_logging
     from core.runtime import Runtime
     from privacy.records import Trigger
@@ -160,10 +164,13 @@ def retention_run(
 def worker() -> None:
     """Run AI jobs (agenda, transcription, summary) from the Redis queue."""
     from api.subjects import retention_cron  # the periodic purge runs here too (Redis lock)
-    from summaries.worker import run_worker  # summaries is imported only when the command runs
+    from media.audio import RecordedAudio
+    from summaries.worker import run_worker
 
     settings = Settings()
-    asyncio.run(run_worker(settings, cron_jobs=retention_cron(settings)))
+    asyncio.run(
+        run_worker(settings, audio=RecordedAudio, cron_jobs=retention_cron(settings))
+    )
 
 
 def main() -> None:
