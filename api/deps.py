@@ -10,9 +10,9 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api.services import Services
 from consent.live import LiveGate
-from core.accounts import Caller, Scope, access_caller
+from core.accounts import Caller, Scope, Viewer, access_caller
 from core.bookings import Participant
-from core.errors import PermissionDenied
+from core.errors import AuthenticationFailed, PermissionDenied
 from core.runtime import Runtime
 from media.egress import Egress
 from media.recorder import Recorder
@@ -23,7 +23,8 @@ from signaling.join import JoinReader
 from signaling.livekit import Rooms
 from summaries.service import AiJobs
 
-_bearer = HTTPBearer(auto_error=False, description="API key: `Authorization: Bearer cg_...`")
+# The one declaration of the API-key scheme (OpenAPI `HTTPBearer`), for every route taking a key.
+bearer = HTTPBearer(auto_error=False, description="API key: `Authorization: Bearer cg_...`")
 
 
 def get_runtime(request: Request) -> Runtime:
@@ -89,7 +90,7 @@ def require(*scopes: Scope) -> Callable[..., Awaitable[Caller]]:
 
     async def dependency(
         runtime: RuntimeDep,
-        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
     ) -> Caller:
         presented = credentials.credentials if credentials is not None else None
         async with runtime.db.session() as session:
@@ -120,3 +121,23 @@ async def participant_from_credential(
 
 
 ParticipantDep = Annotated[Participant, Depends(participant_from_credential)]
+
+
+async def get_viewer(
+    runtime: RuntimeDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+    x_join_credential: Annotated[
+        str | None, Header(description="A participant's join credential (instead of a key).")
+    ] = None,
+) -> Viewer:
+    """A participant by join credential, or an API caller by key (401 with neither); what
+    they may see is `core.accounts.access_booking_data`."""
+    async with runtime.db.session() as session:
+        if x_join_credential is not None:
+            return Viewer(participant=await access_participant(session, x_join_credential))
+        if credentials is not None:
+            return Viewer(caller=await access_caller(session, credentials.credentials))
+    raise AuthenticationFailed("send X-Join-Credential or an admin API key")
+
+
+ViewerDep = Annotated[Viewer, Depends(get_viewer)]

@@ -10,7 +10,6 @@ lost, health check failed or overdue) every answer is **no**, and `explain()` sa
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 import uuid
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from consent.purposes import Actor, Decision, Purpose
 from consent.snapshot import read_snapshot
 from core.bus import Event, Topic
 from core.runtime import Runtime
+from core.tasks import stop_tasks
 
 log = structlog.get_logger(__name__)
 
@@ -97,11 +97,7 @@ class LiveGate:
     async def close(self) -> None:
         tasks = self._tasks + list(self._loading.values())
         self._tasks, self._loading = [], {}
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(BaseException):
-                await task
+        await stop_tasks(tasks)
         self._subscribed = False
         self._why = "the consent gate is closed"
 

@@ -18,8 +18,9 @@ from sqlalchemy import String, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
+from core.bookings import Participant
 from core.database import Base, UTCDateTime, enum_column
-from core.errors import AuthenticationFailed, NotFound
+from core.errors import AuthenticationFailed, NotFound, PermissionDenied
 
 KEY_PREFIX = "cg"
 
@@ -47,6 +48,28 @@ class Caller:
 
     key_id: str
     scope: Scope
+
+
+@dataclass(frozen=True)
+class Viewer:
+    """Who asks for what a booking produced: a participant (by join link) or an API caller."""
+
+    participant: Participant | None = None
+    caller: Caller | None = None
+
+
+def access_booking_data(viewer: Viewer, booking_id: uuid.UUID) -> None:
+    """A booking's recordings, transcripts, summaries and agenda: its own participants and
+    admins. A participant of another booking gets NotFound, so they cannot even learn the
+    booking exists; an API key of another scope gets PermissionDenied."""
+    if viewer.caller is not None:
+        if viewer.caller.scope is not Scope.ADMIN:
+            raise PermissionDenied("only the booking's participants and admins may read this")
+        return
+    if viewer.participant is None:
+        raise NotFound("no such booking")
+    if viewer.participant.booking_id != booking_id:
+        raise NotFound("no such booking")
 
 
 def _hash(secret: str) -> str:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import enum
 import hashlib
 import hmac
@@ -47,6 +46,7 @@ from core.bus import Topic
 from core.errors import AuthenticationFailed, Gone, InvalidInput
 from core.runtime import Runtime
 from core.settings import MediaMode, Settings
+from core.tasks import stop_tasks
 from media.keys import access_data_key
 from media.recorder import GateSource, Recorder, gate_confirmed
 from media.recordings import Recording, RecordingState, TrackKind
@@ -181,12 +181,8 @@ class Egress:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks = []
+        tasks, self._tasks = self._tasks, []
+        await stop_tasks(tasks)
         if self._ingests:  # a file being taken in is finished, not cut off
             await asyncio.gather(*self._ingests, return_exceptions=True)
         for room in list(self.rooms.values()):

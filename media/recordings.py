@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import enum
 import uuid
-from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import JSON, BigInteger, Boolean, ForeignKey, Integer, String, Uuid, select
@@ -18,8 +17,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
-from core.accounts import Caller, Scope
-from core.bookings import Booking, Participant, Role
+from core.accounts import Viewer, access_booking_data
+from core.bookings import Booking, Role
 from core.database import Base, UTCDateTime, enum_column
 from core.errors import NotFound, PermissionDenied
 from core.purposes import Purpose
@@ -127,25 +126,9 @@ class RecordingDownload(Base):
     byte_range: Mapped[str | None] = mapped_column(String(100), nullable=True)
 
 
-@dataclass(frozen=True)
-class Viewer:
-    """Who asks for recordings: a participant (by join link) or an API caller."""
-
-    participant: Participant | None = None
-    caller: Caller | None = None
-
-
 def access_booking_recordings(viewer: Viewer, booking_id: uuid.UUID) -> None:
-    """Only the booking's own participants and admins see its recordings. A participant of
-    another booking gets NotFound, so they cannot even learn the booking exists."""
-    if viewer.caller is not None:
-        if viewer.caller.scope is not Scope.ADMIN:
-            raise PermissionDenied("recordings are for admins and the session's participants")
-        return
-    if viewer.participant is None:
-        raise NotFound("no such booking")
-    if viewer.participant.booking_id != booking_id:
-        raise NotFound("no such booking")
+    """Only the booking's own participants and admins see its recordings."""
+    access_booking_data(viewer, booking_id)
 
 
 def access_recording_control(viewer: Viewer, booking_id: uuid.UUID) -> None:

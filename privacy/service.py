@@ -10,7 +10,6 @@ periodically while entered on a lifespan, or once from `callgate retention run`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from datetime import timedelta
@@ -40,6 +39,7 @@ from core.subjects import (
     Subject,
     SubjectData,
 )
+from core.tasks import stop_tasks
 from privacy.bundle import zip_stream
 from privacy.records import (
     ErasureRecord,
@@ -92,10 +92,7 @@ class Privacy:
         tb: TracebackType | None,
     ) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await stop_tasks([task])
 
     # -- who ------------------------------------------------------------------------------
 

@@ -28,6 +28,7 @@ from sqlalchemy import or_, select, update
 from core.bookings import Booking, BookingStatus, Role, RoomState
 from core.runtime import Runtime
 from core.settings import MediaMode, Settings
+from core.tasks import stop_tasks
 
 log = structlog.get_logger(__name__)
 
@@ -119,10 +120,7 @@ class Rooms:
     async def close(self) -> None:
         """Stop retrying and close the client we opened; safe to call twice."""
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await stop_tasks([task])
         client, self._client = self._client, None
         if client is not None and self._owns_client:
             await client.aclose()

@@ -9,7 +9,6 @@ at most once. With Redis, arq's `_job_id` is the job id, so enqueueing twice run
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import uuid
 from collections.abc import Awaitable, Callable
@@ -19,6 +18,7 @@ import structlog
 from arq.connections import ArqRedis, RedisSettings, create_pool
 
 from core.settings import Settings
+from core.tasks import stop_tasks
 
 log = structlog.get_logger(__name__)
 
@@ -69,11 +69,7 @@ class InProcessQueue:
 
     async def close(self) -> None:
         tasks, self._tasks = self._tasks, []
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await stop_tasks(tasks)
 
 
 class ArqQueue:

@@ -28,6 +28,7 @@ from core.bus import Event, Topic, publish_all
 from core.errors import InvalidInput, NotFound
 from core.purposes import Purpose
 from core.runtime import Runtime
+from core.tasks import stop_tasks
 from summaries import outputs
 from summaries.consents import LedgerConsent
 from summaries.jobs import Job, JobKind, JobStatus, do_create_job, get_unfinished, latest_job
@@ -93,11 +94,7 @@ class AiJobs:
 
     async def close(self) -> None:
         tasks, self._tasks = self._tasks, []
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await stop_tasks(tasks)
         if self.queue is not None:
             await self.queue.close()
             self.queue = None

@@ -8,50 +8,28 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Header
+from fastapi import APIRouter, Header
 from fastapi.responses import Response, StreamingResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
-from api.deps import ParticipantDep, RecorderDep, RuntimeDep
+from api.deps import ParticipantDep, RecorderDep, RuntimeDep, ViewerDep
 from api.problems import problem, responses
-from core.accounts import access_caller
 from core.bookings import BookingStatus, Participant
-from core.errors import AuthenticationFailed, Conflict, Gone, InvalidInput, OutsideJoinWindow
+from core.errors import Conflict, Gone, InvalidInput, OutsideJoinWindow
 from media.keys import access_data_key
 from media.recordings import (
     Recording,
     RecordingState,
-    Viewer,
     access_recording,
     access_recording_control,
     do_log_download,
     list_recordings,
 )
-from signaling.credentials import access_participant
 
 router = APIRouter(tags=["recordings"])
-_bearer = HTTPBearer(auto_error=False, description="Admin API key: `Authorization: Bearer cg_...`")
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 
-async def get_viewer(
-    runtime: RuntimeDep,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-    x_join_credential: Annotated[
-        str | None, Header(description="A participant's join credential (instead of a key).")
-    ] = None,
-) -> Viewer:
-    """A participant by join credential, or an API caller by key (401 with neither)."""
-    async with runtime.db.session() as session:
-        if x_join_credential is not None:
-            return Viewer(participant=await access_participant(session, x_join_credential))
-        if credentials is not None:
-            return Viewer(caller=await access_caller(session, credentials.credentials))
-    raise AuthenticationFailed("send X-Join-Credential or an admin API key")
-
-
-ViewerDep = Annotated[Viewer, Depends(get_viewer)]
 
 
 class SessionDescription(BaseModel):

@@ -16,19 +16,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Query
+from fastapi import APIRouter, Depends, Query
 from fastapi.responses import FileResponse, HTMLResponse, StreamingResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import AwareDatetime, BaseModel
 
-from api.deps import AiJobsDep, ReviewerCaller, RuntimeDep
+from api.deps import AiJobsDep, ReviewerCaller, RuntimeDep, ViewerDep
 from api.problems import responses
-from core.accounts import Scope, access_caller
+from core.accounts import access_booking_data
 from core.bookings import Booking
 from core.bus import Event, Topic
-from core.errors import AuthenticationFailed, NotFound, PermissionDenied
+from core.errors import NotFound
 from core.runtime import Runtime
-from signaling.credentials import access_participant
 from summaries import outputs
 from summaries.jobs import JobKind, get_jobs
 from summaries.provider import AiUnavailable
@@ -47,7 +45,6 @@ PAGE_HEADERS = {
     "X-Content-Type-Options": "nosniff",
 }
 
-_bearer = HTTPBearer(auto_error=False, description="Admin API key: `Authorization: Bearer cg_...`")
 KEEPALIVE_S = 15.0
 
 
@@ -60,26 +57,13 @@ class Reader:
 
 
 async def booking_reader(
-    booking_id: uuid.UUID,
-    runtime: RuntimeDep,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-    x_join_credential: Annotated[
-        str | None, Header(description="The credential from a participant's join link.")
-    ] = None,
+    booking_id: uuid.UUID, runtime: RuntimeDep, viewer: ViewerDep
 ) -> Reader:
     """The booking's participants and admins get in; anyone else sees 404 (or 401/403)."""
+    access_booking_data(viewer, booking_id)
+    if viewer.participant is not None:
+        return Reader(booking_id, viewer.participant.id)
     async with runtime.db.session() as session:
-        if x_join_credential is not None:
-            participant = await access_participant(session, x_join_credential)
-            if participant.booking_id != booking_id:
-                raise NotFound("this join link is not valid for that booking")
-            return Reader(booking_id, participant.id)
-        presented = credentials.credentials if credentials is not None else None
-        if presented is None:
-            raise AuthenticationFailed("a join credential or an admin API key is required")
-        caller = await access_caller(session, presented)
-        if caller.scope is not Scope.ADMIN:
-            raise PermissionDenied("only the booking's participants and admins may read this")
         if await session.get(Booking, booking_id) is None:
             raise NotFound(f"no booking {booking_id}")
     return Reader(booking_id, None)
