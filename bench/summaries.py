@@ -31,6 +31,7 @@ from api.app import create_app
 from core.accounts import Scope, do_create_key
 from core.bookings import Booking
 from core.bus import Topic
+from core.events import JobProgress
 from core.migrate import upgrade
 from core.purposes import Purpose
 from core.runtime import Runtime
@@ -152,10 +153,12 @@ async def queue_overhead(
         async def watch() -> None:
             async for event in events:
                 now = time.perf_counter()
-                booking_id = event.data["booking_id"]
-                if event.data["status"] == "running":
+                if not isinstance(event, JobProgress):
+                    continue
+                booking_id = str(event.booking_id)
+                if event.status == "running":
                     started.setdefault(booking_id, now)
-                elif event.data["status"] == "succeeded":
+                elif event.status == "succeeded":
                     done.setdefault(booking_id, now)
 
         watcher = asyncio.create_task(watch())

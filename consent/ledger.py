@@ -23,9 +23,9 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from consent.purposes import Actor, Decision, Method, Purpose
 from core.bookings import Participant
-from core.bus import Event, Topic
 from core.crypto import sha256_hex
 from core.database import Base, Database, UTCDateTime, enum_column
+from core.events import ConsentChanged
 
 GENESIS = "0" * 64
 # Any constant works; it only has to be the same for every appender (pg_advisory_xact_lock).
@@ -172,19 +172,16 @@ async def do_append(session: AsyncSession, new: NewDecision, at: datetime) -> En
     return entry
 
 
-def changed_event(entry: Entry) -> Event:
-    return Event(
-        Topic.CONSENT_CHANGED.value,
-        {
-            "booking_id": str(entry.booking_id),
-            "subject_id": str(entry.subject_id),
-            "purpose": entry.purpose.value,
-            "decision": entry.decision.value,
-            "entry_id": str(entry.id),
-            "seq": str(entry.seq),
-            "at": entry.at.isoformat(),
-            "actor": entry.actor.value,  # a minor's guardian decides on the same subject
-        },
+def changed_event(entry: Entry) -> ConsentChanged:
+    return ConsentChanged(
+        booking_id=entry.booking_id,
+        subject_id=entry.subject_id,
+        purpose=entry.purpose,
+        decision=entry.decision,
+        entry_id=entry.id,
+        seq=entry.seq,
+        at=entry.at,
+        actor=entry.actor,  # a minor's guardian decides on the same subject
     )
 
 

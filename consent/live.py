@@ -15,7 +15,6 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from types import TracebackType
-from typing import Any
 
 import structlog
 
@@ -23,9 +22,17 @@ from consent.checkpoints import Signer, do_checkpoint, latest_checkpoint
 from consent.gate import BookingConsent, Reason, Recorded, Verdict, may
 from consent.ledger import chain_head
 from consent.notices import seed_notices
-from consent.purposes import Actor, Decision, Purpose
+from consent.purposes import Purpose
 from consent.snapshot import read_snapshot
-from core.bus import Event, Topic
+from core.bus import BusEvent, Topic
+from core.events import (
+    BookingChanged,
+    ConsentChanged,
+    ParticipantJoined,
+    ParticipantLeft,
+    SubjectErased,
+    SubjectRestricted,
+)
 from core.runtime import Runtime
 from core.tasks import stop_tasks
 
@@ -220,28 +227,20 @@ class LiveGate:
         self._why = why
         log.warning("consent_gate.fail_closed", why=why)
 
-    async def _apply(self, event: Event) -> None:
-        try:
-            booking_id = uuid.UUID(str(event.data["booking_id"]))
-        except (KeyError, ValueError):
-            return
-        if event.topic == Topic.CONSENT_CHANGED.value:
-            state = self._bookings.get(booking_id)
-            if state is not None and state.minors and "actor" not in event.data:
-                # A guardian's decision is told apart only by the ledger row.
-                await self.ensure_booking(booking_id)
-            elif state is not None:
-                state.record(recorded_from_event(event.data))
-        elif event.topic in (Topic.PARTICIPANT_JOINED.value, Topic.PARTICIPANT_LEFT.value):
-            who = event.data.get("participant_id") or event.data.get("subject_id")
-            if who is not None:
-                subject = uuid.UUID(str(who))
-                if event.topic == Topic.PARTICIPANT_JOINED.value:
-                    self.joined(booking_id, subject)
-                else:
-                    self.left(booking_id, subject)
-        elif booking_id in self._bookings:
-            await self.ensure_booking(booking_id)
+    async def _apply(self, event: BusEvent) -> None:
+        if isinstance(event, ConsentChanged):
+            state = self._bookings.get(event.booking_id)
+            if state is not None:
+                state.record(recorded_from_event(event))
+        elif isinstance(event, ParticipantJoined):
+            self.joined(event.booking_id, event.participant_id)
+        elif isinstance(event, ParticipantLeft):
+            self.left(event.booking_id, event.participant_id)
+        elif (
+            isinstance(event, BookingChanged | SubjectErased | SubjectRestricted)
+            and event.booking_id in self._bookings
+        ):
+            await self.ensure_booking(event.booking_id)
 
     async def check_health(self) -> bool:
         """Confirm the database and the bus answer; fail closed until they do."""
@@ -298,12 +297,12 @@ class LiveGate:
         return True
 
 
-def recorded_from_event(data: dict[str, Any]) -> Recorded:
+def recorded_from_event(event: ConsentChanged) -> Recorded:
     return Recorded(
-        seq=int(data["seq"]),
-        subject_id=uuid.UUID(str(data["subject_id"])),
-        purpose=Purpose(str(data["purpose"])),
-        decision=Decision(str(data["decision"])),
-        at=datetime.fromisoformat(str(data["at"])),
-        actor=Actor(str(data.get("actor", Actor.SUBJECT.value))),
+        seq=event.seq,
+        subject_id=event.subject_id,
+        purpose=event.purpose,
+        decision=event.decision,
+        at=event.at,
+        actor=event.actor,
     )

@@ -1,6 +1,7 @@
 """The event bus: how domains react to each other without importing each other.
 
-Events are published only after the database commit that made them true. Embedded mode uses
+What travels is a typed event (`core.events`): publishers construct one, subscribers receive
+one. Events are published only after the database commit that made them true. Embedded mode uses
 an in-process bus; with Redis configured, a Redis pub/sub bus reaches every callgate node.
 Delivery is at-most-once (pub/sub): consumers that must not miss a change (the consent gate)
 also re-read the database, and fail closed while the bus is down.
@@ -10,54 +11,42 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import json
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import redis.asyncio as aioredis
 import structlog
+from pydantic import ValidationError
+
+from core.events import BusEvent, Topic, from_wire
 
 log = structlog.get_logger(__name__)
 
 
-class Topic(enum.StrEnum):
-    BOOKING_CREATED = "booking.created"
-    BOOKING_UPDATED = "booking.updated"
-    BOOKING_CANCELLED = "booking.cancelled"
-    BOOKING_ENDED = "booking.ended"
-    PARTICIPANT_JOINED = "participant.joined"
-    PARTICIPANT_LEFT = "participant.left"
-    CONSENT_CHANGED = "consent.changed"
-    RECORDING_CHANGED = "recording.changed"
-    ROOM = "room"  # signaling fan-out between nodes; the payload names the room
-    JOB_PROGRESS = "job.progress"
-    SUBJECT_ERASED = "subject.erased"
-    SUBJECT_RESTRICTED = "subject.restricted"
+__all__ = [
+    "BusEvent", "EventBus", "InProcessBus", "RedisBus", "Subscription", "Topic", "decode",
+    "encode", "publish_all",
+]
 
 
-@dataclass(frozen=True)
-class Event:
-    topic: str
-    data: dict[str, Any] = field(default_factory=dict)
+def encode(event: BusEvent) -> str:
+    """The compact JSON an event travels as on Redis."""
+    return json.dumps({"topic": event.topic, "data": event.to_wire()}, separators=(",", ":"))
 
-    def encode(self) -> str:
-        return json.dumps({"topic": self.topic, "data": self.data}, separators=(",", ":"))
 
-    @classmethod
-    def decode(cls, raw: str | bytes) -> Event:
-        obj = json.loads(raw)
-        return cls(topic=str(obj["topic"]), data=dict(obj["data"]))
+def decode(raw: str | bytes) -> BusEvent:
+    obj = json.loads(raw)
+    return from_wire(str(obj["topic"]), dict(obj["data"]))
 
 
 class Subscription(Protocol):
-    def __aiter__(self) -> AsyncIterator[Event]: ...
+    def __aiter__(self) -> AsyncIterator[BusEvent]: ...
 
 
 class EventBus(Protocol):
-    async def publish(self, event: Event) -> None: ...
+    async def publish(self, event: BusEvent) -> None: ...
 
     def subscribe(self, *topics: str) -> contextlib.AbstractAsyncContextManager[Subscription]:
         """Events of these topics published after entering; exact topic names."""
@@ -71,10 +60,10 @@ class EventBus(Protocol):
 
 
 class _QueueSubscription:
-    def __init__(self, queue: asyncio.Queue[Event]) -> None:
+    def __init__(self, queue: asyncio.Queue[BusEvent]) -> None:
         self._queue = queue
 
-    async def __aiter__(self) -> AsyncIterator[Event]:
+    async def __aiter__(self) -> AsyncIterator[BusEvent]:
         while True:
             yield await self._queue.get()
 
@@ -83,11 +72,11 @@ class InProcessBus:
     """Delivers to subscribers of this process only (the embedded single-machine mode)."""
 
     def __init__(self, max_queue: int = 10_000) -> None:
-        self._subs: dict[str, set[asyncio.Queue[Event]]] = {}
+        self._subs: dict[str, set[asyncio.Queue[BusEvent]]] = {}
         self._max_queue = max_queue
         self._closed = False
 
-    async def publish(self, event: Event) -> None:
+    async def publish(self, event: BusEvent) -> None:
         for queue in list(self._subs.get(event.topic, ())):
             if queue.full():
                 log.warning("bus.subscriber_overflow", topic=event.topic)
@@ -96,7 +85,7 @@ class InProcessBus:
 
     @asynccontextmanager
     async def subscribe(self, *topics: str) -> AsyncIterator[Subscription]:
-        queue: asyncio.Queue[Event] = asyncio.Queue(self._max_queue)
+        queue: asyncio.Queue[BusEvent] = asyncio.Queue(self._max_queue)
         for topic in topics:
             self._subs.setdefault(topic, set()).add(queue)
         try:
@@ -118,11 +107,16 @@ class _RedisSubscription:
         self._pubsub = pubsub
         self._strip = len(prefix) + 1
 
-    async def __aiter__(self) -> AsyncIterator[Event]:
+    async def __aiter__(self) -> AsyncIterator[BusEvent]:
         async for message in self._pubsub.listen():
             if message.get("type") != "message":
                 continue
-            yield Event.decode(message["data"])
+            try:
+                event = decode(message["data"])
+            except (ValueError, KeyError, ValidationError):  # a node speaking another version
+                log.warning("bus.undecodable", channel=str(message.get("channel")))
+                continue
+            yield event
 
 
 class RedisBus:
@@ -135,8 +129,8 @@ class RedisBus:
     def channel(self, topic: str) -> str:
         return f"{self._prefix}:bus:{topic}"
 
-    async def publish(self, event: Event) -> None:
-        await self._redis.publish(self.channel(event.topic), event.encode())
+    async def publish(self, event: BusEvent) -> None:
+        await self._redis.publish(self.channel(event.topic), encode(event))
 
     @asynccontextmanager
     async def subscribe(self, *topics: str) -> AsyncIterator[Subscription]:
@@ -156,7 +150,7 @@ class RedisBus:
         """The Redis client is owned by the runtime, which closes it."""
 
 
-async def publish_all(bus: EventBus, events: Iterable[Event]) -> None:
+async def publish_all(bus: EventBus, events: Iterable[BusEvent]) -> None:
     """Publish events collected during a transaction, after it committed."""
     for event in events:
         try:

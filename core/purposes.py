@@ -36,3 +36,18 @@ REQUIRES: dict[Purpose, frozenset[Purpose]] = {
     Purpose.AI_SUMMARY: frozenset({Purpose.TRANSCRIPTION}),
     Purpose.TRANSCRIPTION: frozenset({Purpose.RECORDING_AUDIO}),
 }
+
+
+class Decision(enum.StrEnum):
+    """What a person decided about one purpose (consent/ records it; events carry it)."""
+
+    GRANTED = "granted"
+    DENIED = "denied"
+    WITHDRAWN = "withdrawn"
+
+
+class Actor(enum.StrEnum):
+    """Who decided: the person themselves, or a guardian for a minor."""
+
+    SUBJECT = "subject"
+    GUARDIAN = "guardian"

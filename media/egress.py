@@ -44,6 +44,7 @@ from sqlalchemy import select
 from core.bookings import Booking, Participant
 from core.bus import Topic
 from core.errors import AuthenticationFailed, Gone, InvalidInput
+from core.events import ConsentChanged, RecordingSwitched
 from core.runtime import Runtime
 from core.settings import MediaMode, Settings
 from core.tasks import stop_tasks
@@ -449,7 +450,7 @@ class Egress:
             try:
                 async with self._runtime.bus.subscribe(*topics) as events:
                     async for event in events:
-                        if event.topic == Topic.CONSENT_CHANGED or "control" in event.data:
+                        if isinstance(event, ConsentChanged | RecordingSwitched):
                             await asyncio.sleep(0.02)  # let the gate apply it first
                             await self.reconcile_all()
             except asyncio.CancelledError:

@@ -40,8 +40,9 @@ from aiortc.rtcrtpreceiver import RTCRtpReceiver
 from sqlalchemy import column, delete, select, table
 
 from core.bookings import Participant
-from core.bus import Event, Topic
-from core.purposes import Purpose
+from core.bus import BusEvent, Topic
+from core.events import ConsentChanged, RecordingSwitched, SubjectErased, TrackRecording
+from core.purposes import Decision, Purpose
 from core.runtime import Runtime
 from media.backends import open_store
 from media.keys import access_data_key
@@ -372,9 +373,8 @@ class Recorder:
             self._active.add(booking_id)
         else:
             self._apply_stop(booking_id)
-        control = "started" if on else "stopped"
         await self._runtime.bus.publish(
-            Event(Topic.RECORDING_CHANGED, {"booking_id": str(booking_id), "control": control})
+            RecordingSwitched(booking_id=booking_id, control="started" if on else "stopped")
         )
 
     async def _load(self, booking_id: uuid.UUID) -> None:
@@ -519,16 +519,16 @@ class Recorder:
 
     def state_changed(self, capture: TrackCapture, state: CaptureState) -> None:
         span = capture.span
-        data = {
-            "booking_id": str(capture.peer.booking_id),
-            "subject_id": str(capture.peer.subject_id),
-            "kind": capture.kind.value,
-            "state": state.value,
-            "recording_id": str(span.recording_id) if span else None,
-        }
+        event = TrackRecording(
+            booking_id=capture.peer.booking_id,
+            subject_id=capture.peer.subject_id,
+            kind=capture.kind.value,
+            state=state.value,
+            recording_id=span.recording_id if span else None,
+        )
 
         async def publish() -> None:
-            await self._runtime.bus.publish(Event(Topic.RECORDING_CHANGED, data))
+            await self._runtime.bus.publish(event)
 
         self._ops.put_nowait(publish)
 
@@ -596,8 +596,8 @@ class Recorder:
             try:
                 async with self._runtime.bus.subscribe(*topics) as events:
                     async for event in events:
-                        if event.topic == Topic.SUBJECT_ERASED:
-                            await self._erased(uuid.UUID(str(event.data["subject_id"])))
+                        if isinstance(event, SubjectErased):
+                            await self._erased(event.subject_id)
                         else:
                             self._on_event(event)
             except asyncio.CancelledError:
@@ -606,27 +606,21 @@ class Recorder:
                 log.warning("recorder.bus_lost", exc_info=True)
                 await asyncio.sleep(1.0)
 
-    def _on_event(self, event: Event) -> None:
-        data = event.data
-        if event.topic == Topic.CONSENT_CHANGED:
-            key = (
-                str(data.get("booking_id")),
-                str(data.get("subject_id")),
-                str(data.get("purpose")),
-            )
-            if data.get("decision") == "granted":
-                self._entries[key] = str(data.get("entry_id"))
+    def _on_event(self, event: BusEvent) -> None:
+        if isinstance(event, ConsentChanged):
+            key = (str(event.booking_id), str(event.subject_id), event.purpose.value)
+            if event.decision is Decision.GRANTED:
+                self._entries[key] = str(event.entry_id)
             else:
                 self._entries.pop(key, None)
             for peer in list(self._peers.values()):
                 for capture in peer.captures:
                     capture.evaluate()
-        elif data.get("control") in ("started", "stopped"):
-            booking_id = uuid.UUID(str(data["booking_id"]))
-            if data["control"] == "started":
-                self._active.add(booking_id)
+        elif isinstance(event, RecordingSwitched):
+            if event.control == "started":
+                self._active.add(event.booking_id)
             else:
-                self._apply_stop(booking_id)
+                self._apply_stop(event.booking_id)
 
     async def _erased(self, subject_id: uuid.UUID) -> None:
         """A person erased while their page is connected: close their connection and spans,

@@ -25,8 +25,9 @@ from consent.notices import current_notice
 from consent.purposes import Decision, Method, Purpose
 from consent.restrictions import Restriction, get_restriction
 from core.bookings import Booking, Participant
-from core.bus import Event, Topic, publish_all
+from core.bus import publish_all
 from core.errors import NotFound
+from core.events import SubjectErased, SubjectRestricted
 from core.runtime import Runtime
 from core.settings import Settings
 from core.subjects import (
@@ -227,9 +228,7 @@ class Privacy:
             session.add(record)
         counts["files_removed"] = await asyncio.to_thread(erasure.cleanup.run)
         events = [
-            Event(Topic.SUBJECT_ERASED.value,
-                  {"booking_id": str(p.booking_id), "subject_id": str(p.id),
-                   "tombstone": erasure.tombstone})
+            SubjectErased(booking_id=p.booking_id, subject_id=p.id, tombstone=erasure.tombstone)
             for p in subject.participants
         ]
         await publish_all(self._rt.bus, events)
@@ -256,9 +255,7 @@ class Privacy:
                 )
                 row = None
         events = [
-            Event(Topic.SUBJECT_RESTRICTED.value,
-                  {"booking_id": str(p.booking_id), "subject_id": str(p.id),
-                   "restricted": restricted})
+            SubjectRestricted(booking_id=p.booking_id, subject_id=p.id, restricted=restricted)
             for p in subject.participants
         ]
         await publish_all(self._rt.bus, events)

@@ -24,9 +24,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.accounts import Caller
 from core.bookings import Booking, BookingStatus, Participant, Role, RoomState
-from core.bus import Event, Topic, publish_all
+from core.bus import BusEvent, publish_all
 from core.crypto import b64url, sha256_hex
 from core.errors import Conflict, FieldError, Gone, InvalidInput, NotFound
+from core.events import BookingCancelled, BookingChanged, BookingCreated, BookingUpdated
 from core.purposes import REQUIRES, Purpose, RecordingPolicy
 from core.runtime import Runtime
 from core.settings import MediaMode, Settings
@@ -257,22 +258,19 @@ async def do_create_booking(
         if earlier is None:
             raise
         return await access_booking_by_id(runtime, earlier.id), False
-    await publish_all(runtime.bus, [_event(Topic.BOOKING_CREATED, booking)])
+    await publish_all(runtime.bus, [_event(BookingCreated, booking)])
     if rooms is not None:
         await rooms.provision(booking.id)
     return await access_booking_by_id(runtime, booking.id), True
 
 
-def _event(topic: Topic, booking: Booking) -> Event:
-    return Event(
-        topic,
-        {
-            "booking_id": str(booking.id),
-            "status": booking.status.value,
-            "starts_at": booking.starts_at.isoformat(),
-            "ends_at": booking.ends_at.isoformat(),
-            "sequence": str(booking.sequence),
-        },
+def _event(kind: type[BookingChanged], booking: Booking) -> BookingChanged:
+    return kind(
+        booking_id=booking.id,
+        status=booking.status.value,
+        starts_at=booking.starts_at,
+        ends_at=booking.ends_at,
+        sequence=booking.sequence,
     )
 
 
@@ -324,7 +322,7 @@ async def do_reschedule_booking(
         booking.updated_at = runtime.clock.now()
         if booking.room_state is RoomState.DELETED:  # closed with its old window: reopen
             booking.room_state = RoomState.PENDING
-        event = _event(Topic.BOOKING_UPDATED, booking)
+        event = _event(BookingUpdated, booking)
     await publish_all(runtime.bus, [event])
     if rooms is not None:
         await rooms.provision(booking_id)
@@ -336,7 +334,7 @@ async def do_cancel_booking(
 ) -> Booking:
     """Cancel: join links answer 410 from now on and the LiveKit room is deleted.
     Cancelling twice is not an error."""
-    events: list[Event] = []
+    events: list[BusEvent] = []
     async with runtime.db.session() as session:
         booking = await access_booking(session, booking_id)
         if booking.status is not BookingStatus.CANCELLED:
@@ -345,7 +343,7 @@ async def do_cancel_booking(
             booking.cancelled_at = now
             booking.updated_at = now
             booking.sequence += 1
-            events.append(_event(Topic.BOOKING_CANCELLED, booking))
+            events.append(_event(BookingCancelled, booking))
     await publish_all(runtime.bus, events)
     if rooms is not None:
         await rooms.remove(booking_id)

@@ -22,7 +22,8 @@ from typing import Any, Protocol
 import redis.asyncio as aioredis
 import structlog
 
-from core.bus import Event, EventBus, RedisBus, Topic
+from core.bus import EventBus, RedisBus, Topic, encode
+from core.events import RoomFrame
 from signaling.protocol import Peer
 
 log = structlog.get_logger(__name__)
@@ -128,7 +129,7 @@ class RedisFanout:
         falls as the load rises."""
         topic = Topic.ROOM.value if node is None else node_topic(node)
         if not isinstance(self._bus, RedisBus):
-            await self._bus.publish(Event(topic, {**data, "node": self.node_id}))
+            await self._bus.publish(RoomFrame(channel=topic, frame={**data, "node": self.node_id}))
             return
         self._outbox.append((topic, self._bus.channel(topic), data))
         if self._flusher is None:
@@ -163,8 +164,9 @@ class RedisFanout:
 
     def _encode(self, topic: str, run: list[dict[str, Any]]) -> str:
         if len(run) == 1:
-            return Event(topic, {**run[0], "node": self.node_id}).encode()
-        return Event(topic, {"kind": "batch", "node": self.node_id, "items": run}).encode()
+            return encode(RoomFrame(channel=topic, frame={**run[0], "node": self.node_id}))
+        frame = {"kind": "batch", "node": self.node_id, "items": run}
+        return encode(RoomFrame(channel=topic, frame=frame))
 
     async def close(self) -> None:
         """Send what is still queued (a moment at most), then stop."""

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import secrets
 import time
+import uuid
 from collections import deque
 from collections.abc import Coroutine, Generator, Iterable
 from contextlib import AsyncExitStack
@@ -26,7 +27,17 @@ from typing import Any, Protocol
 import structlog
 
 from consent.purposes import Decision
-from core.bus import Event, Subscription, Topic, publish_all
+from core.bus import BusEvent, Subscription, Topic, publish_all
+from core.events import (
+    BookingCancelled,
+    ConsentChanged,
+    ParticipantJoined,
+    ParticipantLeft,
+    RecordingSwitched,
+    RoomFrame,
+    SubjectErased,
+    TrackRecording,
+)
 from core.runtime import Runtime
 from signaling.fanout import Fanout, LocalFanout, Presence, RedisFanout, node_topic
 from signaling.protocol import (
@@ -348,7 +359,7 @@ class Hub:
         conn.send(encode(self._welcome(room, peer, ice_servers, resumed=known)))
         if not known:
             room.broadcast(PeerJoined(peer=peer), exclude=pid)
-            self._tell_presence(Topic.PARTICIPANT_JOINED, room, pid)
+            self._tell_presence(ParticipantJoined, room, pid)
         await self.fanout.publish(
             {"kind": "join", "room": room_name, "peer": peer.model_dump(), "conn": conn.id}
         )
@@ -401,15 +412,17 @@ class Hub:
             room.peers.pop(pid, None)
             room.nodes.pop(pid, None)
             room.broadcast(PeerLeft(id=pid))
-            self._tell_presence(Topic.PARTICIPANT_LEFT, room, pid)
+            self._tell_presence(ParticipantLeft, room, pid)
             with contextlib.suppress(Exception):
                 await self.fanout.absent(room.name, pid)
                 await self.fanout.publish({"kind": "leave", "room": room.name, "id": pid})
         self._drop_if_unused(room)
 
-    def _tell_presence(self, topic: Topic, room: Room, pid: str) -> None:
+    def _tell_presence(
+        self, kind: type[ParticipantJoined | ParticipantLeft], room: Room, pid: str
+    ) -> None:
         """Who is in the room matters to consent (`all_or_nothing` recording counts them)."""
-        event = Event(topic.value, {"booking_id": room.booking_id, "participant_id": pid})
+        event = kind(booking_id=uuid.UUID(room.booking_id), participant_id=uuid.UUID(pid))
         self._spawn(publish_all(self._runtime.bus, [event]))
 
     def _drop_if_unused(self, room: Room) -> None:
@@ -479,9 +492,9 @@ class Hub:
             except Exception:  # one bad event must not stop signaling
                 log.exception("signaling.event_failed", topic=event.topic)
 
-    async def _on_event(self, event: Event) -> None:
-        data = event.data
-        if event.topic in self._room_topics:
+    async def _on_event(self, event: BusEvent) -> None:
+        if isinstance(event, RoomFrame):
+            data = event.frame
             node = str(data.get("node"))
             if node == self.node_id:
                 return
@@ -491,42 +504,40 @@ class Hub:
             else:
                 self._on_room_event(data, node)
             return
-        room = self.rooms.get(self._by_booking.get(str(data.get("booking_id")), ""))
+        if not isinstance(
+            event, BookingCancelled | ConsentChanged | RecordingSwitched | TrackRecording
+            | SubjectErased
+        ):
+            return
+        room = self.rooms.get(self._by_booking.get(str(event.booking_id), ""))
         if room is None:
             return
-        if event.topic == Topic.BOOKING_CANCELLED:
+        if isinstance(event, BookingCancelled):
             await self.end_room(room.name, ByeReason.BOOKING_CANCELLED)
-        elif event.topic == Topic.CONSENT_CHANGED:
-            who, purpose = str(data["subject_id"]), str(data["purpose"])
-            decision = Decision(str(data["decision"]))
-            room.consent[(who, purpose)] = decision
-            room.broadcast(Consent(who=who, purpose=purpose, decision=decision))
-        elif event.topic == Topic.RECORDING_CHANGED:
-            self._on_recording(room, data)
-        elif event.topic == Topic.SUBJECT_ERASED:
+        elif isinstance(event, ConsentChanged):
+            who, purpose = str(event.subject_id), event.purpose.value
+            room.consent[(who, purpose)] = event.decision
+            room.broadcast(Consent(who=who, purpose=purpose, decision=event.decision))
+        elif isinstance(event, RecordingSwitched | TrackRecording):
+            self._on_recording(room, event)
+        else:
             # Erasure ended their links; an open call must not outlive them.
-            await self.remove(room.booking_id, str(data["subject_id"]))
+            await self.remove(room.booking_id, str(event.subject_id))
 
-    def _on_recording(self, room: Room, data: dict[str, Any]) -> None:
+    def _on_recording(self, room: Room, event: RecordingSwitched | TrackRecording) -> None:
         """The recorder's per-track states (`kind` audio/video, `state` recording/paused/idle)
         become per-person `recording` messages; the host's booking-wide start/stop (`control`)
         becomes `recording-state`, and a stop also turns everyone's tracks off."""
-        if data.get("subject_id") is None:
-            control = data.get("control")
-            if control in ("started", "stopped"):
-                room.broadcast(RecordingSwitch(on=control == "started"))
-            if control == "stopped":
+        if isinstance(event, RecordingSwitched):
+            room.broadcast(RecordingSwitch(on=event.control == "started"))
+            if event.control == "stopped":
                 for who in list(room.recording):
                     self._set_recording(room, RecordingState(who=who))
             return
-        who = str(data["subject_id"])
+        who = str(event.subject_id)
         current = room.recording.get(who, RecordingState(who=who))
-        on = data.get("state") == "recording"
-        if data.get("kind") in ("audio", "video"):
-            self._set_recording(room, current.model_copy(update={str(data["kind"]): on}))
-        else:  # a whole-person state: {"audio": bool, "video": bool}
-            audio, video = bool(data.get("audio")), bool(data.get("video"))
-            self._set_recording(room, RecordingState(who=who, audio=audio, video=video))
+        on = event.state == "recording"
+        self._set_recording(room, current.model_copy(update={event.kind: on}))
 
     def _set_recording(self, room: Room, state: RecordingState) -> None:
         if room.recording.get(state.who, RecordingState(who=state.who)) == state:
@@ -626,7 +637,7 @@ class Hub:
                 room.nodes.pop(pid, None)
                 room.broadcast(PeerLeft(id=pid))
                 # Its own node died: someone must tell the gate (idempotent if several do).
-                self._tell_presence(Topic.PARTICIPANT_LEFT, room, pid)
+                self._tell_presence(ParticipantLeft, room, pid)
         for pid, presence in present.items():
             if pid not in room.peers and presence.node != self.node_id:
                 room.peers[pid] = presence.peer

@@ -19,9 +19,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
-from core.bus import Event, Topic
 from core.database import Base, UTCDateTime, enum_column
 from core.errors import NotFound
+from core.events import JobProgress
 from core.purposes import Purpose
 
 
@@ -92,8 +92,8 @@ class Job(Base):
             "finished_at": self.finished_at.isoformat() if self.finished_at else None,
         }
 
-    def event(self) -> Event:
-        return Event(Topic.JOB_PROGRESS.value, self.view())
+    def event(self) -> JobProgress:
+        return JobProgress(booking_id=self.booking_id, status=self.status.value, job=self.view())
 
 
 @dataclass(frozen=True)

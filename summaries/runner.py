@@ -18,7 +18,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.audio import AudioSource
 from core.bookings import Booking
-from core.bus import Event, publish_all
+from core.bus import publish_all
+from core.events import JobProgress
 from core.purposes import Purpose, RecordingPolicy
 from core.runtime import Runtime
 from summaries import outputs
@@ -191,7 +192,7 @@ class JobRunner:
             await self._discard(job, booking, payload, sent_bytes, attempts, lost)
             return
         now = self._rt.clock.now()
-        events: list[Event] = []
+        events: list[JobProgress] = []
         follow: Job | None = None
         async with self._rt.db.session() as session:
             row = await access_job(session, job.id, lock=True)
@@ -236,7 +237,7 @@ class JobRunner:
         now = self._rt.clock.now()
         reason = "consent was withdrawn while the job ran; its output was discarded"
         rerun: Job | None = None
-        events: list[Event] = []
+        events: list[JobProgress] = []
         async with self._rt.db.session() as session:
             row = await access_job(session, job.id, lock=True)
             if row.status.finished:

@@ -24,9 +24,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.audio import AudioSource, AudioSpan
 from core.bookings import Booking
-from core.bus import Event, Topic, publish_all
+from core.bus import BusEvent, Topic, publish_all
 from core.errors import InvalidInput, NotFound
-from core.purposes import Purpose
+from core.events import BookingEnded, ConsentChanged, JobProgress
+from core.purposes import Decision, Purpose
 from core.runtime import Runtime
 from core.tasks import stop_tasks
 from summaries import outputs
@@ -40,7 +41,7 @@ from summaries.runner import JobRunner
 
 log = structlog.get_logger(__name__)
 
-WITHDRAWING = ("withdrawn", "denied")
+WITHDRAWING = (Decision.WITHDRAWN, Decision.DENIED)
 
 
 class AiJobs:
@@ -151,22 +152,17 @@ class AiJobs:
                 log.exception("ai.listen_failed")
                 await asyncio.sleep(1.0)
 
-    async def _on(self, event: Event) -> None:
-        try:
-            booking_id = uuid.UUID(str(event.data["booking_id"]))
-            if event.topic == Topic.BOOKING_ENDED.value:
-                await self._ended(booking_id)
-                return
-            subject = uuid.UUID(str(event.data["subject_id"]))
-            purpose = Purpose(str(event.data["purpose"]))
-            decision = str(event.data["decision"])
-        except (KeyError, ValueError):
-            log.warning("ai.bad_event", topic=event.topic)
+    async def _on(self, event: BusEvent) -> None:
+        if isinstance(event, BookingEnded):
+            await self._ended(event.booking_id)
+        elif not isinstance(event, ConsentChanged):
             return
-        if decision in WITHDRAWING and purpose in (Purpose.AI_SUMMARY, Purpose.TRANSCRIPTION):
-            await self.withdraw(booking_id, subject, purpose)
-        elif decision == "granted" and purpose is Purpose.AI_AGENDA:
-            await self._agenda_when_ready(booking_id)
+        elif event.decision in WITHDRAWING and event.purpose in (
+            Purpose.AI_SUMMARY, Purpose.TRANSCRIPTION
+        ):
+            await self.withdraw(event.booking_id, event.subject_id, event.purpose)
+        elif event.decision is Decision.GRANTED and event.purpose is Purpose.AI_AGENDA:
+            await self._agenda_when_ready(event.booking_id)
 
     async def _agenda_when_ready(self, booking_id: uuid.UUID) -> None:
         """Draft the agenda once the host and the stating client have both granted it."""
@@ -194,7 +190,7 @@ class AiJobs:
         others' words if any remain. Both steps land in the register."""
         now = self._rt.clock.now()
         rerun: Job | None = None
-        events: list[Event] = []
+        events: list[JobProgress] = []
         async with self._rt.db.session() as session:
             deleted = await outputs.get_summaries_with(session, booking_id, subject)
             for summary in deleted:

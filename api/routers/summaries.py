@@ -24,8 +24,9 @@ from api.deps import AiJobsDep, ReviewerCaller, RuntimeDep, ViewerDep
 from api.problems import responses
 from core.accounts import access_booking_data
 from core.bookings import Booking
-from core.bus import Event, Topic
+from core.bus import Topic
 from core.errors import NotFound
+from core.events import JobProgress
 from core.runtime import Runtime
 from summaries import outputs
 from summaries.jobs import JobKind, get_jobs
@@ -137,12 +138,12 @@ async def _job_stream(runtime: Runtime, booking_id: uuid.UUID) -> AsyncIterator[
     def pending() -> bool:
         return any(v["status"] in ("queued", "running") for v in seen.values())
 
-    queue: asyncio.Queue[Event] = asyncio.Queue()
+    queue: asyncio.Queue[JobProgress] = asyncio.Queue()
     async with runtime.bus.subscribe(Topic.JOB_PROGRESS.value) as subscription:
 
         async def pump() -> None:
             async for event in subscription:
-                if event.data.get("booking_id") == str(booking_id):
+                if isinstance(event, JobProgress) and event.booking_id == booking_id:
                     queue.put_nowait(event)
 
         task = asyncio.create_task(pump())
@@ -158,7 +159,7 @@ async def _job_stream(runtime: Runtime, booking_id: uuid.UUID) -> AsyncIterator[
                         break
                 try:
                     event = await asyncio.wait_for(queue.get(), KEEPALIVE_S)
-                    chunks = fresh([event.data])
+                    chunks = fresh([event.job])
                 except TimeoutError:
                     chunks = [": keepalive\n\n", *fresh(await snapshot())]
                 for chunk in chunks:

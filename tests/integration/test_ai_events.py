@@ -12,8 +12,8 @@ import pytest
 
 from api.services import Services
 from core.accounts import Scope
-from core.bus import Event, Topic
 from core.clock import ManualClock
+from core.events import BookingEnded
 from core.runtime import Runtime
 from summaries.service import AiJobs
 from tests.booking_support import bearer
@@ -57,9 +57,7 @@ async def test_session_end_starts_transcription_then_summary(
         audio = tone(300 + 200 * i)
         source.add(session.booking_id, person, 1000 * i, audio)
         standin.hear(audio, f"words of person {i}")
-    await runtime.bus.publish(
-        Event(Topic.BOOKING_ENDED.value, {"booking_id": str(session.booking_id)})
-    )
+    await runtime.bus.publish(BookingEnded(booking_id=session.booking_id))
     await until_jobs(client, session, 1)
     jobs = await settle(client, session)
     assert sorted((j["kind"], j["status"]) for j in jobs) == [

@@ -7,6 +7,7 @@ import contextlib
 import hashlib
 import uuid
 from collections.abc import AsyncIterator, Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +19,12 @@ from api.app import create_app
 from consent.decisions import DecisionRequest, do_decide
 from consent.live import LiveGate
 from consent.notices import current_notice
-from consent.purposes import Decision, Purpose, RecordingPolicy
+from consent.purposes import Actor, Decision, Purpose, RecordingPolicy
 from core.accounts import Scope
 from core.bookings import BookingStatus
-from core.bus import Event, InProcessBus, Subscription, Topic
+from core.bus import BusEvent, InProcessBus, Subscription, Topic, decode, encode
 from core.clock import ManualClock
+from core.events import ConsentChanged
 from core.runtime import Runtime
 from core.settings import Settings
 from tests.conftest import bearer
@@ -85,16 +87,17 @@ async def test_decision_is_recorded_published_and_shown(
     assert entry["method"] == "web_dialog"
     assert entry["actor"] == "subject"
     assert entry["prev_hash"] == "0" * 64
-    contract = ("booking_id", "subject_id", "purpose", "decision", "entry_id", "seq", "at")
-    assert {k: event.data[k] for k in contract} == {
-        "booking_id": str(seeded.booking_id),
-        "subject_id": str(person.id),
-        "purpose": "recording.audio",
-        "decision": "granted",
-        "entry_id": entry["id"],
-        "seq": "1",
-        "at": entry["at"],
-    }
+    assert event == ConsentChanged(
+        booking_id=seeded.booking_id,
+        subject_id=person.id,
+        purpose=Purpose.RECORDING_AUDIO,
+        decision=Decision.GRANTED,
+        entry_id=uuid.UUID(entry["id"]),
+        seq=1,
+        at=datetime.fromisoformat(entry["at"]),
+        actor=Actor.SUBJECT,
+    )
+    assert decode(encode(event)) == event  # what another node receives over Redis
     overview = (await client.get("/v1/consent", headers=person.headers)).json()
     audio = overview["purposes"][0]
     assert audio["decision"] == "granted"
@@ -329,7 +332,7 @@ class FlakyBus:
         self.inner = InProcessBus()
         self.down = asyncio.Event()
 
-    async def publish(self, event: Event) -> None:
+    async def publish(self, event: BusEvent) -> None:
         if not self.down.is_set():
             await self.inner.publish(event)
 
@@ -340,7 +343,7 @@ class FlakyBus:
         async with self.inner.subscribe(*topics) as subscription:
             yield self._cut(subscription)
 
-    async def _cut(self, subscription: Subscription) -> AsyncIterator[Event]:
+    async def _cut(self, subscription: Subscription) -> AsyncIterator[BusEvent]:
         events = aiter(subscription)
         while True:
             next_event = asyncio.ensure_future(anext(events))

@@ -31,6 +31,7 @@ from consent.purposes import Purpose
 from core.accounts import Scope
 from core.bus import Topic
 from core.clock import SystemClock
+from core.events import TrackRecording
 from core.runtime import Runtime
 from core.settings import Settings
 from media.recorder import Recorder
@@ -258,9 +259,10 @@ async def test_gate_unavailable_pauses_and_resumes_in_a_new_file(
     async def listen() -> None:
         async with runtime.bus.subscribe(Topic.RECORDING_CHANGED) as events:
             async for event in events:
-                data = event.data
-                if data.get("subject_id") == str(guest.id) and data["kind"] == "audio":
-                    states.append(str(data["state"]))
+                if not isinstance(event, TrackRecording):
+                    continue
+                if event.subject_id == guest.id and event.kind == "audio":
+                    states.append(event.state)
 
     listener = asyncio.create_task(listen())
     await asyncio.sleep(0)

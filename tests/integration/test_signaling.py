@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
@@ -17,8 +18,14 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from api.services import Services
 from core.bookings import Booking, BookingStatus
-from core.bus import Event, Topic
 from core.clock import ManualClock
+from core.events import (
+    BookingCancelled,
+    ConsentChanged,
+    RecordingSwitched,
+    TrackRecording,
+)
+from core.purposes import Decision, Purpose
 from core.runtime import Runtime
 from tests.liveserver import free_port
 from tests.signaling_support import (
@@ -261,20 +268,24 @@ async def test_consent_changes_reach_the_room(
     client = await join(ws_base, runtime, seeded, 1)
     await receive(host)
     await receive(client)
-    data = {
-        "booking_id": str(seeded.booking_id), "subject_id": str(seeded.client.id),
-        "purpose": "recording.video", "decision": "withdrawn", "entry_id": "e1", "seq": "7",
-        "at": runtime.clock.now().isoformat(),
-    }
-    await runtime.bus.publish(Event(Topic.CONSENT_CHANGED, data))
+    changed = ConsentChanged(
+        booking_id=seeded.booking_id, subject_id=seeded.client.id,
+        purpose=Purpose.RECORDING_VIDEO, decision=Decision.WITHDRAWN, entry_id=uuid.uuid4(),
+        seq=7, at=runtime.clock.now(),
+    )
+    await runtime.bus.publish(changed)
     expected = {
         "type": "consent", "who": str(seeded.client.id), "purpose": "recording.video",
         "decision": "withdrawn",
     }
     assert await receive_type(host, "consent") == expected
     assert await receive_type(client, "consent") == expected
+    now = runtime.clock.now()
     await runtime.bus.publish(
-        Event(Topic.BOOKING_CANCELLED, {"booking_id": str(seeded.booking_id)})
+        BookingCancelled(
+            booking_id=seeded.booking_id, status="cancelled", starts_at=now, ends_at=now,
+            sequence=1,
+        )
     )
     for ws in (host, client):
         code, seen = await closed_with(ws)
@@ -303,14 +314,16 @@ async def test_recorder_track_states_become_per_person_recording_messages(
     host = await join(ws_base, runtime, seeded, 0)
     welcome = await receive(host)
     assert welcome["recording"] == [{"who": str(seeded.host.id), "audio": False, "video": False}]
-    booking, who = str(seeded.booking_id), str(seeded.host.id)
-    track = {"booking_id": booking, "subject_id": who, "kind": "audio", "state": "recording"}
-    await runtime.bus.publish(Event(Topic.RECORDING_CHANGED, track))
+    who = str(seeded.host.id)
+    track = TrackRecording(
+        booking_id=seeded.booking_id, subject_id=seeded.host.id, kind="audio", state="recording"
+    )
+    await runtime.bus.publish(track)
     assert await receive_type(host, "recording") == {
         "type": "recording", "who": who, "audio": True, "video": False,
     }
-    stop = {"booking_id": booking, "control": "stopped"}
-    await runtime.bus.publish(Event(Topic.RECORDING_CHANGED, stop))
+    stop = RecordingSwitched(booking_id=seeded.booking_id, control="stopped")
+    await runtime.bus.publish(stop)
     assert await receive_type(host, "recording") == {
         "type": "recording", "who": who, "audio": False, "video": False,
     }
