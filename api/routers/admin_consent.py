@@ -19,6 +19,16 @@ from sqlalchemy import select
 
 from api.deps import AdminCaller, GateDep, ReviewerCaller, RuntimeDep
 from api.problems import responses
+from api.schemas import (
+    ChainReport,
+    CheckpointExport,
+    CheckpointList,
+    CheckpointView,
+    ConsentTimeline,
+    LogPage,
+    NoticeList,
+    NoticeView,
+)
 from consent.checkpoints import Signer, checkpoint_view, do_checkpoint, list_checkpoints, verify
 from consent.ledger import LogFilter, LogRow, booking_entries, entry_view, log_page, stream_log
 from consent.notices import NoticeText, do_publish_notice, list_notices, notice_view
@@ -67,6 +77,8 @@ def _cursor(raw: str | None) -> int | None:
 
 @router.get(
     "/consent-log",
+    response_model=LogPage,
+    response_model_exclude_unset=True,
     summary="The consent log, newest first, filtered, one page at a time",
     description="Pass `next_cursor` of a page as `cursor` to get the next (older) page.",
     responses=responses(401, 403, 422),
@@ -89,7 +101,11 @@ async def get_log(
 @router.get(
     "/consent-log/export",
     summary="Export the filtered log as CSV or JSON Lines (streamed)",
-    responses=responses(401, 403, 422),
+    response_class=StreamingResponse,
+    responses={
+        200: {"content": {"text/csv": {}, "application/x-ndjson": {}}},
+        **responses(401, 403, 422),
+    },
 )
 async def export_log(
     runtime: RuntimeDep,
@@ -137,6 +153,8 @@ async def _jsonl(rows: AsyncIterator[LogRow]) -> AsyncIterator[str]:
 
 @router.get(
     "/consent-log/verify",
+    response_model=ChainReport,
+    response_model_exclude_unset=True,
     summary="Walk the whole chain; report the first bad entry and the last checkpoint",
     responses=responses(401, 403),
 )
@@ -147,6 +165,8 @@ async def verify_log(runtime: RuntimeDep, _caller: ReviewerCaller) -> dict[str, 
 
 @router.post(
     "/consent-log/checkpoints",
+    response_model=CheckpointView,
+    response_model_exclude_unset=True,
     status_code=201,
     summary="Sign the chain's current head now",
     responses=responses(401, 403),
@@ -160,6 +180,8 @@ async def create_checkpoint(runtime: RuntimeDep, _caller: AdminCaller) -> dict[s
 
 @router.get(
     "/consent-log/checkpoints",
+    response_model=CheckpointList,
+    response_model_exclude_unset=True,
     summary="Signed checkpoints, newest first",
     responses=responses(401, 403),
 )
@@ -171,6 +193,8 @@ async def get_checkpoints(runtime: RuntimeDep, _caller: ReviewerCaller) -> dict[
 
 @router.get(
     "/consent-log/checkpoints/export",
+    response_model=CheckpointExport,
+    response_model_exclude_unset=True,
     summary="Download every checkpoint with the public key that verifies them",
     responses=responses(401, 403),
 )
@@ -192,6 +216,8 @@ async def export_checkpoints(runtime: RuntimeDep, _caller: ReviewerCaller) -> JS
 
 @router.get(
     "/bookings/{booking_id}/consent-timeline",
+    response_model=ConsentTimeline,
+    response_model_exclude_unset=True,
     summary="Who decided what when in one booking, beside who was present and what was "
     "recorded",
     responses=responses(401, 403, 404),
@@ -261,6 +287,8 @@ class NoticeBody(BaseModel):
 
 @router.get(
     "/consent-notices",
+    response_model=NoticeList,
+    response_model_exclude_unset=True,
     summary="The current notice of every purpose and language",
     responses=responses(401, 403),
 )
@@ -272,6 +300,8 @@ async def get_notices(runtime: RuntimeDep, _caller: ReviewerCaller) -> dict[str,
 
 @router.post(
     "/consent-notices",
+    response_model=NoticeView,
+    response_model_exclude_unset=True,
     status_code=201,
     summary="Publish a new notice version (old versions are never changed)",
     description="Returns 200 with the existing version when the text equals the current one.",

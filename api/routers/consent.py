@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field
 
 from api.deps import ParticipantDep, RuntimeDep, SchedulerCaller
 from api.problems import responses
+from api.schemas import ConsentOverview, LedgerEntry
 from consent.decisions import DecisionRequest, consent_overview, do_decide
 from consent.ledger import entry_view
 from consent.purposes import Actor, Decision, Method, Purpose
@@ -29,6 +30,8 @@ class DecisionBody(BaseModel):
 
 @router.get(
     "",
+    response_model=ConsentOverview,
+    response_model_exclude_unset=True,
     summary="The purposes this booking requests, their notices, and my current decisions",
     responses=responses(404, 410),
 )
@@ -38,6 +41,8 @@ async def get_consent(runtime: RuntimeDep, participant: ParticipantDep) -> dict[
 
 @router.post(
     "",
+    response_model=LedgerEntry,
+    response_model_exclude_unset=True,
     status_code=201,
     summary="Record a decision (granted, denied, withdrawn) on one purpose",
     description="Appends to the consent ledger and returns the entry. `notice_sha256` must be "
@@ -71,6 +76,8 @@ class GuardianDecisionBody(BaseModel):
 
 @router.post(
     "/guardian",
+    response_model=LedgerEntry,
+    response_model_exclude_unset=True,
     status_code=201,
     summary="Record a guardian's decision for a participant who is not an adult",
     description="The booking platform, which verified the guardian, records their decision "

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Header, Request
 
 from api.deps import EgressDep, RuntimeDep
 from api.problems import responses
+from api.schemas import WebhookAck
 from core.errors import NotFound
 from media.egress import verify_webhook
 
@@ -16,6 +17,8 @@ router = APIRouter(tags=["livekit"])
 
 @router.post(
     "/v1/livekit/webhook",
+    response_model=WebhookAck,
+    response_model_exclude_unset=True,
     summary="LiveKit webhook receiver (livekit media mode)",
     description="Verifies the signature (a JWT signed with the API secret carrying the raw "
     "body's SHA-256) and deduplicates by event id, then follows `participant_joined/left`, "

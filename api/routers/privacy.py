@@ -14,6 +14,14 @@ from pydantic import BaseModel, Field
 
 from api.deps import AdminCaller, ParticipantDep, PrivacyDep
 from api.problems import responses
+from api.schemas import (
+    ErasureView,
+    RestrictionView,
+    RetentionRunResult,
+    RetentionStatus,
+    SubjectSearch,
+    WithdrawResult,
+)
 from consent.purposes import Purpose
 from core.errors import InvalidInput
 from privacy.records import Trigger
@@ -27,6 +35,8 @@ SubjectPath = Annotated[
 
 @router.get(
     "/v1/admin/subjects",
+    response_model=SubjectSearch,
+    response_model_exclude_unset=True,
     summary="Find people by external id or display name",
     responses=responses(401, 403, 422),
 )
@@ -69,6 +79,8 @@ class EraseBody(BaseModel):
 
 @router.post(
     "/v1/admin/subjects/{external_id}/erase",
+    response_model=ErasureView,
+    response_model_exclude_unset=True,
     summary="Erase a person: destroy their data key, delete their words, tombstone them",
     description="Irreversible. `confirm` must repeat the external id (else 422). Returns the "
     "tombstone now standing for the person and what was erased per domain. The consent "
@@ -85,6 +97,8 @@ async def erase_subject(
 
 @router.post(
     "/v1/admin/subjects/{external_id}/restriction",
+    response_model=RestrictionView,
+    response_model_exclude_unset=True,
     summary="Restrict a person's processing: no new recording or AI job about them",
     responses=responses(401, 403, 404),
 )
@@ -96,6 +110,8 @@ async def restrict_subject(
 
 @router.delete(
     "/v1/admin/subjects/{external_id}/restriction",
+    response_model=RestrictionView,
+    response_model_exclude_unset=True,
     summary="Lift a person's restriction of processing",
     responses=responses(401, 403, 404),
 )
@@ -107,6 +123,8 @@ async def lift_restriction(
 
 @router.get(
     "/v1/admin/retention",
+    response_model=RetentionStatus,
+    response_model_exclude_unset=True,
     summary="Retention per data category: period, expired now, last purge",
     responses=responses(401, 403),
 )
@@ -116,6 +134,8 @@ async def retention_status(privacy: PrivacyDep, caller: AdminCaller) -> dict[str
 
 @router.post(
     "/v1/admin/retention/run",
+    response_model=RetentionRunResult,
+    response_model_exclude_unset=True,
     summary="Run the retention purge now (`dry_run=true`: only count)",
     responses=responses(401, 403),
 )
@@ -133,6 +153,8 @@ class WithdrawBody(BaseModel):
 
 @router.post(
     "/v1/consent/withdraw-and-delete",
+    response_model=WithdrawResult,
+    response_model_exclude_unset=True,
     summary="Withdraw a consent and delete what was captured under it",
     description="Appends `withdrawn` to the ledger (against the current notice), then deletes "
     "this person's data of that purpose in this booking (recordings of that kind, transcript "

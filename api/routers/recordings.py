@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field
 
 from api.deps import ParticipantDep, RecorderDep, RuntimeDep, ViewerDep
 from api.problems import problem, responses
+from api.schemas import RecordingSwitch
 from core.bookings import BookingStatus, Participant
 from core.errors import Conflict, Gone, InvalidInput, OutsideJoinWindow
 from media.keys import access_data_key
@@ -116,6 +117,8 @@ async def post_offer(
 
 @router.post(
     "/v1/bookings/{booking_id}/recording/{action}",
+    response_model=RecordingSwitch,
+    response_model_exclude_unset=True,
     summary="Start or stop recording a booking (its host, or an admin)",
     description="Starting does not record anyone by itself: each person is recorded only for "
     "the purposes they granted, frame by frame.",

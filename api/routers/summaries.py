@@ -22,6 +22,7 @@ from pydantic import AwareDatetime, BaseModel
 
 from api.deps import AiJobsDep, ReviewerCaller, RuntimeDep, ViewerDep
 from api.problems import responses
+from api.schemas import AgendaView, JobList, JobView, RegisterPage, SummaryView, TranscriptView
 from core.accounts import access_booking_data
 from core.bookings import Booking
 from core.bus import Topic
@@ -86,6 +87,8 @@ class JobRequest(BaseModel):
 
 @router.post(
     "/v1/bookings/{booking_id}/jobs",
+    response_model=JobView,
+    response_model_exclude_unset=True,
     status_code=202,
     summary="Ask for an AI job (ai.agenda, transcription, ai.summary) on this booking",
     description="Creates the job once (asking again returns the same job) and queues it. It "
@@ -102,6 +105,8 @@ async def post_job(
 
 @router.get(
     "/v1/bookings/{booking_id}/jobs",
+    response_model=JobList,
+    response_model_exclude_unset=True,
     summary="This booking's AI jobs: status, attempts, progress, error",
     responses=responses(401, 403, 404),
 )
@@ -201,6 +206,8 @@ def _meta(row: outputs.Summary | outputs.Agenda | outputs.Transcript) -> dict[st
 
 @router.get(
     "/v1/bookings/{booking_id}/summary",
+    response_model=SummaryView,
+    response_model_exclude_unset=True,
     summary="The session's summary: summary, decisions, action items with owners",
     responses=responses(401, 403, 404),
 )
@@ -214,6 +221,8 @@ async def get_summary(runtime: RuntimeDep, reader: ReaderDep) -> dict[str, Any]:
 
 @router.get(
     "/v1/bookings/{booking_id}/agenda",
+    response_model=AgendaView,
+    response_model_exclude_unset=True,
     summary="The draft agenda: items with time boxes",
     responses=responses(401, 403, 404),
 )
@@ -227,6 +236,8 @@ async def get_agenda(runtime: RuntimeDep, reader: ReaderDep) -> dict[str, Any]:
 
 @router.get(
     "/v1/bookings/{booking_id}/transcript",
+    response_model=TranscriptView,
+    response_model_exclude_unset=True,
     summary="The transcript: consented speakers' segments with pseudonymous labels",
     responses=responses(401, 403, 404),
 )
@@ -245,6 +256,8 @@ async def get_transcript(runtime: RuntimeDep, reader: ReaderDep) -> dict[str, An
 
 @router.get(
     "/v1/admin/processing",
+    response_model=RegisterPage,
+    response_model_exclude_unset=True,
     summary="The processing register: every AI processing step, newest first",
     description="Who (pseudonymous subject ids), which data categories, purpose, consent "
     "ledger entries, provider, model, endpoint, when, input size and outcome.",
