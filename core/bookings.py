@@ -46,6 +46,14 @@ class RoomState(enum.StrEnum):
     DELETED = "deleted"
 
 
+def join_window(
+    starts_at: datetime, ends_at: datetime, lead: timedelta, grace: timedelta
+) -> tuple[datetime, datetime]:
+    """When join links work: from `lead` before the start until `grace` after the end (the one
+    definition; the join path, signaling admission and the recording peer all use it)."""
+    return starts_at - lead, ends_at + grace
+
+
 class Booking(Base):
     __tablename__ = "bookings"
 
@@ -82,8 +90,8 @@ class Booking(Base):
         return frozenset(Purpose(p) for p in self.requested_purposes)
 
     def join_window(self, lead: timedelta, grace: timedelta) -> tuple[datetime, datetime]:
-        """When join links work: from `lead` before the start until `grace` after the end."""
-        return self.starts_at - lead, self.ends_at + grace
+        """When join links work (see `join_window`)."""
+        return join_window(self.starts_at, self.ends_at, lead, grace)
 
     @property
     def host(self) -> Participant:

@@ -92,6 +92,36 @@ async def _chunks(pieces: Iterator[bytes]) -> AsyncIterator[bytes]:
         yield piece
 
 
+async def delete_recordings(
+    session: AsyncSession, store: Storage, cleanup: Cleanup, condition: Any
+) -> int:
+    """Delete the recording rows matching `condition`; their files go through `cleanup` once
+    the transaction has committed. The one place media erases recordings: a person's erasure,
+    a purpose withdrawn for good, and the recorder dropping a person erased mid-call."""
+    query = select(Recording.id, Recording.path).where(condition)
+    rows = list((await session.execute(query)).all())
+    remove_after_commit(store, cleanup, [path for _, path in rows])
+    if rows:
+        await session.execute(delete(Recording).where(Recording.id.in_([i for i, _ in rows])))
+    return len(rows)
+
+
+def remove_after_commit(store: Storage, cleanup: Cleanup, relatives: Sequence[str]) -> None:
+    """The files of rows a transaction deletes: local copies through `cleanup`, and what the
+    store published elsewhere once they are gone."""
+    for relative in relatives:
+        cleanup.remove(store.path(relative))
+    if relatives:
+        cleanup.after.append(lambda: _delete_published(store, list(relatives)))
+
+
+def _delete_published(store: Storage, relatives: list[str]) -> None:
+    try:
+        store.delete_published(relatives)
+    except Exception:  # the rows are gone already: the orphan sweep retries later
+        log.warning("media.delete_published_failed", count=len(relatives), exc_info=True)
+
+
 class MediaSubjects:
     name = "media"
 
@@ -148,15 +178,14 @@ class MediaSubjects:
     async def erase(
         self, session: AsyncSession, subject: Subject, erasure: Erasure
     ) -> dict[str, int]:
-        query = select(Recording.id, Recording.path).where(
-            Recording.participant_id.in_(subject.participant_ids)
+        deleted = await delete_recordings(
+            session,
+            self.store,
+            erasure.cleanup,
+            Recording.participant_id.in_(subject.participant_ids),
         )
-        rows = list((await session.execute(query)).all())
-        self._remove_after_commit(erasure.cleanup, [path for _, path in rows])
-        if rows:
-            await session.execute(delete(Recording).where(Recording.id.in_([i for i, _ in rows])))
         shredded = await self._destroy_key(session, subject.external_id, erasure)
-        return {"recordings_deleted": len(rows), "data_keys_destroyed": shredded}
+        return {"recordings_deleted": deleted, "data_keys_destroyed": shredded}
 
     async def _destroy_key(
         self, session: AsyncSession, external_id: str, erasure: Erasure
@@ -182,14 +211,9 @@ class MediaSubjects:
         if not purpose.is_recording:
             return {}
         kind = TrackKind.AUDIO if purpose is Purpose.RECORDING_AUDIO else TrackKind.VIDEO
-        query = select(Recording.id, Recording.path).where(
-            Recording.participant_id == participant.id, Recording.kind == kind
-        )
-        rows = list((await session.execute(query)).all())
-        self._remove_after_commit(cleanup, [path for _, path in rows])
-        if rows:
-            await session.execute(delete(Recording).where(Recording.id.in_([i for i, _ in rows])))
-        return {"recordings_deleted": len(rows)}
+        condition = (Recording.participant_id == participant.id) & (Recording.kind == kind)
+        deleted = await delete_recordings(session, self.store, cleanup, condition)
+        return {"recordings_deleted": deleted}
 
     async def purge(self, category: Category, cutoff: Cutoff, *, dry_run: bool) -> int | None:
         recordings = table_of(Recording)
@@ -226,7 +250,7 @@ class MediaSubjects:
             async with self._rt.db.session() as session:
                 query = select(recordings.c.id, recordings.c.path).where(condition).limit(BATCH)
                 rows = list((await session.execute(query)).all())
-                self._remove_after_commit(cleanup, [path for _, path in rows])
+                remove_after_commit(self.store, cleanup, [path for _, path in rows])
                 if rows:
                     ids: list[uuid.UUID] = [i for i, _ in rows]
                     await session.execute(delete(recordings).where(recordings.c.id.in_(ids)))
@@ -241,20 +265,6 @@ class MediaSubjects:
             known = set((await session.execute(select(Recording.path))).scalars())
         before = (now - ORPHAN_GRACE).timestamp()
         return await asyncio.to_thread(self.store.sweep, known, before, dry_run=dry_run)
-
-    def _remove_after_commit(self, cleanup: Cleanup, relatives: Sequence[str]) -> None:
-        """The files of rows this transaction deletes: local copies through `cleanup`, and
-        what the store published elsewhere once they are gone."""
-        for relative in relatives:
-            cleanup.remove(self.store.path(relative))
-        if relatives:
-            cleanup.after.append(lambda: self._delete_published(list(relatives)))
-
-    def _delete_published(self, relatives: list[str]) -> None:
-        try:
-            self.store.delete_published(relatives)
-        except Exception:  # the rows are gone already: the orphan sweep retries later
-            log.warning("media.delete_published_failed", count=len(relatives), exc_info=True)
 
     async def _purge_keys(self, before: datetime, *, dry_run: bool) -> int:
         """Data keys of people left only in expired bookings (or in none)."""

@@ -13,15 +13,13 @@ from datetime import datetime
 
 from sqlalchemy import select
 
-from consent.ledger import Entry
-from consent.purposes import Decision
-from core.bookings import Booking, BookingStatus, Participant, Role
+from consent.state import booking_decisions
+from core.bookings import Booking, Participant, Role
 from core.errors import (
     AuthenticationFailed,
     CallgateError,
     Gone,
     NotFound,
-    OutsideJoinWindow,
     PermissionDenied,
     Unavailable,
 )
@@ -30,12 +28,12 @@ from core.settings import Settings
 from signaling.ice import ice_servers
 from signaling.protocol import CloseCode, ConsentState, IceServer, Peer
 from signaling.tickets import redeem_ticket
+from signaling.window import access_window
 
 _BOOKING = select(Booking.id, Booking.status, Booking.starts_at, Booking.ends_at)
 _PERSON = select(
     Participant.booking_id, Participant.display_name, Participant.role, Participant.revoked_at
 )
-_DECISIONS = select(Entry.subject_id, Entry.purpose, Entry.decision).order_by(Entry.seq)
 
 
 @dataclass(frozen=True)
@@ -75,9 +73,8 @@ async def access_admission(
         person = (
             await session.execute(_PERSON.where(Participant.id == claims.participant_id))
         ).first()
-        entries = (
-            (await session.execute(_DECISIONS.where(Entry.booking_id == booking.id))).all()
-            if booking is not None else []
+        decisions = (
+            await booking_decisions(session, booking.id) if booking is not None else []
         )
     if booking is None:
         raise NotFound("no such room")
@@ -87,19 +84,18 @@ async def access_admission(
         raise PermissionDenied("this ticket is for another room")
     if person.revoked_at is not None:
         raise AuthenticationFailed("this join link was revoked")
-    if booking.status is BookingStatus.CANCELLED:
-        raise Gone("this booking was cancelled")
-    opens_at = booking.starts_at - settings.join_lead
-    closes_at = booking.ends_at + settings.join_grace
-    if not opens_at <= now < closes_at:
-        raise OutsideJoinWindow("outside the join window")
+    window = access_window(settings, booking.status, booking.starts_at, booking.ends_at, now)
+    closes_at = window.closes_at
     pid = claims.participant_id
     peer = Peer(id=str(pid), name=person.display_name, role=Role(person.role).value)
     servers = [IceServer(**server) for server in ice_servers(settings, pid, now, closes_at)]
-    latest = {(str(e.subject_id), str(e.purpose)): str(e.decision) for e in entries}
     consent = [
-        ConsentState(who=who, purpose=purpose, decision=Decision(decision))
-        for (who, purpose), decision in latest.items()
+        ConsentState(
+            who=str(current.subject_id),
+            purpose=current.purpose.value,
+            decision=current.decision,
+        )
+        for current in decisions
     ]
     return Admission(booking.id, room_name, closes_at, peer, servers, consent)
 

@@ -13,8 +13,8 @@ import pytest
 from livekit import api as lk
 
 from core.bookings import Role
+from signaling.connections import Connections
 from signaling.credentials import livekit_token
-from signaling.join import Connections
 from signaling.livekit import room_grants
 
 KEY, SECRET = "APIunit", "unit-secret-" + "u" * 32

@@ -8,7 +8,7 @@ import asyncio
 
 import pytest
 
-from signaling.hub import Connection
+from signaling.connection import Connection
 from signaling.protocol import ByeReason, Peer
 
 

@@ -1,0 +1,120 @@
+"""One page's recording connection and its tracks: each frame is decided on as it arrives.
+
+At every frame the capture asks the recorder (the switch and the live consent gate) whether
+this person allows this purpose *now*; only then is the frame written, into the open span.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from aiortc import RTCPeerConnection
+from aiortc.jitterbuffer import JitterFrame
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+from aiortc.rtcrtpreceiver import RTCRtpReceiver
+
+from media.recorder.spans import Span
+from media.recordings import TrackKind
+
+if TYPE_CHECKING:
+    from media.recorder.recorder import Recorder
+
+PLI_EVERY_S = 0.5  # while a video span waits for its first key frame
+
+
+class CaptureState(enum.StrEnum):
+    RECORDING = "recording"
+    PAUSED = "paused"  # the gate cannot confirm consent: fail closed, resume when it can
+    IDLE = "idle"  # not consented to, or recording not started for the booking
+
+
+@dataclass
+class PeerSession:
+    """One page's recording connection."""
+
+    booking_id: uuid.UUID
+    subject_id: uuid.UUID
+    data_key: bytes
+    pc: RTCPeerConnection
+    captures: list[TrackCapture] = field(default_factory=list)
+
+    def close_spans(self) -> None:
+        for capture in self.captures:
+            capture.close_span()
+
+    def evaluate(self) -> None:
+        for capture in self.captures:
+            capture.evaluate()
+
+
+class TrackCapture:
+    """One incoming track of one person: decides at each frame, writes spans."""
+
+    def __init__(
+        self, recorder: Recorder, peer: PeerSession, kind: TrackKind, receiver: RTCRtpReceiver
+    ) -> None:
+        self._recorder = recorder
+        self.peer = peer
+        self.kind = kind
+        self._receiver = receiver
+        self.span: Span | None = None
+        self.state = CaptureState.IDLE
+        self._last_pli = 0.0
+        self.frames_seen = 0
+
+    def on_frame(self, codec: RTCRtpCodecParameters, frame: JitterFrame) -> None:
+        arrival = time.time()
+        self.frames_seen += 1
+        self._recorder.frames_arrived[self.kind] += 1
+        state = self._recorder.decide(self.peer, self.kind)
+        if state is CaptureState.RECORDING:
+            span = self.span or self._open_span()
+            if span.write(frame.data, frame.timestamp, arrival):
+                self._recorder.frames_written[self.kind] += 1
+                if span.frames == 1:
+                    self._recorder.row_opened(self.peer, span)  # starts at its first frame
+            if span.waiting_for_keyframe:
+                self._request_keyframe()
+        else:
+            self.close_span()
+        self._set_state(state)
+
+    def evaluate(self) -> None:
+        """Re-check between frames, so a span closes even when frames stop coming."""
+        state = self._recorder.decide(self.peer, self.kind)
+        if state is not CaptureState.RECORDING:
+            self.close_span()
+            self._set_state(state)
+
+    def _open_span(self) -> Span:
+        recording_id = uuid.uuid4()
+        relative = f"{self.peer.booking_id}/{recording_id}.{self.kind.extension}.cgr"
+        file = self._recorder.store.open_writer(relative, self.peer.data_key)
+        self.span = Span.open(file, relative, recording_id, self.kind)
+        if self.kind is TrackKind.VIDEO:
+            self._request_keyframe()
+        return self.span
+
+    def close_span(self) -> None:
+        span, self.span = self.span, None
+        if span is not None:
+            span.writer.close()
+            self._recorder.row_closed(self.peer, span)
+
+    def _request_keyframe(self) -> None:
+        """PLI (RFC 4585 §6.3.1) to every sender of this track, at most every PLI_EVERY_S."""
+        now = time.monotonic()
+        if now - self._last_pli < PLI_EVERY_S:
+            return
+        self._last_pli = now
+        for source in self._receiver.getSynchronizationSources():
+            self._recorder.spawn(self._receiver._send_rtcp_pli(source.source))
+
+    def _set_state(self, state: CaptureState) -> None:
+        if state is not self.state:
+            self.state = state
+            self._recorder.state_changed(self, state)

@@ -1,0 +1,142 @@
+"""Recording rows and `recording.changed` events, written in order off the frame path.
+
+The frame path writes files synchronously and queues the database and bus work here; one task
+runs it in order, so a span's row is inserted before it is completed, and a page hears of a
+state change in the order it happened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from typing import Any
+
+import structlog
+
+from core.events import TrackRecording
+from core.runtime import Runtime
+from media.recorder.capture import PeerSession
+from media.recorder.grants import GrantEntries
+from media.recorder.spans import Span, SpanSummary
+from media.recordings import Recording, RecordingState
+from media.storage import Storage
+
+log = structlog.get_logger("media.recorder")
+
+Op = Callable[[], Awaitable[None]]
+
+
+class SpanRows:
+    def __init__(
+        self,
+        runtime: Runtime,
+        store: Storage,
+        grants: GrantEntries,
+        spawn: Callable[[Awaitable[Any]], None],
+    ) -> None:
+        self._runtime = runtime
+        self._store = store
+        self._grants = grants
+        self._spawn = spawn
+        self._retention = timedelta(days=runtime.settings.recording_retention_days)
+        self._ops: asyncio.Queue[Op | None] = asyncio.Queue()
+        self.closed_spans: deque[SpanSummary] = deque(maxlen=10_000)
+
+    def put(self, op: Op) -> None:
+        self._ops.put_nowait(op)
+
+    async def run(self) -> None:
+        """Run the queued work until `finish`."""
+        while True:
+            op = await self._ops.get()
+            if op is None:
+                return
+            try:
+                await op()
+            except Exception:  # rows are bookkeeping; the files are already safe
+                log.exception("recorder.op_failed")
+
+    async def finish(self) -> None:
+        """Let `run` return once the work queued so far is done."""
+        await self._ops.put(None)
+
+    async def settled(self) -> None:
+        """Wait until the row and file work queued so far is done."""
+        done = asyncio.Event()
+
+        async def mark() -> None:
+            done.set()
+
+        self.put(mark)
+        await done.wait()
+
+    def opened(self, peer: PeerSession, span: Span) -> None:
+        now = self._runtime.clock.now()
+
+        async def insert() -> None:
+            purpose = span.kind.purpose
+            entries = await self._grants.entries(peer.booking_id, peer.subject_id, purpose)
+            async with self._runtime.db.session() as session:
+                session.add(
+                    Recording(
+                        id=span.recording_id,
+                        booking_id=peer.booking_id,
+                        participant_id=peer.subject_id,
+                        kind=span.kind,
+                        state=RecordingState.RECORDING,
+                        media_type=span.kind.media_type,
+                        started_at=now,
+                        consent_entry_ids=entries,
+                        frames=0,
+                        size=0,
+                        retain_until=now + self._retention,
+                        path=span.relative_path,
+                    )
+                )
+
+        self.put(insert)
+
+    def closed(self, peer: PeerSession, span: Span) -> None:
+        now = self._runtime.clock.now()
+        self.closed_spans.append(
+            SpanSummary(
+                span.recording_id,
+                peer.subject_id,
+                span.kind,
+                span.frames,
+                span.first_arrival,
+                span.last_arrival,
+                time.time(),
+                tuple(span.arrivals),
+            )
+        )
+        if span.frames == 0:  # a video span that never saw a key frame: no file, no row
+            self._store.delete(span.relative_path)
+            return
+
+        async def update() -> None:
+            async with self._runtime.db.session() as session:
+                row = await session.get(Recording, span.recording_id)
+                if row is None:
+                    return
+                row.state = RecordingState.COMPLETE
+                row.ended_at = now
+                row.frames = span.frames
+                row.size = span.file.size
+                row.sha256 = span.file.sha256
+                row.retain_until = now + self._retention
+            # Publish off the ops queue (an upload must not hold up rows and events).
+            self._spawn(asyncio.to_thread(self._store.seal, span.relative_path))
+
+        self.put(update)
+
+    def publish(self, event: TrackRecording) -> None:
+        """Queue a track's state event (after the rows queued before it)."""
+
+        async def publish() -> None:
+            await self._runtime.bus.publish(event)
+
+        self.put(publish)

@@ -1,0 +1,99 @@
+"""A signaling room as one node sees it: who is present (on any node), which sockets are here,
+and the consent and recording state every newcomer is welcomed with.
+
+The hub (`signaling.hub`) owns the rooms and drives them from sockets, the bus and other nodes;
+a room only keeps its own state consistent and tells its local sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from consent.purposes import Decision
+from core.events import ConsentChanged, RecordingSwitched, TrackRecording
+from signaling.connection import Connection
+from signaling.fanout import Presence
+from signaling.protocol import (
+    Consent,
+    Peer,
+    PeerJoined,
+    PeerLeft,
+    Recording,
+    RecordingState,
+    RecordingSwitch,
+    _Message,
+    encode,
+)
+
+
+@dataclass
+class Room:
+    name: str
+    booking_id: str
+    closes_at: datetime
+    peers: dict[str, Peer] = field(default_factory=dict)  # present, on any node
+    nodes: dict[str, str] = field(default_factory=dict)  # peer id -> node holding the socket
+    local: dict[str, Connection] = field(default_factory=dict)
+    leaving: dict[str, asyncio.TimerHandle] = field(default_factory=dict)
+    consent: dict[tuple[str, str], Decision] = field(default_factory=dict)
+    recording: dict[str, RecordingState] = field(default_factory=dict)
+
+    def broadcast(self, message: _Message, *, exclude: str | None = None) -> None:
+        text = encode(message)
+        for pid, conn in self.local.items():
+            if pid != exclude:
+                conn.send(text)
+
+    def apply_consent(self, event: ConsentChanged) -> None:
+        """Remember a decision and tell the room."""
+        who, purpose = str(event.subject_id), event.purpose.value
+        self.consent[(who, purpose)] = event.decision
+        self.broadcast(Consent(who=who, purpose=purpose, decision=event.decision))
+
+    def apply_recording(self, event: RecordingSwitched | TrackRecording) -> None:
+        """The recorder's per-track states (`kind` audio/video, `state` recording/paused/idle)
+        become per-person `recording` messages; the host's booking-wide start/stop (`control`)
+        becomes `recording-state`, and a stop also turns everyone's tracks off."""
+        if isinstance(event, RecordingSwitched):
+            self.broadcast(RecordingSwitch(on=event.control == "started"))
+            if event.control == "stopped":
+                for who in list(self.recording):
+                    self._set_recording(RecordingState(who=who))
+            return
+        who = str(event.subject_id)
+        current = self.recording.get(who, RecordingState(who=who))
+        on = event.state == "recording"
+        self._set_recording(current.model_copy(update={event.kind: on}))
+
+    def _set_recording(self, state: RecordingState) -> None:
+        if self.recording.get(state.who, RecordingState(who=state.who)) == state:
+            return
+        self.recording[state.who] = state
+        self.broadcast(Recording(who=state.who, audio=state.audio, video=state.video))
+
+    def remote_leave(self, pid: str, node: str) -> None:
+        """Another node says this person left (only that person's own node can)."""
+        if self.nodes.get(pid) == node:
+            self.peers.pop(pid, None)
+            self.nodes.pop(pid, None)
+            self.broadcast(PeerLeft(id=pid))
+
+    def reconcile(self, present: dict[str, Presence], node_id: str) -> list[str]:
+        """Match the room to Redis presence as seen from node `node_id`: people on other
+        nodes whose entries expired are announced gone (and returned), people present
+        elsewhere that this node missed are announced here."""
+        gone = [
+            pid for pid, node in self.nodes.items() if node != node_id and pid not in present
+        ]
+        for pid in gone:
+            self.peers.pop(pid, None)
+            self.nodes.pop(pid, None)
+            self.broadcast(PeerLeft(id=pid))
+        for pid, presence in present.items():
+            if pid not in self.peers and presence.node != node_id:
+                self.peers[pid] = presence.peer
+                self.nodes[pid] = presence.node
+                self.broadcast(PeerJoined(peer=presence.peer), exclude=pid)
+        return gone
