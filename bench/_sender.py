@@ -14,7 +14,7 @@ import sys
 
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
-from media.testsource import EncodedTrack, encode_opus, encode_vp8
+from tests.support.media import EncodedTrack, encode_opus, encode_vp8
 
 VIDEO_BIT_RATE = 700_000  # a usual WebRTC rate for 640x480 at 30 fps
 

@@ -40,7 +40,7 @@ from core.settings import Settings
 from media.recorder import Recorder
 from media.recordings import TrackKind
 from signaling.credentials import credential_hash, join_credential
-from tests.recording_support import withdrawal_commits
+from tests.support.recording import withdrawal_commits
 
 ROOT = Path(__file__).resolve().parent.parent
 WARMUP_S = 3.0

@@ -33,8 +33,8 @@ from websockets.typing import Origin
 from core.database import Database
 from core.runtime import build_keyring
 from tests import support
-from tests.liveserver import LiveServer, free_port, start_server
-from tests.signaling_support import Seeded, seed_bookings, ticket_for
+from tests.support.liveserver import LiveServer, free_port, start_server
+from tests.support.signaling import Seeded, seed_bookings, ticket_for
 
 ROOT = Path(__file__).resolve().parent.parent
 ROOMS = 500  # 1,000 sockets

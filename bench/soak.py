@@ -45,9 +45,9 @@ from websockets.typing import Origin
 from core.migrate import upgrade
 from core.runtime import Runtime
 from core.settings import Settings
-from media.testsource import EncodedTrack, encode_opus, encode_vp8
-from tests.signaling_support import Seeded, seed_bookings
 from tests.support import PG_DSN
+from tests.support.media import EncodedTrack, encode_opus, encode_vp8
+from tests.support.signaling import Seeded, seed_bookings
 
 SOAK_S = float(os.environ.get("CALLGATE_SOAK_S", "600"))
 WARMUP_S = min(60.0, SOAK_S / 5)

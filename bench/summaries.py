@@ -42,8 +42,8 @@ from summaries.payloads import PayloadGate, Utterance
 from summaries.redaction import Redactor
 from summaries.worker import build_worker
 from tests import support
-from tests.booking_support import bearer, booking_body, credential_of
 from tests.standins.openai import OpenAIStandIn
+from tests.support.bookings import bearer, booking_body, credential_of
 
 SEGMENTS = 10_000
 JOBS = 80

@@ -19,6 +19,7 @@ from core.clock import ManualClock
 from core.runtime import Runtime
 from core.settings import Settings
 from tests import support
+from tests.support.waiting import services_ready
 
 
 @pytest.fixture(scope="session")
@@ -92,6 +93,7 @@ def settings(database_url: str, tmp_path: Path, settings_overrides: dict[str, An
 async def app(settings: Settings, clock: ManualClock) -> AsyncIterator[FastAPI]:
     application = create_app(settings, clock=clock)
     async with application.router.lifespan_context(application):
+        await services_ready(application.state.services)
         yield application
 
 
@@ -124,7 +126,3 @@ async def api_keys(runtime: Runtime) -> dict[Scope, str]:
             _, plaintext = await do_create_key(session, scope, f"test {scope}", runtime.clock.now())
             out[scope] = plaintext
     return out
-
-
-def bearer(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from playwright.async_api import Browser, async_playwright
 
-from tests.liveserver import LiveServer, start_server
+from tests.support.liveserver import LiveServer, start_server
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [

@@ -21,9 +21,9 @@ from consent.purposes import Purpose
 from core.accounts import Scope, do_create_key
 from core.runtime import Runtime
 from media.recordings import Recording, RecordingState, TrackKind
-from tests.consent_support import decide
-from tests.integration.consent_bookings import Seeded, seed_booking
-from tests.liveserver import LiveServer
+from tests.support.consent import decide
+from tests.support.consent_bookings import Seeded, seed_booking
+from tests.support.liveserver import LiveServer
 
 pytestmark = pytest.mark.e2e
 

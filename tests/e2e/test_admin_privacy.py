@@ -20,9 +20,9 @@ from consent.purposes import Purpose
 from core.accounts import Scope, do_create_key
 from core.runtime import Runtime
 from summaries.register import Outcome, do_register
-from tests.integration.consent_bookings import Seeded, seed_booking
-from tests.integration.privacy_support import Person, add_recording, audio
-from tests.liveserver import LiveServer
+from tests.support.consent_bookings import Seeded, seed_booking
+from tests.support.liveserver import LiveServer
+from tests.support.privacy import Person, add_recording, audio
 
 pytestmark = pytest.mark.e2e
 

@@ -15,9 +15,9 @@ import pytest
 from playwright.async_api import Browser, expect
 
 from tests.e2e.test_call_page import choose, open_join, seed
-from tests.liveserver import LiveServer
 from tests.standins.livekit import LiveKitStandIn
 from tests.standins.livekit_rtc import Joined, RtcStandIn
+from tests.support.liveserver import LiveServer
 
 pytestmark = pytest.mark.e2e
 

@@ -12,8 +12,8 @@ from playwright.async_api import TimeoutError as PlaywrightTimeout
 from core.bookings import Booking, BookingStatus
 from core.database import Database
 from core.runtime import build_keyring
-from tests.liveserver import LiveServer
-from tests.signaling_support import Person, Seeded, seed_booking, ticket_for
+from tests.support.liveserver import LiveServer
+from tests.support.signaling import Person, Seeded, seed_booking, ticket_for
 
 pytestmark = pytest.mark.e2e
 

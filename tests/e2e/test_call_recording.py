@@ -12,8 +12,8 @@ import pytest
 from playwright.async_api import Browser, Page, expect
 
 from tests.e2e.test_call_page import choose, open_join, seed
-from tests.liveserver import LiveServer
-from tests.signaling_support import Person
+from tests.support.liveserver import LiveServer
+from tests.support.signaling import Person
 
 pytestmark = pytest.mark.e2e
 

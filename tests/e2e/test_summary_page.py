@@ -14,9 +14,9 @@ from playwright.async_api import Browser, expect
 
 from core.accounts import Scope, do_create_key
 from core.runtime import Runtime
-from tests.integration.ai_support import book_session, decide, grant, soon
-from tests.liveserver import LiveServer
 from tests.standins.openai import OpenAIStandIn
+from tests.support.ai import book_session, decide, grant, soon
+from tests.support.liveserver import LiveServer
 
 pytestmark = pytest.mark.e2e
 

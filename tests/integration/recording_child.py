@@ -18,8 +18,8 @@ from core.purposes import Purpose
 from core.runtime import Runtime
 from core.settings import Settings
 from media.recorder import Recorder
-from media.testsource import EncodedTrack, encode_opus, encode_vp8
 from tests import support
+from tests.support.media import EncodedTrack, encode_opus, encode_vp8
 
 
 class AllowAll:

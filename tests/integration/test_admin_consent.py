@@ -16,9 +16,9 @@ from core.accounts import Scope
 from core.clock import ManualClock
 from core.runtime import Runtime
 from media.recordings import Recording, RecordingState, TrackKind
-from tests.conftest import bearer
-from tests.consent_support import decide
-from tests.integration.consent_bookings import Seeded, seed_booking
+from tests.support.bookings import bearer
+from tests.support.consent import decide
+from tests.support.consent_bookings import Seeded, seed_booking
 
 
 @pytest.fixture

@@ -11,9 +11,9 @@ import pytest
 
 from core.accounts import Scope
 from core.clock import ManualClock
-from tests.booking_support import bearer
-from tests.integration.ai_support import book_session, grant, settle, soon
 from tests.standins.openai import OpenAIStandIn
+from tests.support.ai import book_session, grant, settle, soon
+from tests.support.bookings import bearer
 
 PATHS = ("jobs", "jobs/events", "agenda", "summary", "transcript")
 

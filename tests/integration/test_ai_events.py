@@ -16,8 +16,8 @@ from core.clock import ManualClock
 from core.events import BookingEnded
 from core.runtime import Runtime
 from summaries.service import AiJobs
-from tests.booking_support import bearer
-from tests.integration.ai_support import (
+from tests.standins.openai import OpenAIStandIn
+from tests.support.ai import (
     Recordings,
     book_session,
     decide,
@@ -28,7 +28,7 @@ from tests.integration.ai_support import (
     tone,
     until_jobs,
 )
-from tests.standins.openai import OpenAIStandIn
+from tests.support.bookings import bearer
 
 
 @pytest.fixture

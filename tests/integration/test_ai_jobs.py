@@ -19,8 +19,8 @@ from core.clock import ManualClock
 from core.runtime import Runtime
 from summaries.outputs import Summary
 from summaries.service import AiJobs
-from tests.booking_support import bearer
-from tests.integration.ai_support import (
+from tests.standins.openai import Fault, FaultKind, OpenAIStandIn
+from tests.support.ai import (
     Recordings,
     Session,
     book_session,
@@ -31,7 +31,7 @@ from tests.integration.ai_support import (
     tone,
     until_jobs,
 )
-from tests.standins.openai import Fault, FaultKind, OpenAIStandIn
+from tests.support.bookings import bearer
 
 REC = ("recording.audio", "transcription", "ai.summary")
 WORDS = {

@@ -26,8 +26,9 @@ from summaries import outputs
 from summaries.jobs import JobKind, JobStatus, do_create_job, mark_started
 from summaries.queue import ArqQueue
 from summaries.service import AiJobs
-from tests.booking_support import bearer
-from tests.integration.ai_support import (
+from tests.standins.openai import Fault, FaultKind, OpenAIStandIn
+from tests.support import REDIS_URL
+from tests.support.ai import (
     Session,
     book_session,
     grant,
@@ -36,8 +37,7 @@ from tests.integration.ai_support import (
     soon,
     until_jobs,
 )
-from tests.standins.openai import Fault, FaultKind, OpenAIStandIn
-from tests.support import REDIS_URL
+from tests.support.bookings import bearer
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -18,8 +18,8 @@ from core.runtime import Runtime
 from media.keys import access_data_key, do_destroy_data_key
 from media.recordings import Recording, RecordingState, TrackKind
 from media.storage import RecordingStore
-from tests.integration.ai_support import Person, book_session, decide, grant, settle, soon, tone
 from tests.standins.openai import OpenAIStandIn
+from tests.support.ai import Person, book_session, decide, grant, settle, soon, tone
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import httpx
 
 from core.accounts import Scope
 from core.clock import ManualClock
-from tests.integration.ai_support import book_session, grant, soon
+from tests.support.ai import book_session, grant, soon
 
 
 async def test_no_provider_means_ai_unavailable(

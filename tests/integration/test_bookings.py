@@ -15,7 +15,7 @@ from core.bus import Topic
 from core.clock import ManualClock
 from core.events import BookingCancelled, BookingCreated
 from core.runtime import Runtime
-from tests.booking_support import bearer, book, booking_body, credential_of, row_counts
+from tests.support.bookings import bearer, book, booking_body, credential_of, row_counts
 
 pytestmark = pytest.mark.usefixtures("database_url")
 

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import hashlib
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -27,17 +27,9 @@ from core.clock import ManualClock
 from core.events import ConsentChanged
 from core.runtime import Runtime
 from core.settings import Settings
-from tests.conftest import bearer
-from tests.integration.consent_bookings import seed_booking
-
-
-async def eventually(check: Callable[[], bool], what: str) -> None:
-    """Wait for an asynchronous effect (a bus delivery); fail if it never happens."""
-    for _ in range(200):
-        if check():
-            return
-        await asyncio.sleep(0.025)
-    raise AssertionError(f"never happened: {what}")
+from tests.support.bookings import bearer
+from tests.support.consent_bookings import seed_booking
+from tests.support.waiting import eventually
 
 
 async def decide(

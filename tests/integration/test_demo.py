@@ -6,7 +6,7 @@ import httpx
 
 from api.demo import seed_demo
 from core.runtime import Runtime
-from tests.conftest import bearer
+from tests.support.bookings import bearer
 
 
 async def test_demo_links_and_keys_work(runtime: Runtime, client: httpx.AsyncClient) -> None:

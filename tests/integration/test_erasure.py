@@ -24,9 +24,9 @@ from media.keys import access_data_key
 from media.recordings import TrackKind
 from media.storage import IntegrityError, decrypt
 from privacy.records import WithdrawalRecord
-from tests.conftest import bearer
-from tests.consent_support import decide
-from tests.integration.privacy_support import (
+from tests.support.bookings import bearer
+from tests.support.consent import decide
+from tests.support.privacy import (
     Booked,
     add_outputs,
     add_recording,

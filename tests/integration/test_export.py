@@ -20,9 +20,9 @@ from core.runtime import Runtime
 from privacy.records import ExportRecord
 from privacy.service import Privacy
 from signaling.tickets import UsedTicket
-from tests.conftest import bearer
-from tests.consent_support import decide
-from tests.integration.privacy_support import (
+from tests.support.bookings import bearer
+from tests.support.consent import decide
+from tests.support.privacy import (
     add_outputs,
     add_recording,
     audio,

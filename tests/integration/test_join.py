@@ -23,9 +23,9 @@ from core.clock import ManualClock
 from core.runtime import Runtime
 from signaling.join import FAILURE_WINDOW_S
 from signaling.tickets import redeem_ticket
-from tests.booking_support import bearer, book, credential_of
 from tests.standins.livekit import LiveKitStandIn
 from tests.support import PG_DSN, REDIS_URL
+from tests.support.bookings import bearer, book, credential_of
 
 pytestmark = pytest.mark.usefixtures("database_url")
 

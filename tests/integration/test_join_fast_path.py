@@ -16,9 +16,9 @@ from livekit import api as lk
 from core.accounts import Scope
 from core.clock import ManualClock
 from signaling.join import JoinGrant
-from tests.booking_support import book, credential_of
 from tests.integration.test_join import clear_of_window_edges
 from tests.standins.livekit import LiveKitStandIn
+from tests.support.bookings import book, credential_of
 
 pytestmark = pytest.mark.usefixtures("database_url")
 

@@ -33,11 +33,12 @@ from core.bookings import Booking
 from core.clock import ManualClock
 from core.runtime import Runtime
 from media.ogg import OggOpusWriter
-from media.testsource import encode_opus
-from tests.conftest import bearer
-from tests.consent_support import decide
-from tests.integration.consent_bookings import Person, seed_booking
 from tests.standins.livekit import LiveKitStandIn
+from tests.support.bookings import bearer
+from tests.support.consent import decide
+from tests.support.consent_bookings import Person, seed_booking
+from tests.support.media import encode_opus
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.usefixtures("database_url")
 
@@ -137,15 +138,6 @@ def published(room: str, person: Person, sid: str, kind: int) -> WebhookEvent:
 async def send(client: httpx.AsyncClient, event: WebhookEvent) -> httpx.Response:
     body, headers = signed(event)
     return await client.post("/v1/livekit/webhook", content=body, headers=headers)
-
-
-
-async def eventually(check: Callable[[], bool], what: str) -> None:
-    for _ in range(100):
-        if check():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"never happened: {what}")
 
 
 async def room_of(runtime: Runtime, booking_id: Any) -> str:

@@ -15,8 +15,8 @@ from livekit.protocol import room
 
 from core.accounts import Scope
 from core.clock import ManualClock
-from tests.booking_support import bearer, book
 from tests.standins.livekit import LiveKitStandIn
+from tests.support.bookings import bearer, book
 
 pytestmark = pytest.mark.usefixtures("database_url")
 

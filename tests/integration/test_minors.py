@@ -3,9 +3,7 @@ and their guardian (recorded by the booking platform, actor `guardian`) granted.
 
 from __future__ import annotations
 
-import asyncio
 import uuid
-from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -18,20 +16,12 @@ from core.accounts import Scope
 from core.purposes import Purpose
 from core.runtime import Runtime
 from summaries.consents import LedgerConsent
-from tests.booking_support import booking_body
-from tests.conftest import bearer
-from tests.consent_support import decide
-from tests.integration.privacy_support import Person, book, person
+from tests.support.bookings import bearer, booking_body
+from tests.support.consent import decide
+from tests.support.privacy import Person, book, person
+from tests.support.waiting import eventually
 
 PURPOSES = ["recording.audio", "transcription", "ai.summary"]
-
-
-async def eventually(check: Callable[[], bool], what: str) -> None:
-    for _ in range(300):
-        if check():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"never happened: {what}")
 
 
 async def guardian(

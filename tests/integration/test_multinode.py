@@ -14,8 +14,8 @@ import pytest
 from core.database import Database
 from core.runtime import build_keyring
 from tests import support
-from tests.liveserver import LiveServer, start_server
-from tests.signaling_support import (
+from tests.support.liveserver import LiveServer, start_server
+from tests.support.signaling import (
     open_socket,
     receive,
     receive_type,

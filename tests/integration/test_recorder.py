@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import functools
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -36,18 +36,19 @@ from core.runtime import Runtime
 from core.settings import Settings
 from media.recorder import Recorder
 from media.recordings import TrackKind
-from media.testsource import (
+from tests import support
+from tests.support.bookings import bearer
+from tests.support.consent import decide
+from tests.support.consent_bookings import Person, seed_booking
+from tests.support.media import (
     EncodedTrack,
     PatternVideoTrack,
     ToneAudioTrack,
     encode_opus,
     encode_vp8,
 )
-from tests import support
-from tests.conftest import bearer
-from tests.consent_support import decide
-from tests.integration.consent_bookings import Person, seed_booking
-from tests.recording_support import offer_to_recorder, withdrawal_commits
+from tests.support.recording import offer_to_recorder, withdrawal_commits
+from tests.support.waiting import eventually
 
 RECORDING = [Purpose.RECORDING_AUDIO, Purpose.RECORDING_VIDEO]
 
@@ -68,15 +69,6 @@ async def pages() -> AsyncIterator[list[RTCPeerConnection]]:
     yield opened
     for pc in opened:
         await pc.close()
-
-
-async def eventually(check: Callable[[], bool], what: str, timeout_s: float = 15.0) -> None:
-    for _ in range(int(timeout_s / 0.05)):
-        if check():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"never happened: {what}")
-
 
 
 @functools.cache

@@ -12,7 +12,7 @@ from core.accounts import Scope
 from core.clock import ManualClock
 from core.runtime import Runtime
 from core.settings import Settings
-from tests.booking_support import bearer, book, credential_of
+from tests.support.bookings import bearer, book, credential_of
 
 
 async def recording_flag(client: httpx.AsyncClient, booking_id: str, credential: str) -> bool:

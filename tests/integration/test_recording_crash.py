@@ -17,7 +17,7 @@ from consent.purposes import Purpose
 from core.runtime import Runtime
 from core.settings import Settings
 from media.recorder import Recorder
-from tests.integration.consent_bookings import seed_booking
+from tests.support.consent_bookings import seed_booking
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -9,7 +9,6 @@ back decrypted from the object, and erasing the person must delete it.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import io
 import os
@@ -17,7 +16,7 @@ import secrets
 import time
 import uuid
 import zipfile
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -46,11 +45,12 @@ from media.ogg import OggOpusWriter
 from media.recorder import Recorder
 from media.recordings import Recording, RecordingState, TrackKind
 from media.storage import MAGIC, IntegrityError, LocalStore, decrypt
-from media.testsource import EncodedTrack, encode_opus
-from tests.conftest import bearer
-from tests.consent_support import decide
-from tests.integration.consent_bookings import Person, seed_booking
-from tests.recording_support import offer_to_recorder
+from tests.support.bookings import bearer
+from tests.support.consent import decide
+from tests.support.consent_bookings import Person, seed_booking
+from tests.support.media import EncodedTrack, encode_opus
+from tests.support.recording import offer_to_recorder
+from tests.support.waiting import eventually
 
 PREFIX = "rec/"
 CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
@@ -111,17 +111,6 @@ def spooled(root: Path) -> list[Path]:
     return sorted(root.rglob("*.cgr*")) if root.is_dir() else []
 
 
-async def eventually(check: Callable[[], Any], what: str, timeout_s: float = 30.0) -> None:
-    """Poll an observable condition (a deadline guards a hang, not a timing claim)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if await asyncio.to_thread(check):
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"never happened: {what}")
-
-
-
 async def connect_microphone(
     client: httpx.AsyncClient, person: Person, pages: list[RTCPeerConnection]
 ) -> EncodedTrack:
@@ -163,7 +152,9 @@ async def test_a_recording_lives_in_the_bucket_as_ciphertext_until_its_person_is
     def published() -> bool:
         return bool(objects(s3, bucket)) and not spooled(spool)
 
-    await eventually(published, "the sealed file uploaded and its spool copy removed")
+    await eventually(
+        published, "the sealed file uploaded and its spool copy removed", in_thread=True
+    )
     rows = (await client.get(listing, headers=guest.headers)).json()["recordings"]
     assert [row["state"] for row in rows] == ["complete"]
     row = rows[0]

@@ -20,9 +20,9 @@ from media.backends import open_store
 from media.keys import access_data_key, do_destroy_data_key
 from media.ogg import OggOpusWriter
 from media.recordings import Recording, RecordingDownload, RecordingState, TrackKind
-from media.testsource import encode_opus
-from tests.conftest import bearer
-from tests.integration.consent_bookings import Person, Seeded, seed_booking
+from tests.support.bookings import bearer
+from tests.support.consent_bookings import Person, Seeded, seed_booking
+from tests.support.media import encode_opus
 
 
 @dataclass

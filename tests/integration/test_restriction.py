@@ -4,8 +4,7 @@ recorder's own decision and the AI jobs API."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -21,11 +20,12 @@ from core.purposes import Purpose
 from core.runtime import Runtime
 from media.recorder import CaptureState, PeerSession, Recorder
 from media.recordings import TrackKind
-from tests.conftest import bearer
-from tests.integration.ai_support import book_session, grant, settle, soon
 from tests.standins.openai import OpenAIStandIn
+from tests.support.ai import book_session, grant, settle, soon
+from tests.support.bookings import bearer
+from tests.support.waiting import eventually
 
-HOST = "host-1"  # the host's external id in tests.booking_support.booking_body
+HOST = "host-1"  # the host's external id in tests.support.bookings.booking_body
 
 
 @pytest.fixture
@@ -38,14 +38,6 @@ async def standin() -> AsyncIterator[OpenAIStandIn]:
 def settings_overrides(standin: OpenAIStandIn) -> dict[str, Any]:
     return {"openai_base_url": standin.base_url, "openai_api_key": "sk-test",
             "openai_timeout_s": 1.0, "openai_max_attempts": 1}
-
-
-async def eventually(check: Callable[[], bool], what: str) -> None:
-    for _ in range(300):
-        if check():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"never happened: {what}")
 
 
 async def test_restricted_person_is_neither_allowed_nor_recorded(

@@ -27,16 +27,16 @@ from media.recordings import Recording
 from privacy.records import RetentionRun, Trigger
 from signaling.tickets import UsedTicket
 from summaries.outputs import Summary, Transcript
-from tests.conftest import bearer
-from tests.consent_support import decide
-from tests.integration.privacy_support import (
+from tests.support import REDIS_URL
+from tests.support.bookings import bearer
+from tests.support.consent import decide
+from tests.support.privacy import (
     add_outputs,
     add_recording,
     audio,
     book,
     person,
 )
-from tests.support import REDIS_URL
 
 MODELS: dict[str, Any] = {
     "recordings": Recording, "transcripts": Transcript, "summaries": Summary,

@@ -27,8 +27,8 @@ from core.events import (
 )
 from core.purposes import Decision, Purpose
 from core.runtime import Runtime
-from tests.liveserver import free_port
-from tests.signaling_support import (
+from tests.support.liveserver import free_port
+from tests.support.signaling import (
     Seeded,
     open_socket,
     receive,

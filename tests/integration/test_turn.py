@@ -24,7 +24,7 @@ from aioice.turn import create_turn_endpoint
 from core.accounts import Scope
 from core.clock import ManualClock
 from signaling.ice import turn_credential
-from tests.booking_support import book, credential_of
+from tests.support.bookings import book, credential_of
 
 pytestmark = pytest.mark.usefixtures("database_url")
 

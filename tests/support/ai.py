@@ -20,8 +20,8 @@ import httpx
 
 from core.accounts import Scope
 from core.audio import AudioSpan
-from tests.booking_support import bearer, booking_body, credential_of
-from tests.consent_support import decide as consent_decide
+from tests.support.bookings import bearer, booking_body, credential_of
+from tests.support.consent import decide as consent_decide
 
 
 def tone(frequency: float, seconds: float = 0.4) -> bytes:

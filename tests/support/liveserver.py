@@ -21,7 +21,7 @@ import httpx
 from core.settings import Settings
 from tests import support
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def free_port() -> int:

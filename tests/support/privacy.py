@@ -19,8 +19,8 @@ from media.keys import access_data_key
 from media.recordings import Recording, RecordingState, TrackKind
 from media.storage import RecordingStore
 from summaries.outputs import Segment, Summary, Transcript
-from tests.booking_support import bearer, booking_body, credential_of
-from tests.integration.ai_support import tone
+from tests.support.ai import tone
+from tests.support.bookings import bearer, booking_body, credential_of
 
 
 @dataclass(frozen=True)
