@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 from pathlib import Path
 
@@ -9,8 +10,18 @@ import av
 import pytest
 
 from media.ogg import OggOpusWriter, ogg_crc, opus_packet_samples
-from media.testsource import encode_opus, encode_vp8
 from media.webm import WebmVp8Writer, vp8_dimensions, vp8_is_keyframe
+from tests.support.media import encode_opus, encode_vp8
+
+# A small picture: the writers do not look past the frame header, and encoding 640x480 would
+# make this file most of the unit suite's time.
+WIDTH, HEIGHT = 320, 240
+
+
+@functools.cache
+def vp8_frames() -> tuple[bytes, ...]:
+    """3 s at 30 fps, key frames at 0, 30, 60 (encoded once for the whole module)."""
+    return tuple(encode_vp8(90, width=WIDTH, height=HEIGHT))
 
 
 class FileSink:
@@ -94,9 +105,9 @@ def test_ogg_opus_keeps_gaps_in_the_timeline(tmp_path: Path) -> None:
 
 
 def test_webm_vp8_file_plays_from_the_first_keyframe(tmp_path: Path) -> None:
-    frames = encode_vp8(90)  # 3 s at 30 fps, key frames at 0, 30, 60
+    frames = vp8_frames()
     assert vp8_is_keyframe(frames[0])
-    assert vp8_dimensions(frames[0]) == (640, 480)
+    assert vp8_dimensions(frames[0]) == (WIDTH, HEIGHT)
     path = tmp_path / "v.webm"
     writer = WebmVp8Writer(FileSink(path))
     written = [writer.write(frame, 5_000 + i * 3000) for i, frame in enumerate(frames[5:])]
@@ -104,13 +115,13 @@ def test_webm_vp8_file_plays_from_the_first_keyframe(tmp_path: Path) -> None:
     # Frames before the key frame at 30 cannot be decoded and are not written.
     assert written.count(False) == 25
     count, span, width, height = video_frames(path)
-    assert (width, height) == (640, 480)
+    assert (width, height) == (WIDTH, HEIGHT)
     assert count == 60
     assert span == pytest.approx(59 / 30, abs=0.002)
 
 
 def test_webm_prefix_cut_anywhere_still_opens(tmp_path: Path) -> None:
-    frames = encode_vp8(60)
+    frames = vp8_frames()[:60]
     buffer = io.BytesIO()
 
     class MemorySink:
