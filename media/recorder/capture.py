@@ -9,8 +9,9 @@ from __future__ import annotations
 import enum
 import time
 import uuid
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from aiortc import RTCPeerConnection
 from aiortc.jitterbuffer import JitterFrame
@@ -19,9 +20,7 @@ from aiortc.rtcrtpreceiver import RTCRtpReceiver
 
 from media.recorder.spans import Span
 from media.recordings import TrackKind
-
-if TYPE_CHECKING:
-    from media.recorder.recorder import Recorder
+from media.storage import Storage
 
 PLI_EVERY_S = 0.5  # while a video span waits for its first key frame
 
@@ -51,11 +50,29 @@ class PeerSession:
             capture.evaluate()
 
 
+class CaptureHost(Protocol):
+    """What a capture needs of the recorder that owns it (`media.recorder.Recorder`)."""
+
+    store: Storage
+    frames_arrived: dict[TrackKind, int]
+    frames_written: dict[TrackKind, int]
+
+    def decide(self, peer: PeerSession, kind: TrackKind) -> CaptureState: ...
+
+    def row_opened(self, peer: PeerSession, span: Span) -> None: ...
+
+    def row_closed(self, peer: PeerSession, span: Span) -> None: ...
+
+    def state_changed(self, capture: TrackCapture, state: CaptureState) -> None: ...
+
+    def spawn(self, coro: Awaitable[Any]) -> None: ...
+
+
 class TrackCapture:
     """One incoming track of one person: decides at each frame, writes spans."""
 
     def __init__(
-        self, recorder: Recorder, peer: PeerSession, kind: TrackKind, receiver: RTCRtpReceiver
+        self, recorder: CaptureHost, peer: PeerSession, kind: TrackKind, receiver: RTCRtpReceiver
     ) -> None:
         self._recorder = recorder
         self.peer = peer
