@@ -335,11 +335,12 @@ async def test_finished_egress_files_are_encrypted_listed_and_the_plaintext_remo
 
     listing = f"/v1/bookings/{seeded.booking_id}/recordings"
     rows: list[dict[str, Any]] = []
-    for _ in range(100):
-        rows = (await client.get(listing, headers=host.headers)).json()["recordings"]
-        if rows:
-            break
-        await asyncio.sleep(0.05)
+
+    async def listed() -> bool:
+        rows[:] = (await client.get(listing, headers=host.headers)).json()["recordings"]
+        return bool(rows)
+
+    await eventually(listed, "the egress file listed as a recording")
     [row] = rows
     assert row["participant_id"] == str(guest.id)
     assert row["kind"] == "audio"
@@ -370,10 +371,11 @@ async def test_finished_egress_files_are_encrypted_listed_and_the_plaintext_remo
     )
     assert (await send(client, ended(room, third, egress_file(again)))).status_code == 200
     admin = bearer(api_keys[Scope.ADMIN])
-    for _ in range(100):
-        rows = (await client.get(listing, headers=admin)).json()["recordings"]
-        if len(rows) > 1:
-            break
-        await asyncio.sleep(0.05)
+
+    async def both_listed() -> bool:
+        rows[:] = (await client.get(listing, headers=admin)).json()["recordings"]
+        return len(rows) > 1
+
+    await eventually(both_listed, "the second egress file listed")
     assert len(rows) == 2
     assert outside.read_bytes() == plaintext

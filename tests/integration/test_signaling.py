@@ -37,6 +37,7 @@ from tests.support.signaling import (
     ticket_for,
     until_pong,
 )
+from tests.support.waiting import eventually
 
 ORIGIN = "http://testserver"
 GRACE_S = 3
@@ -340,14 +341,6 @@ async def test_a_silent_socket_gets_bye_idle(
     assert (code, seen) == (1001, [{"type": "bye", "reason": "idle"}])
 
 
-async def _until(predicate: Any, what: str) -> None:
-    """Wait for an event-driven state change (bounded, so a broken link fails the test)."""
-    async with asyncio.timeout(10):
-        while not predicate():  # noqa: ASYNC110 (the gate exposes state, not an event)
-            await asyncio.sleep(0.02)
-    assert predicate(), what
-
-
 async def test_all_or_nothing_recording_follows_who_is_in_the_room(
     ws_base: str, runtime: Runtime, services: Services, seeded: Seeded, client: httpx.AsyncClient
 ) -> None:
@@ -377,13 +370,13 @@ async def test_all_or_nothing_recording_follows_who_is_in_the_room(
 
     host = await join(ws_base, runtime, seeded, 0)
     assert (await receive(host))["type"] == "welcome"
-    await _until(host_audio, "alone and consenting, the host may be recorded")
+    await eventually(host_audio, "alone and consenting, the host may be recorded")
     guest = await join(ws_base, runtime, seeded, 1)
     assert (await receive(guest))["type"] == "welcome"
-    await _until(lambda: not host_audio(), "a present non-consenting guest stops recording")
+    await eventually(lambda: not host_audio(), "a present non-consenting guest stops recording")
     await guest.close()
     assert (await receive_type(host, "peer-left"))["id"] == str(seeded.client.id)
-    await _until(host_audio, "once the guest has left, recording may resume")
+    await eventually(host_audio, "once the guest has left, recording may resume")
     await host.close()
 
 

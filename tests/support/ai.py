@@ -4,7 +4,6 @@ consent API, generated Opus/Ogg speech stand-ins, and waiting for jobs through t
 from __future__ import annotations
 
 import array
-import asyncio
 import io
 import json
 import math
@@ -22,6 +21,7 @@ from core.accounts import Scope
 from core.audio import AudioSpan
 from tests.support.bookings import bearer, booking_body, credential_of
 from tests.support.consent import decide as consent_decide
+from tests.support.waiting import eventually
 
 
 def tone(frequency: float, seconds: float = 0.4) -> bytes:
@@ -137,12 +137,12 @@ async def jobs_of(client: httpx.AsyncClient, session: Session) -> list[dict[str,
 
 
 async def until_jobs(client: httpx.AsyncClient, session: Session, count: int) -> None:
-    """Wait (at most 30 s) until the booking has `count` jobs: bus reactions are async."""
-    for _ in range(600):
-        if len(await jobs_of(client, session)) >= count:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"the booking never had {count} jobs")
+    """Wait until the booking has `count` jobs: bus reactions are async."""
+
+    async def enough() -> bool:
+        return len(await jobs_of(client, session)) >= count
+
+    await eventually(enough, f"the booking has {count} jobs")
 
 
 class Recordings:

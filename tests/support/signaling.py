@@ -24,6 +24,7 @@ from core.database import Database
 from core.purposes import Purpose, RecordingPolicy
 from signaling.credentials import credential_hash, join_credential
 from signaling.tickets import issue_ticket
+from tests.support.waiting import DEADLINE_S
 
 
 @dataclass(frozen=True)
@@ -113,13 +114,15 @@ async def open_socket(
     return await connect(url, origin=Origin(origin), open_timeout=10, proxy=None, **kwargs)
 
 
-async def receive(ws: ClientConnection, wait_s: float = 10) -> dict[str, Any]:
+async def receive(ws: ClientConnection, wait_s: float = DEADLINE_S) -> dict[str, Any]:
     raw = await asyncio.wait_for(ws.recv(), wait_s)
     message: dict[str, Any] = json.loads(raw)
     return message
 
 
-async def receive_type(ws: ClientConnection, kind: str, wait_s: float = 10) -> dict[str, Any]:
+async def receive_type(
+    ws: ClientConnection, kind: str, wait_s: float = DEADLINE_S
+) -> dict[str, Any]:
     """The next message of type `kind`, skipping others."""
     async with asyncio.timeout(wait_s):
         while True:
