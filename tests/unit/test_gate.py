@@ -122,7 +122,7 @@ class GateMachine(RuleBasedStateMachine):
             assert not may(first.subject_id, self.state, purpose, before).allowed
 
 
-GateMachine.TestCase.settings = hsettings(max_examples=150, stateful_step_count=40, deadline=None)
+GateMachine.TestCase.settings = hsettings(max_examples=100, stateful_step_count=40, deadline=None)
 TestGate = GateMachine.TestCase
 
 
