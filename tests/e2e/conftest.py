@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.async_api import Browser, async_playwright
+from playwright.async_api import Browser, async_playwright, expect
 
 from tests.support.liveserver import LiveServer, start_server
+from tests.support.waiting import DEADLINE_S
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -28,6 +29,13 @@ CHROMIUM_ARGS = [
     "--use-fake-ui-for-media-stream",
     "--use-fake-device-for-media-stream",
 ]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _patient_assertions() -> None:
+    """`expect(...)` polls until the page shows what it expects; Playwright's 5 s default is
+    less than a page may need on a loaded machine. The same hang guard as `eventually`."""
+    expect.set_options(timeout=DEADLINE_S * 1000)
 
 
 @pytest.fixture
