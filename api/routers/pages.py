@@ -19,7 +19,13 @@ from core.settings import Settings
 router = APIRouter(tags=["pages"], include_in_schema=False)
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
-ASSETS = {"call.js": "text/javascript", "call.css": "text/css"}
+MODULES = STATIC / "call"  # the page's ES modules (api/static/call/main.js imports the rest)
+# Every file the page may load, by URL name: an allowlist, so no path ever reaches the disk.
+# Module scripts need a JavaScript MIME type (HTML Standard, "fetch a single module script").
+ASSETS: dict[str, tuple[Path, str]] = {
+    "call.css": (STATIC / "call.css", "text/css"),
+    **{path.name: (path, "text/javascript") for path in sorted(MODULES.glob("*.js"))},
+}
 
 
 def _both_schemes(url: str | None) -> tuple[str, ...]:
@@ -63,7 +69,9 @@ async def call_page(request: Request, credential: str) -> HTMLResponse:
 
 @router.get("/call/{name}")
 async def call_asset(request: Request, name: str) -> FileResponse:
-    media_type = ASSETS.get(name)
-    if media_type is None:
+    asset = ASSETS.get(name)
+    if asset is None:
         raise NotFound("no such file")
-    return FileResponse(STATIC / name, media_type=media_type, headers={"Cache-Control": "no-cache"})
+    path, media_type = asset
+    headers = {"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"}
+    return FileResponse(path, media_type=media_type, headers=headers)

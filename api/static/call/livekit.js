@@ -1,0 +1,42 @@
+// LiveKit mode: the SFU carries media; the livekit-client SDK is loaded from the configured
+// URL, and the same tiles show who is there.
+
+import { tile } from "./peers.js";
+import { $, config, state } from "./state.js";
+
+function loadScript(src) {
+  return new Promise((resolve, reject) => {
+    const script = document.createElement("script");
+    script.src = src;
+    script.onload = resolve;
+    script.onerror = () => reject(new Error(`could not load ${src}`));
+    document.head.append(script);
+  });
+}
+
+export async function joinLivekit(end) {
+  try {
+    await loadScript(config.livekitClientUrl);
+    const { Room, RoomEvent } = window.LivekitClient;
+    const room = new Room();
+    state.me = state.grant.participant.id;
+    state.names.set(state.me, $("display-name").value);
+    tile(state.me).querySelector("video").srcObject = state.stream;
+    room.on(RoomEvent.TrackSubscribed, (track, _pub, participant) => {
+      state.names.set(participant.identity, participant.name || participant.identity);
+      const element = tile(participant.identity).querySelector("video");
+      const stream = element.srcObject instanceof MediaStream ? element.srcObject : new MediaStream();
+      stream.addTrack(track.mediaStreamTrack);
+      element.srcObject = stream;
+    });
+    room.on(RoomEvent.ParticipantDisconnected, (participant) => {
+      document.querySelector(`.tile[data-peer="${participant.identity}"]`)?.remove();
+    });
+    room.on(RoomEvent.Disconnected, () => end("The call ended."));
+    await room.connect(state.grant.livekit.url, state.grant.livekit.token);
+    for (const track of state.stream.getTracks()) await room.localParticipant.publishTrack(track);
+    state.livekit = room;
+  } catch (error) {
+    end(`Could not join: ${error.message}`);
+  }
+}
