@@ -51,17 +51,31 @@ class NoticeText:
     source: str
 
 
+# Which retention setting keeps each purpose's data (the notice states it in days).
+RETENTION_SETTING: dict[Purpose, str] = {
+    Purpose.RECORDING_AUDIO: "recording_retention_days",
+    Purpose.RECORDING_VIDEO: "recording_retention_days",
+    Purpose.TRANSCRIPTION: "summary_retention_days",
+    Purpose.AI_SUMMARY: "summary_retention_days",
+    Purpose.AI_AGENDA: "agenda_retention_days",
+}
+
+
+def retention_days(settings: Settings, purpose: Purpose) -> int:
+    """How many days the data made for `purpose` is kept."""
+    return int(getattr(settings, RETENTION_SETTING[purpose]))
+
+
 def default_texts(settings: Settings) -> list[NoticeText]:
-    """The shipped English notices with the operator's names filled in, then the operator's
-    own files from `<data_dir>/notices/`."""
-    names = {
-        "operator": settings.consent_operator_name,
-        "ai_provider": settings.consent_ai_provider,
-    }
+    """The shipped English notices with the operator's and AI provider's names and each
+    purpose's retention days filled in, then the operator's own files from
+    `<data_dir>/notices/`."""
+    names = {"operator": settings.consent_operator_name, "ai_provider": settings.ai_provider_name()}
     out = []
     for purpose in Purpose:
         raw = (DEFAULTS / f"{purpose.value}.md").read_text(encoding="utf-8")
-        out.append(NoticeText(purpose, DEFAULT_LANGUAGE, raw.format(**names), "default"))
+        text = raw.format(**names, retention_days=retention_days(settings, purpose))
+        out.append(NoticeText(purpose, DEFAULT_LANGUAGE, text, "default"))
     folder = settings.data_dir / "notices"
     if folder.is_dir():
         for path in sorted(folder.glob("*.md")):
@@ -133,8 +147,10 @@ async def seed_notices(db: Database, settings: Settings, now: datetime) -> int:
         try:
             async with db.session() as session:
                 latest = await latest_notice(session, text.purpose, text.language)
-                # A shipped default never replaces a version an operator published.
-                if latest is not None and text.source == "default":
+                # A shipped default never replaces a version an operator published; it does
+                # replace an older default, so the notice keeps stating the current retention
+                # days and names from the settings.
+                if latest is not None and text.source == "default" and latest.source != "default":
                     continue
                 _, new = await do_publish_notice(session, text, now)
                 created += int(new)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 from datetime import timedelta
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from pydantic import AnyHttpUrl, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -197,11 +198,13 @@ class Settings(BaseSettings):
     )
     consent_operator_name: str = Field(
         default="the operator of this service",
-        description="Who records/processes, as named in the default consent notices.",
+        description="The operator's name (who records/processes), as the default consent "
+        "notices name it; set it to your organization's legal name.",
     )
-    consent_ai_provider: str = Field(
-        default="the AI provider configured by the operator (an OpenAI-compatible API)",
-        description="The AI subprocessor named in the default transcription/ai.* notices.",
+    consent_ai_provider: str | None = Field(
+        default=None,
+        description="The AI subprocessor's name in the default transcription/ai.* notices. "
+        "Unset: `OpenAI`, or the host of CALLGATE_OPENAI_BASE_URL when that is set.",
     )
 
     @field_validator("database_url")
@@ -237,6 +240,15 @@ class Settings(BaseSettings):
 
     def base_url(self) -> str:
         return str(self.public_base_url).rstrip("/")
+
+    def ai_provider_name(self) -> str:
+        """Who the notices name as AI subprocessor: the setting, else whom AI jobs talk to."""
+        if self.consent_ai_provider:
+            return self.consent_ai_provider
+        if self.openai_base_url:
+            host = urlsplit(self.openai_base_url).hostname
+            return f"the AI service at {host}" if host else self.openai_base_url
+        return "OpenAI"
 
 
 def settings_table() -> str:

@@ -9,10 +9,12 @@ from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
 from api.deps import ParticipantDep, RuntimeDep, SchedulerCaller
+from api.notices import notice_html
 from api.problems import responses
 from api.schemas import ConsentOverview, LedgerEntry
 from consent.decisions import DecisionRequest, consent_overview, do_decide
 from consent.ledger import entry_view
+from consent.notices import retention_days
 from consent.purposes import Actor, Decision, Method, Purpose
 
 router = APIRouter(prefix="/v1/consent", tags=["consent"])
@@ -33,10 +35,16 @@ class DecisionBody(BaseModel):
     response_model=ConsentOverview,
     response_model_exclude_unset=True,
     summary="The purposes this booking requests, their notices, and my current decisions",
+    description="Each purpose carries `retention_days` (how long its data is kept) and its "
+    "notice as `text` (Markdown, hashed) and `html` (rendered, raw HTML disabled, sanitized).",
     responses=responses(404, 410),
 )
 async def get_consent(runtime: RuntimeDep, participant: ParticipantDep) -> dict[str, Any]:
-    return await consent_overview(runtime.db, participant.id)
+    overview = await consent_overview(runtime.db, participant.id)
+    for item in overview["purposes"]:
+        item["retention_days"] = retention_days(runtime.settings, Purpose(item["purpose"]))
+        item["notice"]["html"] = notice_html(item["notice"]["text"])
+    return overview
 
 
 @router.post(

@@ -11,8 +11,9 @@ import json
 from pathlib import Path
 
 from fastapi import APIRouter, Request
-from fastapi.responses import FileResponse, HTMLResponse
+from fastapi.responses import FileResponse, HTMLResponse, Response
 
+from api.favicon import FAVICON
 from core.errors import NotFound
 from core.settings import Settings
 
@@ -75,3 +76,10 @@ async def call_asset(request: Request, name: str) -> FileResponse:
     path, media_type = asset
     headers = {"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"}
     return FileResponse(path, media_type=media_type, headers=headers)
+
+
+@router.get("/favicon.ico")
+async def favicon() -> Response:
+    return Response(
+        FAVICON, media_type="image/x-icon", headers={"Cache-Control": "public, max-age=86400"}
+    )

@@ -59,7 +59,8 @@ async def test_get_lists_requested_purposes_with_their_notices(
         assert item["decision"] is None
         assert item["decided_at"] is None
     summary = body["purposes"][1]["notice"]["text"]
-    assert "AI provider" in summary
+    assert "OpenAI" in summary  # no AI provider configured: whom AI jobs talk to by default
+    assert "kept for 90 days" in summary
     assert "withdraw" in summary
 
 

@@ -54,7 +54,8 @@ function fieldset(item, where) {
     wrap.append(radio, document.createTextNode(label));
     choices.append(wrap);
   }
-  box.append(choices, notice(item), decidedLine(item));
+  choices.append(decidedLine(item));
+  box.append(choices, notice(item));
   return box;
 }
 
