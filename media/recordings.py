@@ -87,6 +87,20 @@ class RecordingControl(Base):
     changed_by: Mapped[str] = mapped_column(String(80))
 
 
+async def open_tracks(
+    session: AsyncSession, booking_id: uuid.UUID
+) -> dict[uuid.UUID, set[TrackKind]]:
+    """Whose tracks have an open file in this booking right now (rows not ended yet): what is
+    being recorded, as every node sees it."""
+    query = select(Recording.participant_id, Recording.kind).where(
+        Recording.booking_id == booking_id, Recording.ended_at.is_(None)
+    )
+    out: dict[uuid.UUID, set[TrackKind]] = {}
+    for participant_id, kind in (await session.execute(query)).all():
+        out.setdefault(participant_id, set()).add(TrackKind(kind))
+    return out
+
+
 async def read_recording_on(session: AsyncSession, booking_id: uuid.UUID) -> bool:
     """Is the booking being recorded: the last start/stop, else its `record_automatically`."""
     control = await session.get(RecordingControl, booking_id)

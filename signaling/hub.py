@@ -131,11 +131,15 @@ class Hub:
     async def attach(
         self, transport: Transport, *, room_name: str, booking_id: str, closes_at: datetime,
         peer: Peer, ice_servers: list[IceServer], consent: Iterable[ConsentState] = (),
+        recording: Iterable[RecordingState] = (),
     ) -> Connection:
-        """Take an admitted socket into its room: welcome it, tell the others if it is new."""
+        """Take an admitted socket into its room: welcome it, tell the others if it is new.
+        `recording` (what is recorded now, from the database) seeds a room new on this node,
+        which heard none of the recorder's events before it existed."""
         room = self.rooms.get(room_name)
         if room is None:
             room = Room(room_name, booking_id, closes_at)
+            room.recording.update((state.who, state) for state in recording)
             self.rooms[room_name] = room
             self._by_booking[booking_id] = room_name
             for pid, presence in (await self.fanout.members(room_name)).items():

@@ -6,6 +6,7 @@ before accepting reaches the browser only as an HTTP 403 without either).
 
 from __future__ import annotations
 
+import uuid
 from typing import Annotated
 
 import structlog
@@ -13,9 +14,10 @@ from fastapi import APIRouter, Query, WebSocket
 
 from core.errors import CallgateError
 from core.runtime import Runtime
+from media.recordings import TrackKind, open_tracks
 from signaling.admission import access_admission, close_code
 from signaling.hub import Hub
-from signaling.protocol import MAX_FRAME_BYTES, CloseCode
+from signaling.protocol import MAX_FRAME_BYTES, CloseCode, RecordingState
 
 router = APIRouter(tags=["signaling"])
 log = structlog.get_logger(__name__)
@@ -24,6 +26,19 @@ log = structlog.get_logger(__name__)
 def _too_big(text: str) -> bool:
     # A character is at most 4 bytes in UTF-8: encode only when it could matter.
     return len(text) * 4 > MAX_FRAME_BYTES and len(text.encode()) > MAX_FRAME_BYTES
+
+
+async def _recorded(runtime: Runtime, booking_id: uuid.UUID) -> list[RecordingState]:
+    """What is being recorded now, for a room this node does not hold yet (a reconnect after
+    everyone here left, or another node's room): the recorder's rows, shared by every node."""
+    async with runtime.db.session() as session:
+        tracks = await open_tracks(session, booking_id)
+    return [
+        RecordingState(
+            who=str(who), audio=TrackKind.AUDIO in kinds, video=TrackKind.VIDEO in kinds
+        )
+        for who, kinds in tracks.items()
+    ]
 
 
 @router.websocket("/v1/rooms/{room}/ws")
@@ -42,6 +57,7 @@ async def room_socket(
         websocket, room_name=room, booking_id=str(admission.booking_id),
         closes_at=admission.closes_at, peer=admission.peer, ice_servers=admission.ice_servers,
         consent=admission.consent,
+        recording=[] if room in hub.rooms else await _recorded(runtime, admission.booking_id),
     )
     try:
         while True:

@@ -131,6 +131,12 @@ class TrackCapture:
         for source in self._receiver.getSynchronizationSources():
             self._recorder.spawn(self._receiver._send_rtcp_pli(source.source))
 
+    def detach(self) -> None:
+        """The connection is gone: end the span and tell every page (`idle`), so no page keeps
+        showing this track as recorded (docs/recording.md, "What the pages are told")."""
+        self.close_span()
+        self._set_state(CaptureState.IDLE)
+
     def _set_state(self, state: CaptureState) -> None:
         if state is not self.state:
             self.state = state

@@ -206,7 +206,7 @@ class Recorder:
             del self._peers[peer.subject_id]
         peer.close_spans()
         for capture in peer.captures:
-            capture.state = CaptureState.IDLE
+            capture.detach()
 
     def connected(self, subject_id: uuid.UUID) -> bool:
         """Whether this person's page has a recording connection on this node."""
