@@ -6,6 +6,9 @@ before accepting reaches the browser only as an HTTP 403 without either).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
 import uuid
 from typing import Annotated
 
@@ -16,7 +19,7 @@ from core.errors import CallgateError
 from core.runtime import Runtime
 from media.recordings import TrackKind, open_tracks
 from signaling.admission import access_admission, close_code
-from signaling.hub import Hub
+from signaling.hub import PONG, Hub
 from signaling.protocol import MAX_FRAME_BYTES, CloseCode, RecordingState
 
 router = APIRouter(tags=["signaling"])
@@ -41,13 +44,48 @@ async def _recorded(runtime: Runtime, booking_id: uuid.UUID) -> list[RecordingSt
     ]
 
 
+async def _lobby(websocket: WebSocket, wait_s: float) -> bool:
+    """`?hold=1`: the page opened its socket on the pre-join screen, so that the click costs no
+    handshake. Nothing is admitted, redeemed or shown to anyone until it sends `join`; pings
+    are answered. False when it went away, sent anything else, or waited longer than a ticket
+    lives (its ticket is then expired: it reconnects with a fresh one)."""
+    while True:
+        try:
+            message = await asyncio.wait_for(websocket.receive(), wait_s)
+        except TimeoutError:
+            await websocket.close(CloseCode.BAD_TICKET, "the ticket expired while waiting")
+            return False
+        if message["type"] == "websocket.disconnect":
+            return False
+        kind = _type_of(message.get("text") or "")
+        if kind == "join":
+            return True
+        if kind != "ping":
+            await websocket.close(CloseCode.POLICY, "send `join` (or `ping`) first")
+            return False
+        await websocket.send_text(PONG)
+
+
+def _type_of(text: str) -> str | None:
+    if len(text) > 64:
+        return None
+    with contextlib.suppress(ValueError):
+        value = json.loads(text)
+        if isinstance(value, dict) and isinstance(value.get("type"), str):
+            return str(value["type"])
+    return None
+
+
 @router.websocket("/v1/rooms/{room}/ws")
 async def room_socket(
-    websocket: WebSocket, room: str, ticket: Annotated[str, Query(max_length=512)] = ""
+    websocket: WebSocket, room: str, ticket: Annotated[str, Query(max_length=512)] = "",
+    hold: bool = False,
 ) -> None:
     runtime: Runtime = websocket.app.state.runtime
     hub: Hub = websocket.app.state.services.hub
     await websocket.accept()
+    if hold and not await _lobby(websocket, runtime.settings.ticket_ttl_s):
+        return
     try:
         admission = await access_admission(runtime, room, ticket, websocket.headers.get("origin"))
     except CallgateError as exc:

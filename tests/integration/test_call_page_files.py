@@ -20,6 +20,9 @@ async def test_the_page_loads_its_entry_module_under_its_policy(client: httpx.As
     assert "script-src 'self'" in policy
     assert "'unsafe-inline'" not in policy
     assert '<script type="module" src="/call/main.js"></script>' in page.text
+    for path in MODULES.glob("*.js"):  # every module fetched at once, not level by level
+        if path.name != "main.js":
+            assert f'<link rel="modulepreload" href="/call/{path.name}">' in page.text
 
 
 async def test_every_imported_module_is_served_as_javascript(client: httpx.AsyncClient) -> None:

@@ -10,14 +10,16 @@
 import { loadConsent, onConsent, renderConsent, renderPeerConsent, wireConsent } from "./consent.js";
 import { listDevices, openMedia, replaceTracks, toggleTrack } from "./devices.js";
 import { joinLivekit } from "./livekit.js";
-import { closeAll, closePeer, onSignal, peerConnection, tile } from "./peers.js";
+import { closeAll, closePeer, onSignal, peerConnection, tile, warmUp } from "./peers.js";
 import {
   RECORDING_ON_TEXT, closeRecorder, followConsent, learnRecording, noticeRecorded,
   setRecorded, startRecordingWatch, syncRecorder, toggleRecording,
 } from "./recording.js";
-import { connect, disconnect, onSignaling } from "./signaling.js";
 import {
-  $, formatSpan, formatWhen, problem, requestJoin, say, state,
+  connect, disconnect, dropLobby, joinLobby, onSignaling, openLobby,
+} from "./signaling.js";
+import {
+  $, formatSpan, formatWhen, mark, problem, requestJoin, say, state,
 } from "./state.js";
 
 function explain(error) {
@@ -47,6 +49,7 @@ function explain(error) {
 function onMessage(message) {
   switch (message.type) {
     case "welcome": {
+      mark("welcome");
       state.me = message.id;
       state.retries = 0;
       state.names.set(message.id, $("display-name").value || message.name);
@@ -138,15 +141,23 @@ function end(text) {
 
 async function joinCall(event) {
   event.preventDefault();
+  mark("click");
   $("join").disabled = true;
   await state.mediaReady; // peer connections are built with the camera and microphone
-  try {
-    state.grant = await requestJoin();
-  } catch (error) {
-    explain(error);
-    return;
-  }
   state.joined = true;
+  // The socket opened on the pre-join screen joins at once; else a fresh grant and socket.
+  const waiting = state.grant && state.grant.mode === "builtin" && await joinLobby();
+  if (!waiting) {
+    dropLobby();
+    try {
+      state.grant = await requestJoin();
+    } catch (error) {
+      state.joined = false;
+      explain(error);
+      return;
+    }
+    mark("grant");
+  }
   $("prejoin").hidden = true;
   $("call").hidden = false;
   $("problem").hidden = true;
@@ -156,7 +167,7 @@ async function joinCall(event) {
     await joinLivekit(end);
     return;
   }
-  connect();
+  if (!waiting) connect();
   startRecordingWatch();
   $("leave").focus();
 }
@@ -197,12 +208,14 @@ function wire() {
 
 async function start() {
   wire();
+  const consent = loadConsent().then(() => mark("consent"), (error) => error); // alongside
   try {
     state.grant = await requestJoin();
   } catch (error) {
     explain(error);
     return;
   }
+  mark("page-grant");
   const booking = state.grant.booking;
   $("title").textContent = booking.title;
   document.title = `callgate · ${booking.title}`;
@@ -210,11 +223,18 @@ async function start() {
   $("display-name").value = state.grant.participant.display_name;
   $("prejoin").hidden = false;
   say("Check your camera and microphone, make your choices, then join.");
-  state.mediaReady = openMedia().then(listDevices).catch(() => {});
-  await Promise.all([
-    loadConsent().catch((error) => say(`Could not load the consent choices: ${error.message}`)),
-    state.mediaReady,
-  ]);
+  state.mediaReady = openMedia().then(() => mark("media")).then(listDevices).catch(() => {});
+  const [failed] = await Promise.all([consent, state.mediaReady]);
+  if (failed) say(`Could not load the consent choices: ${failed.message}`);
+  // While the person reads and decides: gather ICE candidates on a connection with the camera
+  // and microphone already attached, and open the signaling socket (the server admits nobody
+  // on it before the click). Nothing is sent to anyone before the click.
+  if (!window.callgateColdStart) {
+    warmUp();
+    await openLobby();
+  }
+  mark("ready");
+  state.ready = true;
 }
 
 start();

@@ -5,7 +5,7 @@
 import { renderPeerConsent } from "./consent.js";
 import { renderRecording } from "./recording.js";
 import { send } from "./signaling.js";
-import { $, generation, state } from "./state.js";
+import { $, generation, mark, state } from "./state.js";
 
 // One connection made ahead, on the pre-join screen: its ICE candidates are gathered
 // (iceCandidatePoolSize) and my tracks attached before the person clicks Join, so the first
@@ -69,6 +69,7 @@ export function peerConnection(id, gen) {
     try {
       peer.makingOffer = true;
       await pc.setLocalDescription();
+      mark("offer");
       send({ type: "signal", to: id, payload: { gen: generation, description: pc.localDescription } });
     } catch (error) {
       console.warn("negotiation", error);
@@ -94,6 +95,7 @@ export function peerConnection(id, gen) {
     video.play().catch(() => {});
   };
   pc.onconnectionstatechange = () => {
+    if (pc.connectionState === "connected") mark("connected");
     if (pc.connectionState === "failed") pc.restartIce();
   };
   tile(id);
@@ -111,6 +113,7 @@ export async function onSignal(from, payload) {
       peer.ignoreOffer = !peer.polite && collision;
       if (peer.ignoreOffer) return;
       await pc.setRemoteDescription(description);
+      mark(description.type);
       if (description.type === "offer") {
         await pc.setLocalDescription();
         send({ type: "signal", to: from, payload: { gen: generation, description: pc.localDescription } });

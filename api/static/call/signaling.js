@@ -1,7 +1,7 @@
 // Signaling: the WebSocket to callgate (docs/signaling.md), reconnection with a fresh ticket,
 // and the keep-alive ping. What each message means is the entry module's business.
 
-import { requestJoin, say, state } from "./state.js";
+import { mark, requestJoin, say, state } from "./state.js";
 
 let handlers = { message: () => {}, end: () => {} };
 
@@ -14,15 +14,23 @@ export function send(message) {
   }
 }
 
-export function connect() {
-  const url = `${state.grant.builtin.ws_url}?ticket=${encodeURIComponent(state.grant.builtin.ticket)}`;
-  const socket = new WebSocket(url);
+// `hold`: open on the pre-join screen; the server admits nobody until `join` (the click).
+export function connect({ hold = false } = {}) {
+  const ticket = encodeURIComponent(state.grant.builtin.ticket);
+  const socket = new WebSocket(`${state.grant.builtin.ws_url}?ticket=${ticket}${hold ? "&hold=1" : ""}`);
   state.socket = socket;
+  socket.onopen = () => mark("socket");
   socket.onmessage = (event) => {
     try { handlers.message(JSON.parse(event.data)); } catch (error) { console.warn(error); }
   };
   socket.onclose = (event) => {
     if (state.socket !== socket || state.leaving) return;
+    if (!state.joined) { // the waiting socket: open another for the click, with a fresh ticket
+      state.socket = null;
+      clearTimeout(lobbyTimer);
+      lobbyTimer = setTimeout(() => refreshLobby().catch(() => {}), 1000);
+      return;
+    }
     if ([4401, 4403, 4404, 4410].includes(event.code) && state.retries > 2) {
       handlers.end(`The call could not continue (${event.reason || event.code}).`);
       return;
@@ -31,6 +39,57 @@ export function connect() {
   };
   clearInterval(state.pingTimer);
   state.pingTimer = setInterval(() => send({ type: "ping" }), 15000);
+  if (hold) { // a ticket lives a minute: replace the waiting socket before it expires
+    const left = new Date(state.grant.builtin.ticket_expires_at) - Date.now();
+    clearTimeout(lobbyTimer);
+    lobbyTimer = setTimeout(() => refreshLobby().catch(() => {}), Math.max(5000, left - 10000));
+  }
+}
+
+// The pre-join screen's socket: connected and waiting, so the click costs no handshake.
+let lobbyTimer = null;
+
+// Resolves once the waiting socket is open (or could not be: the click then makes another).
+export function openLobby() {
+  if (!state.grant || state.grant.mode !== "builtin" || state.joined) return Promise.resolve();
+  connect({ hold: true });
+  return settled(state.socket);
+}
+
+function settled(socket) {
+  if (socket.readyState !== WebSocket.CONNECTING) return Promise.resolve();
+  return new Promise((resolve) => {
+    socket.addEventListener("open", resolve, { once: true });
+    socket.addEventListener("close", resolve, { once: true });
+  });
+}
+
+async function refreshLobby() {
+  if (state.joined || state.leaving) return;
+  const old = state.socket;
+  state.socket = null;
+  if (old) old.close(1000);
+  state.grant = await requestJoin();
+  if (!state.joined) connect({ hold: true });
+}
+
+// Forget the waiting socket (it could not be used): its closing is nobody's business.
+export function dropLobby() {
+  clearTimeout(lobbyTimer);
+  const old = state.socket;
+  state.socket = null;
+  if (old) old.close(1000);
+}
+
+// The click: say `join` on the waiting socket; false if there is none to use.
+export async function joinLobby() {
+  clearTimeout(lobbyTimer);
+  const socket = state.socket;
+  if (socket) await settled(socket); // still connecting: a moment, not a new handshake
+  if (!socket || state.socket !== socket || socket.readyState !== WebSocket.OPEN) return false;
+  if (new Date(state.grant.builtin.ticket_expires_at) - Date.now() < 2000) return false;
+  socket.send(JSON.stringify({ type: "join" }));
+  return true;
 }
 
 async function reconnect() {
@@ -54,5 +113,6 @@ async function reconnect() {
 
 export function disconnect() {
   clearInterval(state.pingTimer);
+  clearTimeout(lobbyTimer);
   if (state.socket) state.socket.close(1000);
 }

@@ -35,8 +35,14 @@ export const state = {
   recordingPoll: null,
   controlSeq: 0,     // bumped by every authoritative start/stop we hear of (see recording.js)
   livekit: null,
+  ready: false,      // the pre-join screen is ready: media, choices, and the call warmed up
+  marks: {},         // performance.now() of the join's milestones (bench/firstframe.py reads them)
 };
 window.callgate = state; // for the browser tests (stats) and for debugging
+
+export function mark(name) {
+  if (!(name in state.marks)) state.marks[name] = performance.now();
+}
 
 export function say(text, where = "status") { $(where).textContent = text; }
 
