@@ -46,8 +46,12 @@ class NoticeShown(Body):
     id: str
     version: int
     language: str
-    text: str
+    text: str = Field(description="The notice as published (Markdown); what `sha256` hashes.")
     sha256: str
+    html: str | None = Field(
+        default=None,
+        description="The text rendered for people: raw HTML disabled, then sanitized.",
+    )
 
 
 class PurposeState(Body):
@@ -55,6 +59,9 @@ class PurposeState(Body):
     notice: NoticeShown
     decision: str | None
     decided_at: str | None = Field(description=TIME)
+    retention_days: int | None = Field(
+        default=None, description="Days the data made for this purpose is kept."
+    )
 
 
 class ConsentOverview(Body):
