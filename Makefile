@@ -9,11 +9,18 @@ PORT ?= 8000
 # Debian packages the tests drive for real: Chromium (Playwright e2e) and coturn (TURN).
 SYSTEM_PACKAGES := chromium coturn
 
-# The LiveKit browser SDK the call page loads in livekit mode, for the browser tests (npm registry).
+# The LiveKit browser SDK callgate serves to the call page in livekit mode (npm registry), with the
+# registry's integrity of its tarball (`npm view livekit-client@VERSION dist.integrity`).
 LIVEKIT_CLIENT := 2.23.0
+LIVEKIT_CLIENT_INTEGRITY := sha512-j9Kg86nJjBjNFUD+ukp2jwMCGa0k+YD5gU//RzAM+ZY3pbG631QCte7fQjwqWMmtBzhDJL9nKYuOLMv/9IbAxg==
 LIVEKIT_SDK := var/vendor/livekit-client-$(LIVEKIT_CLIENT)/dist/livekit-client.umd.js
 
-.PHONY: run test lint bench install system-deps services fmt clean
+# The LiveKit server the LiveKit tests start (dev mode, loopback), built from its Go module at a
+# pinned release; the versioned file name is the stamp, so it is rebuilt only when the pin moves.
+LIVEKIT_SERVER := 1.13.5
+LIVEKIT_SERVER_BIN := var/bin/livekit-server-$(LIVEKIT_SERVER)
+
+.PHONY: run test lint bench install system-deps services sdk livekit-server fmt clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -24,7 +31,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
-install: $(STAMP)
+install: $(STAMP) $(LIVEKIT_SDK)
 
 run: export CALLGATE_PUBLIC_BASE_URL ?= http://$(HOST):$(PORT)
 run: install
@@ -46,14 +53,31 @@ services: install
 	bash tests/services.sh
 	$(BIN)/python -m tests.services
 
+# `npm pack` fetches the tarball; it is kept only if its SHA-512 is the pinned npm integrity.
 $(LIVEKIT_SDK):
+	rm -rf var/vendor/tmp
 	mkdir -p var/vendor/tmp
 	cd var/vendor/tmp && npm pack --silent livekit-client@$(LIVEKIT_CLIENT) >/dev/null
+	test "sha512-$$(openssl dgst -sha512 -binary var/vendor/tmp/livekit-client-$(LIVEKIT_CLIENT).tgz \
+	  | base64 -w0)" = "$(LIVEKIT_CLIENT_INTEGRITY)" \
+	  || { echo "livekit-client $(LIVEKIT_CLIENT): npm integrity mismatch"; exit 1; }
 	rm -rf var/vendor/livekit-client-$(LIVEKIT_CLIENT)
 	mkdir -p var/vendor/livekit-client-$(LIVEKIT_CLIENT)
 	tar -xzf var/vendor/tmp/livekit-client-$(LIVEKIT_CLIENT).tgz --strip-components=1 \
 	  -C var/vendor/livekit-client-$(LIVEKIT_CLIENT)
 	rm -rf var/vendor/tmp
+
+sdk: $(LIVEKIT_SDK)
+
+$(LIVEKIT_SERVER_BIN):
+	rm -rf var/bin/go-install
+	mkdir -p var/bin/go-install
+	GOBIN=$(CURDIR)/var/bin/go-install go install \
+	  github.com/livekit/livekit-server/cmd/server@v$(LIVEKIT_SERVER)
+	mv var/bin/go-install/server $@
+	rm -rf var/bin/go-install
+
+livekit-server: $(LIVEKIT_SERVER_BIN)
 
 lint: install
 	$(BIN)/ruff check .
@@ -63,8 +87,9 @@ lint: install
 fmt: install
 	$(BIN)/ruff check --fix .
 
-test: install system-deps services $(LIVEKIT_SDK) lint
-	CALLGATE_TEST_LIVEKIT_SDK=$(CURDIR)/$(LIVEKIT_SDK) $(BIN)/pytest
+test: install system-deps services $(LIVEKIT_SDK) $(LIVEKIT_SERVER_BIN) lint
+	CALLGATE_TEST_LIVEKIT_SDK=$(CURDIR)/$(LIVEKIT_SDK) \
+	CALLGATE_TEST_LIVEKIT_SERVER=$(CURDIR)/$(LIVEKIT_SERVER_BIN) $(BIN)/pytest
 
 bench: install services
 	$(BIN)/python -m bench

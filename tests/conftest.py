@@ -19,6 +19,7 @@ from core.clock import ManualClock
 from core.runtime import Runtime
 from core.settings import Settings
 from tests import support
+from tests.support.livekit import balancer, livekit_server, webhook_backends  # noqa: F401
 from tests.support.waiting import services_ready
 
 

@@ -8,7 +8,6 @@ import base64
 import hashlib
 import hmac
 import time
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -23,14 +22,13 @@ from core.clock import ManualClock
 from core.runtime import Runtime
 from signaling.join import FAILURE_WINDOW_S
 from signaling.tickets import redeem_ticket
-from tests.standins.livekit import LiveKitStandIn
 from tests.support import PG_DSN, REDIS_URL
 from tests.support.bookings import bearer, book, credential_of
+from tests.support.livekit import LK_KEY, LK_SECRET, LiveKitServer
 
 pytestmark = pytest.mark.usefixtures("database_url")
 
 TURN_SECRET = "turn-shared-secret-for-tests"
-LK_KEY, LK_SECRET = "APIcallgate", "livekit-secret-" + "s" * 32
 
 
 def parse_time(value: str) -> datetime:
@@ -216,15 +214,10 @@ class TestRateLimit:
 
 class TestLiveKit:
     @pytest.fixture
-    async def standin(self) -> AsyncIterator[LiveKitStandIn]:
-        async with LiveKitStandIn(LK_KEY, LK_SECRET) as server:
-            yield server
-
-    @pytest.fixture
-    def settings_overrides(self, standin: LiveKitStandIn) -> dict[str, Any]:
+    def settings_overrides(self, livekit_server: LiveKitServer) -> dict[str, Any]:
         return {
             "media_mode": "livekit",
-            "livekit_url": standin.url,
+            "livekit_url": livekit_server.url,
             "livekit_api_key": LK_KEY,
             "livekit_api_secret": LK_SECRET,
         }

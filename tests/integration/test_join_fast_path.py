@@ -17,12 +17,11 @@ from core.accounts import Scope
 from core.clock import ManualClock
 from signaling.join import JoinGrant
 from tests.integration.test_join import clear_of_window_edges
-from tests.standins.livekit import LiveKitStandIn
 from tests.support.bookings import book, credential_of
+from tests.support.livekit import LK_KEY, LK_SECRET, LiveKitServer
 
 pytestmark = pytest.mark.usefixtures("database_url")
 
-LK_KEY, LK_SECRET = "APIfastpath", "livekit-secret-" + "f" * 32
 PROBLEM = "application/problem+json"
 
 
@@ -169,15 +168,10 @@ async def test_openapi_documents_the_join(client: httpx.AsyncClient) -> None:
 
 class TestLiveKit:
     @pytest.fixture
-    async def standin(self) -> AsyncIterator[LiveKitStandIn]:
-        async with LiveKitStandIn(LK_KEY, LK_SECRET) as server:
-            yield server
-
-    @pytest.fixture
-    def settings_overrides(self, standin: LiveKitStandIn) -> dict[str, Any]:
+    def settings_overrides(self, livekit_server: LiveKitServer) -> dict[str, Any]:
         return {
             "media_mode": "livekit",
-            "livekit_url": standin.url,
+            "livekit_url": livekit_server.url,
             "livekit_api_key": LK_KEY,
             "livekit_api_secret": LK_SECRET,
         }
