@@ -80,6 +80,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
     )
     app.state.settings = settings
     app.state.metrics = metrics
+    app.state.livekit_sdk = pages.client_sdk(settings)
     problems.install(app)
     app.include_router(health.router)
     app.include_router(join_router.router)  # first: the hottest route matches at once

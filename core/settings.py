@@ -69,6 +69,11 @@ class Settings(BaseSettings):
     livekit_url: str | None = Field(default=None, description="LiveKit server URL (wss://...).")
     livekit_api_key: str | None = Field(default=None, description="LiveKit API key.")
     livekit_api_secret: SecretStr | None = Field(default=None, description="LiveKit API secret.")
+    livekit_egress_url: str | None = Field(
+        default=None,
+        description="Where callgate sends LiveKit Egress API calls; unset: the LiveKit URL "
+        "(the server hands them to Egress workers through its Redis).",
+    )
     livekit_empty_timeout_s: int = Field(default=300, ge=0, description="Room empty timeout (s).")
     livekit_departure_timeout_s: int = Field(
         default=60, ge=0, description="Room departure timeout (s)."
@@ -149,9 +154,22 @@ class Settings(BaseSettings):
         default=50, gt=0, description="Sustained messages per second one signaling socket may "
         "send (bursts of twice this); a flooder is closed with 1008.",
     )
-    livekit_client_url: str = Field(
-        default="https://cdn.jsdelivr.net/npm/livekit-client@2/dist/livekit-client.umd.min.js",
-        description="Where the call page loads the livekit-client SDK from (livekit mode).",
+    livekit_client_url: str | None = Field(
+        default=None,
+        description="A CDN URL the call page loads the livekit-client SDK from (livekit mode); "
+        "unset: callgate serves its own copy (`livekit_client_file`), so no third party sees "
+        "the participants. Needs `livekit_client_integrity`.",
+    )
+    livekit_client_integrity: str | None = Field(
+        default=None,
+        pattern=r"^sha(256|384|512)-[A-Za-z0-9+/]+={0,2}$",
+        description="Subresource Integrity of `livekit_client_url` (`sha384-...`): the page "
+        "runs the CDN's file only if it is exactly that one.",
+    )
+    livekit_client_file: Path = Field(
+        default=Path("var/vendor/livekit-client-2.23.0/dist/livekit-client.umd.js"),
+        description="The livekit-client SDK callgate serves to the call page in livekit mode "
+        "(`make install` fetches the pinned version and checks its npm integrity).",
     )
     log_level: str = Field(default="INFO", description="Log level.")
     log_json: bool = Field(default=True, description="JSON logs (false: console lines).")
@@ -218,6 +236,10 @@ class Settings(BaseSettings):
     def _storage_complete(self) -> Settings:
         if self.storage_backend is StorageBackend.S3 and not self.s3_bucket:
             raise ValueError("CALLGATE_STORAGE_BACKEND=s3 needs CALLGATE_S3_BUCKET")
+        if self.livekit_client_url and not self.livekit_client_integrity:
+            raise ValueError(
+                "CALLGATE_LIVEKIT_CLIENT_URL needs CALLGATE_LIVEKIT_CLIENT_INTEGRITY (sha384-...)"
+            )
         return self
 
     @property

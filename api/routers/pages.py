@@ -3,11 +3,18 @@
 The page is the same for every credential shape; it asks `POST /v1/join` itself and shows
 "too early", "cancelled" or "link invalid" from the answer. The credential is in the URL,
 so the page sends no Referer anywhere and is never cached.
+
+In livekit mode the page loads the livekit-client SDK from callgate itself (the pinned copy
+`make install` fetched and checked), so no third party sees who joins; a CDN only when the
+operator names one, and then only with Subresource Integrity.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from fastapi import APIRouter, Request
@@ -15,7 +22,7 @@ from fastapi.responses import FileResponse, HTMLResponse, Response
 
 from api.favicon import FAVICON
 from core.errors import NotFound
-from core.settings import Settings
+from core.settings import MediaMode, Settings
 
 router = APIRouter(tags=["pages"], include_in_schema=False)
 
@@ -27,6 +34,33 @@ ASSETS: dict[str, tuple[Path, str]] = {
     "call.css": (STATIC / "call.css", "text/css"),
     **{path.name: (path, "text/javascript") for path in sorted(MODULES.glob("*.js"))},
 }
+SDK_PATH = "/call/livekit-client.js"
+
+
+@dataclass(frozen=True)
+class ClientSdk:
+    """Where the page loads livekit-client from, its SRI, and the file callgate serves."""
+
+    url: str
+    integrity: str
+    file: Path | None
+
+
+def client_sdk(settings: Settings) -> ClientSdk | None:
+    """The SDK of the call page in livekit mode (None in builtin mode). Read once, at app
+    creation: a missing file is an operator error reported at start, not a broken page."""
+    if settings.media_mode is not MediaMode.LIVEKIT:
+        return None
+    if settings.livekit_client_url:
+        return ClientSdk(settings.livekit_client_url, settings.livekit_client_integrity or "", None)
+    path = settings.livekit_client_file.resolve()
+    if not path.is_file():
+        raise RuntimeError(
+            f"livekit media mode: the livekit-client SDK is missing at {path} (`make install` "
+            "fetches it; or set CALLGATE_LIVEKIT_CLIENT_URL and CALLGATE_LIVEKIT_CLIENT_INTEGRITY)"
+        )
+    digest = base64.b64encode(hashlib.sha384(path.read_bytes()).digest()).decode()
+    return ClientSdk(SDK_PATH, f"sha384-{digest}", path)
 
 
 def _both_schemes(url: str | None) -> tuple[str, ...]:
@@ -39,9 +73,9 @@ def _both_schemes(url: str | None) -> tuple[str, ...]:
     return url, url.replace("ws", "http", 1)
 
 
-def _headers(settings: Settings) -> dict[str, str]:
+def _headers(settings: Settings, sdk: ClientSdk | None) -> dict[str, str]:
     ws_origin = settings.public_origin.replace("http", "ws", 1)
-    lk = settings.livekit_client_url
+    lk = sdk.url if sdk is not None else ""
     lk_origin = "/".join(lk.split("/")[:3]) if lk.startswith("http") else ""
     lk_connect = " ".join(_both_schemes(settings.livekit_url))
     csp = (
@@ -62,10 +96,25 @@ def _headers(settings: Settings) -> dict[str, str]:
 @router.get("/join/{credential}", response_class=HTMLResponse)
 async def call_page(request: Request, credential: str) -> HTMLResponse:
     settings: Settings = request.app.state.settings
-    config = {"livekitClientUrl": settings.livekit_client_url}
+    sdk: ClientSdk | None = request.app.state.livekit_sdk
+    config = {
+        "livekitClientUrl": sdk.url if sdk else None,
+        "livekitClientIntegrity": sdk.integrity if sdk else None,
+    }
     page = (STATIC / "call.html").read_text()
     page = page.replace("{{config}}", json.dumps(config).replace("<", "\\u003c"))
-    return HTMLResponse(page, headers=_headers(settings))
+    return HTMLResponse(page, headers=_headers(settings, sdk))
+
+
+@router.get(SDK_PATH)
+async def livekit_client(request: Request) -> FileResponse:
+    """The pinned livekit-client SDK (livekit mode, unless the operator chose a CDN)."""
+    sdk: ClientSdk | None = request.app.state.livekit_sdk
+    if sdk is None or sdk.file is None:
+        raise NotFound("no such file")
+    return FileResponse(
+        sdk.file, media_type="text/javascript", headers={"Cache-Control": "no-cache"}
+    )
 
 
 @router.get("/call/{name}")

@@ -1,12 +1,16 @@
-// LiveKit mode: the SFU carries media; the livekit-client SDK is loaded from the configured
-// URL, and the same tiles show who is there.
+// LiveKit mode: the SFU carries media; the livekit-client SDK is loaded from callgate itself
+// (or an operator's CDN) with Subresource Integrity, and the same tiles show who is there.
 
 import { tile } from "./peers.js";
 import { $, config, state } from "./state.js";
 
-function loadScript(src) {
+function loadScript(src, integrity) {
   return new Promise((resolve, reject) => {
     const script = document.createElement("script");
+    if (integrity) {
+      script.integrity = integrity; // Subresource Integrity: that exact file or nothing
+      script.crossOrigin = "anonymous";
+    }
     script.src = src;
     script.onload = resolve;
     script.onerror = () => reject(new Error(`could not load ${src}`));
@@ -16,8 +20,8 @@ function loadScript(src) {
 
 export async function joinLivekit(end) {
   try {
-    await loadScript(config.livekitClientUrl);
-    const { Room, RoomEvent } = window.LivekitClient;
+    await loadScript(config.livekitClientUrl, config.livekitClientIntegrity);
+    const { Room, RoomEvent, Track } = window.LivekitClient;
     const room = new Room();
     state.me = state.grant.participant.id;
     state.names.set(state.me, $("display-name").value);
@@ -34,7 +38,11 @@ export async function joinLivekit(end) {
     });
     room.on(RoomEvent.Disconnected, () => end("The call ended."));
     await room.connect(state.grant.livekit.url, state.grant.livekit.token);
-    for (const track of state.stream.getTracks()) await room.localParticipant.publishTrack(track);
+    for (const track of state.stream.getTracks()) {
+      // The token grants exactly these two sources; LiveKit refuses any other.
+      const source = track.kind === "audio" ? Track.Source.Microphone : Track.Source.Camera;
+      await room.localParticipant.publishTrack(track, { source });
+    }
     state.livekit = room;
   } catch (error) {
     end(`Could not join: ${error.message}`);
