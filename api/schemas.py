@@ -343,5 +343,8 @@ class Readiness(Body):
 
 
 class WebhookAck(Body):
-    status: str = Field(description="ok, or duplicate for an event id seen before.")
+    status: str = Field(
+        description="ok; duplicate for an event id seen before; refused for a join of someone "
+        "kept out of the room (removed again)."
+    )
     id: str

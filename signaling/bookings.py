@@ -32,7 +32,7 @@ from core.purposes import REQUIRES, Purpose, RecordingPolicy
 from core.runtime import Runtime
 from core.settings import MediaMode, Settings
 from signaling.credentials import credential_hash, join_credential, join_url
-from signaling.livekit import Rooms
+from signaling.livekit import Removal, Rooms
 
 ROOM_NAME_BYTES = 24  # 192 random bits: no one finds a room by guessing its name
 
@@ -351,15 +351,19 @@ async def do_cancel_booking(
 
 
 async def do_revoke_participant(
-    runtime: Runtime, booking_id: uuid.UUID, participant_id: uuid.UUID
+    runtime: Runtime, booking_id: uuid.UUID, participant_id: uuid.UUID,
+    *, rooms: Rooms | None = None,
 ) -> Participant:
-    """Give the participant a new join link; the old one stops working at once."""
+    """Give the participant a new join link; the old one stops working at once. With `rooms`
+    (livekit mode) the person is removed from the room and the old token kept out."""
     async with runtime.db.session() as session:
         participant = await access_booking_participant(session, booking_id, participant_id)
         participant.credential_generation += 1
         participant.credential_hash = credential_hash(
             join_credential(runtime.keys, participant.id, participant.credential_generation)
         )
+    if rooms is not None:
+        await rooms.revoke(booking_id, participant_id, Removal.REVOKED)
     return participant
 
 

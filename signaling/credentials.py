@@ -23,7 +23,7 @@ from core.bookings import Participant, Role
 from core.crypto import Keyring, b64url, sha256_hex
 from core.errors import NotFound
 from core.settings import Settings
-from signaling.livekit import room_grants
+from signaling.livekit import GENERATION_ATTRIBUTE, room_grants
 
 _SHAPE = re.compile(r"^[A-Za-z0-9_-]{43}$")
 _ROOM = "\x00room"  # placeholder in the grant template, replaced by each token's room
@@ -77,16 +77,21 @@ def _video_claims(role: Role) -> dict[str, Any]:
 
 def livekit_token(
     api_key: str, api_secret: str, *, identity: str, name: str, role: Role, room: str,
-    not_before: int, expires: int,
+    not_before: int, expires: int, generation: int = 0,
 ) -> str:
     """A LiveKit access token (HS256 JWT, RFC 7519) with the claims livekit-api's
     `AccessToken(...).with_identity().with_name().with_grants(room_grants()).to_jwt()` puts in
     (`name`, `video`, `sub`, `iss`, `nbf`, `exp`), signed with PyJWT as `AccessToken` does, but
     with the `video` claim prepared once per role: `AccessToken` deep-copies every grant through
-    `dataclasses.asdict` on each call, which cost several times the signature on the join path."""
+    `dataclasses.asdict` on each call, which cost several times the signature on the join path.
+
+    The `callgate.generation` attribute is the join link's generation: LiveKit reports it with
+    every join, so callgate can tell a token from a revoked link from one from the new link of
+    the same person (signaling/livekit.py, `Rooms.refuse`)."""
     if not identity or not room:
         raise ValueError("identity and room must be set when joining a room")
     claims: dict[str, Any] = {"name": name} if name else {}
     claims["video"] = {**_video_claims(role), "room": room}
+    claims["attributes"] = {GENERATION_ATTRIBUTE: str(generation)}
     claims.update(sub=identity, iss=api_key, nbf=not_before, exp=expires)
     return jwt.encode(claims, api_secret, algorithm="HS256")

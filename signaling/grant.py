@@ -149,6 +149,7 @@ def _livekit(settings: Settings, row: JoinRow, closes_at: datetime) -> dict[str,
     token = livekit_token(
         key, secret, identity=str(row.participant_id), name=row.display_name, role=row.role,
         room=row.room_name, not_before=int(time.time()), expires=expires,
+        generation=row.credential_generation,
     )
     return {"url": url, "token": token, "expires_at": datetime.fromtimestamp(expires, UTC)}
 

@@ -34,6 +34,7 @@ _COLUMNS = (
     Participant.id.label("participant_id"),
     Participant.display_name,
     Participant.role,
+    Participant.credential_generation,
     Booking.id.label("booking_id"),
     Booking.title,
     Booking.starts_at,
@@ -69,6 +70,7 @@ class JoinRow:
     record_automatically: bool
     status: BookingStatus
     room_name: str
+    credential_generation: int = 0
 
     @classmethod
     def of(cls, values: Mapping[Any, Any]) -> JoinRow:
@@ -87,6 +89,7 @@ class JoinRow:
             record_automatically=bool(values["record_automatically"]),
             status=BookingStatus(values["status"]),
             room_name=values["room_name"],
+            credential_generation=values["credential_generation"],
         )
 
 

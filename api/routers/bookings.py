@@ -292,15 +292,19 @@ async def participant_token(
     "/{booking_id}/participants/{participant_id}/revoke",
     summary="Replace a join link",
     description="Issues the participant a new join link; the old one answers 404 at once, "
-    "exactly like a link that never existed.",
+    "exactly like a link that never existed. In livekit mode the person is also removed from "
+    "the room, and a join with a token of the old link is undone at once.",
     responses=problems.responses(401, 403, 404, 422),
 )
 async def revoke_link(
     runtime: RuntimeDep,
+    rooms: RoomsDep,
     caller: SchedulerCaller,
     booking_id: BookingId,
     participant_id: ParticipantId,
 ) -> ParticipantOut:
-    person = await service.do_revoke_participant(runtime, booking_id, participant_id)
+    person = await service.do_revoke_participant(
+        runtime, booking_id, participant_id, rooms=rooms
+    )
     return participant_out(runtime, person.booking, person)
 

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Request
 
-from api.deps import EgressDep, RuntimeDep
+from api.deps import EgressDep, RoomsDep, RuntimeDep
 from api.problems import responses
 from api.schemas import WebhookAck
 from core.errors import NotFound
@@ -23,13 +23,16 @@ router = APIRouter(tags=["livekit"])
     description="Verifies the signature (a JWT signed with the API secret carrying the raw "
     "body's SHA-256) and deduplicates by event id, then follows `participant_joined/left`, "
     "`track_published/unpublished` and `egress_started/updated/ended`, starting and "
-    "stopping Track Egress for exactly the tracks their people consent to record.",
+    "stopping Track Egress for exactly the tracks their people consent to record. A join "
+    "of someone whose link was revoked (with a token of the old link) or who was erased is "
+    "answered by removing them from the room again (`status: refused`).",
     responses=responses(401, 404, 422),
 )
 async def post_webhook(
     request: Request,
     runtime: RuntimeDep,
     egress: EgressDep,
+    rooms: RoomsDep,
     authorization: Annotated[str | None, Header()] = None,
 ) -> dict[str, str]:
     if not egress.enabled:
@@ -37,5 +40,7 @@ async def post_webhook(
     event = verify_webhook(runtime.settings, await request.body(), authorization)
     if not await egress.first_time(event.id):
         return {"status": "duplicate", "id": event.id}
+    if await rooms.refuse(event):
+        return {"status": "refused", "id": event.id}
     await egress.handle(event)
     return {"status": "ok", "id": event.id}
