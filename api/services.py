@@ -50,7 +50,7 @@ class Services:
         hub = await stack.enter_async_context(Hub(runtime))
         recorder = await stack.enter_async_context(Recorder(runtime, gate=current_gate))
         egress = await stack.enter_async_context(
-            Egress(runtime, gate=current_gate, recorder=recorder)
+            Egress(runtime, gate=current_gate, control=recorder.switch, store=recorder.store)
         )
         rooms = await stack.enter_async_context(Rooms(runtime))
         join = await stack.enter_async_context(JoinReader(runtime))

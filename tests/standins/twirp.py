@@ -1,4 +1,5 @@
-"""A local server speaking LiveKit's server API (Twirp) to the real `livekit-api` client.
+"""A local Twirp server checking LiveKit's API tokens, for services that cannot run here
+(LiveKit Egress: tests/standins/egress.py), spoken to by the real `livekit-api` client.
 
 Twirp (https://twitchtv.github.io/twirp/docs/spec_v7.html): `POST /twirp/<pkg>.<Service>/<Method>`
 with a protobuf (`application/protobuf`) or JSON (`application/json`) body; the answer uses the
@@ -6,16 +7,13 @@ same encoding; errors are JSON `{"code", "msg"}` with the matching HTTP status. 
 `Authorization: Bearer <jwt>` is checked with livekit-api's own `TokenVerifier` and the grant the
 method needs, as the LiveKit server does.
 
-`RoomService` (CreateRoom, ListRooms, DeleteRoom) is built in; other services (Egress, for the
-recording tests) are added with `route(...)`. `stop()` and `start()` again on the same port
-simulate an outage.
+Services are added with `route(...)`. `stop()` and `start()` again on the same port simulate
+an outage. (The LiveKit server itself is never stood in for: tests/livekit_server.py runs it.)
 """
 
 from __future__ import annotations
 
-import secrets
 import socket
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -25,7 +23,6 @@ from aiohttp import web
 from google.protobuf import json_format
 from google.protobuf.message import Message
 from livekit import api as lk
-from livekit.protocol import models, room
 
 Handler = Callable[[Any, lk.access_token.Claims], Awaitable[Message]]
 Grant = Callable[[lk.access_token.Claims, Any], bool]
@@ -40,6 +37,7 @@ STATUS = {
     "not_found": 404,
     "bad_route": 404,
     "already_exists": 409,
+    "failed_precondition": 412,
     "internal": 500,
 }
 
@@ -69,28 +67,16 @@ class _Route:
     grant: Grant
 
 
-def _video(claims: lk.access_token.Claims) -> lk.VideoGrants:
-    return claims.video or lk.VideoGrants()
-
-
-class LiveKitStandIn:
-    """Start with `async with LiveKitStandIn(key, secret) as server:`; `server.url` is the
-    URL to give callgate (`CALLGATE_LIVEKIT_URL`)."""
+class TwirpStandIn:
+    """Start with `async with TwirpStandIn(key, secret) as server:`; `server.url` is the URL
+    to give callgate."""
 
     def __init__(self, api_key: str, api_secret: str, port: int = 0) -> None:
         self.verifier = lk.TokenVerifier(api_key, api_secret)
-        self.rooms: dict[str, models.Room] = {}
         self.calls: list[Call] = []
         self._routes: dict[str, _Route] = {}
         self._runner: web.AppRunner | None = None
         self.port = port or _free_port()
-        self.setup: list[Callable[[web.Application], None]] = []  # more routes (e.g. /rtc)
-        self.route("livekit.RoomService", "CreateRoom", room.CreateRoomRequest,
-                   self._create_room, lambda c, r: bool(_video(c).room_create))
-        self.route("livekit.RoomService", "ListRooms", room.ListRoomsRequest,
-                   self._list_rooms, lambda c, r: bool(_video(c).room_list))
-        self.route("livekit.RoomService", "DeleteRoom", room.DeleteRoomRequest,
-                   self._delete_room, lambda c, r: bool(_video(c).room_create))
 
     @property
     def url(self) -> str:
@@ -109,8 +95,6 @@ class LiveKitStandIn:
     async def start(self) -> None:
         app = web.Application()
         app.router.add_post("/twirp/{method:.+}", self._serve)
-        for install in self.setup:
-            install(app)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -123,7 +107,7 @@ class LiveKitStandIn:
         if runner is not None:
             await runner.cleanup()
 
-    async def __aenter__(self) -> LiveKitStandIn:
+    async def __aenter__(self) -> TwirpStandIn:
         await self.start()
         return self
 
@@ -171,34 +155,6 @@ class LiveKitStandIn:
         except (json_format.ParseError, ValueError) as exc:
             raise TwirpFailure("malformed", str(exc)) from None
         raise TwirpFailure("bad_route", f"unsupported content type {content_type!r}")
-
-    async def _create_room(self, request: Any, claims: lk.access_token.Claims) -> Message:
-        if not request.name:
-            raise TwirpFailure("invalid_argument", "room name is required")
-        existing = self.rooms.get(request.name)
-        if existing is not None:
-            return existing
-        created = models.Room(
-            sid=f"RM_{secrets.token_hex(6)}",
-            name=request.name,
-            empty_timeout=request.empty_timeout,
-            departure_timeout=request.departure_timeout,
-            max_participants=request.max_participants,
-            metadata=request.metadata,
-            creation_time=int(time.time()),
-        )
-        self.rooms[request.name] = created
-        return created
-
-    async def _list_rooms(self, request: Any, claims: lk.access_token.Claims) -> Message:
-        names = set(request.names)
-        chosen = [r for n, r in self.rooms.items() if not names or n in names]
-        return room.ListRoomsResponse(rooms=chosen)
-
-    async def _delete_room(self, request: Any, claims: lk.access_token.Claims) -> Message:
-        if self.rooms.pop(request.room, None) is None:
-            raise TwirpFailure("not_found", f"room {request.room} does not exist")
-        return room.DeleteRoomResponse()
 
 
 def _free_port() -> int:
