@@ -32,7 +32,7 @@ from livekit.protocol.webhook import WebhookEvent
 from sqlalchemy import select
 
 from consent.state import granting_entry
-from core.bookings import Booking
+from core.bookings import Booking, RoomState
 from core.bus import BusEvent, Topic
 from core.events import ConsentChanged, RecordingSwitched
 from core.purposes import Purpose
@@ -294,6 +294,9 @@ class Egress:
         if state is EgressState.ENDING:  # withdrawn while LiveKit was starting it
             await self.stop_egress(info.egress_id)
             return
+        gate = self._gate()
+        if gate is not None:  # the ledger now, not as it was when the room was read
+            await gate.ensure_booking(booking_id)
         on = await self._control.recording_on(booking_id)
         if not on or not self._allowed(booking_id, track.subject_id, track.kind.purpose):
             await self._stop(record)  # consent or the switch moved while LiveKit started it
@@ -357,8 +360,23 @@ class Egress:
                     rooms.add(record.room_name)
             elif state in ENDED and (record is None or record.state not in ENDED):
                 await self._reported(info)
-        for room in sorted(rooms):
+        for room in sorted(rooms | await self._open_rooms()):
             await self.reconcile(room)
+
+    async def _open_rooms(self) -> set[str]:
+        """Rooms of bookings inside their join window: a track whose start was missed (the
+        gate not yet confirmed, Egress briefly down) is started within a minute."""
+        now = self._runtime.clock.now()
+        settings = self._runtime.settings
+        async with self._runtime.db.session() as session:
+            names = await session.scalars(
+                select(Booking.room_name).where(
+                    Booking.room_state == RoomState.CREATED,
+                    Booking.starts_at <= now + settings.join_lead,
+                    Booking.ends_at > now - settings.join_grace,
+                )
+            )
+            return set(names)
 
     async def _run_audits(self) -> None:
         due = self._runtime.clock.now()
@@ -377,8 +395,12 @@ class Egress:
             try:
                 async with self._runtime.bus.subscribe(*topics) as events:
                     async for event in events:
-                        # each event on its own: a withdrawal never waits behind a reconcile
-                        self._spawn(self._on_event(event), "egress.event_failed")
+                        # in order: a grant handled before the withdrawal it followed would
+                        # leave a withdrawn-then-granted track unrecorded
+                        try:
+                            await self._on_event(event)
+                        except Exception:  # one event's failure must not end the loop
+                            log.exception("egress.event_failed")
             except asyncio.CancelledError:
                 raise
             except Exception:  # the bus went away; the audit keeps failing closed meanwhile

@@ -153,6 +153,10 @@ async def test_an_egress_callgate_does_not_know_is_stopped_and_its_file_deleted(
     clock.advance(timedelta(minutes=1, seconds=1))  # the minute's audit
     await eventually(lambda: egress_server.running() == set(), "both stopped by the audit")
     assert {e for e, _ in egress_server.stop_requests} == {unknown, foreign}
+    await eventually(
+        lambda: all(egress_server.egresses[e].file_results for e in (unknown, foreign)),
+        "both files written",
+    )
     written = [Path(f.filename) for e in (unknown, foreign)
                for f in egress_server.egresses[e].file_results]
     inside, elsewhere = written

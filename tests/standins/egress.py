@@ -93,6 +93,7 @@ class EgressStandIn(TwirpStandIn):
             raise TwirpFailure("not_found", "egress not found")
         if info.status != eg.EGRESS_ACTIVE:
             raise TwirpFailure("failed_precondition", "egress is not active")
+        info.status = eg.EGRESS_ENDING  # at once, as Egress reports it
         path = await asyncio.to_thread(self._write, request.egress_id)
         info.status = eg.EGRESS_COMPLETE
         info.ended_at = time.time_ns()
