@@ -23,6 +23,7 @@ from api.routers import livekit_webhook as livekit_router
 from api.routers import privacy as privacy_router
 from api.routers import recordings as recordings_router
 from api.routers import summaries as summaries_router
+from api.routers import webhooks as webhooks_router
 from api.services import Services
 from core.clock import Clock
 from core.logs import configure_logging
@@ -95,6 +96,8 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
     app.include_router(summaries_router.router)
     app.include_router(summaries_router.pages)
     app.include_router(privacy_router.router)
+    app.include_router(webhooks_router.router)
+    app.webhooks.include_router(webhooks_router.webhooks)
     app.add_middleware(RequestContext, metrics=metrics)
     app.join = join_router.JoinFastPath(app, app.call_fastapi, metrics)
     return app

@@ -14,12 +14,14 @@ from dataclasses import dataclass
 from api.subjects import privacy_service
 from consent.live import LiveGate
 from core.runtime import Runtime
+from core.webhooks import Sender
 from media.audio import RecordedAudio
 from media.egress import Egress
 from media.recorder import Recorder
 from privacy.service import Privacy
 from signaling.hub import Hub
 from signaling.join import JoinReader
+from signaling.lifecycle import Lifecycle
 from signaling.livekit import Rooms
 from summaries.service import AiJobs, ai_jobs
 
@@ -37,6 +39,8 @@ class Services:
     join: JoinReader
     ai_jobs: AiJobs
     privacy: Privacy
+    lifecycle: Lifecycle
+    webhooks: Sender
 
     @classmethod
     async def open(cls, runtime: Runtime, stack: AsyncExitStack) -> Services:
@@ -56,6 +60,10 @@ class Services:
         join = await stack.enter_async_context(JoinReader(runtime))
         jobs = await stack.enter_async_context(ai_jobs(runtime, RecordedAudio(runtime)))
         privacy = await stack.enter_async_context(privacy_service(runtime))
-        services = cls(runtime, gate, hub, recorder, egress, rooms, join, jobs, privacy)
+        lifecycle = await stack.enter_async_context(Lifecycle(runtime, after_session=jobs))
+        webhooks = await stack.enter_async_context(Sender(runtime))
+        services = cls(
+            runtime, gate, hub, recorder, egress, rooms, join, jobs, privacy, lifecycle, webhooks
+        )
         built.append(services)
         return services

@@ -28,8 +28,25 @@ from core.purposes import Purpose, RecordingPolicy
 
 
 class BookingStatus(enum.StrEnum):
-    SCHEDULED = "scheduled"
+    """The booking's lifecycle (signaling/lifecycle.py moves it on):
+    `scheduled -> open -> live -> ended -> closed`, or `cancelled` before `ended`."""
+
+    SCHEDULED = "scheduled"  # booked; the join window has not opened
+    OPEN = "open"  # the join window is open, no one has come in yet
+    LIVE = "live"  # someone came in
+    ENDED = "ended"  # the window closed, or everyone left after the end
+    CLOSED = "closed"  # the after-session jobs finished (or none were asked for)
     CANCELLED = "cancelled"
+
+    @classmethod
+    def before_end(cls) -> tuple[BookingStatus, ...]:
+        """The states a session can still be joined (or cancelled) in."""
+        return (cls.SCHEDULED, cls.OPEN, cls.LIVE)
+
+    @property
+    def over(self) -> bool:
+        """Past the session: no more joins, no more cancelling."""
+        return self in (BookingStatus.ENDED, BookingStatus.CLOSED, BookingStatus.CANCELLED)
 
 
 class Role(enum.StrEnum):
@@ -78,6 +95,11 @@ class Booking(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
     cancelled_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # When each lifecycle transition happened (null: not yet).
+    opened_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    live_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
     participants: Mapped[list[Participant]] = relationship(
         back_populates="booking", order_by="Participant.position", lazy="selectin"

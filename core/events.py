@@ -23,7 +23,10 @@ class Topic(enum.StrEnum):
     BOOKING_CREATED = "booking.created"
     BOOKING_UPDATED = "booking.updated"
     BOOKING_CANCELLED = "booking.cancelled"
+    BOOKING_OPENED = "booking.opened"
+    BOOKING_STARTED = "booking.started"
     BOOKING_ENDED = "booking.ended"
+    BOOKING_CLOSED = "booking.closed"
     PARTICIPANT_JOINED = "participant.joined"
     PARTICIPANT_LEFT = "participant.left"
     CONSENT_CHANGED = "consent.changed"
@@ -71,10 +74,29 @@ class BookingCancelled(BookingChanged):
     TOPIC = Topic.BOOKING_CANCELLED
 
 
-class BookingEnded(BusEvent):
+class BookingOpened(BookingChanged):
+    """The join window opened (signaling/lifecycle.py)."""
+
+    TOPIC = Topic.BOOKING_OPENED
+
+
+class BookingStarted(BookingChanged):
+    """The first person came in: the booking is `live`."""
+
+    TOPIC = Topic.BOOKING_STARTED
+
+
+class BookingEnded(BookingChanged):
+    """The session ended (its window closed, or everyone left after the end): the
+    after-session jobs start."""
+
     TOPIC = Topic.BOOKING_ENDED
 
-    booking_id: uuid.UUID
+
+class BookingClosed(BookingChanged):
+    """The after-session jobs finished (or none were asked for)."""
+
+    TOPIC = Topic.BOOKING_CLOSED
 
 
 class ParticipantJoined(BusEvent):
@@ -176,7 +198,8 @@ class SubjectRestricted(BusEvent):
 _BY_TOPIC: dict[str, type[BusEvent]] = {
     cls.TOPIC.value: cls
     for cls in (
-        BookingCreated, BookingUpdated, BookingCancelled, BookingEnded, ParticipantJoined,
+        BookingCreated, BookingUpdated, BookingCancelled, BookingOpened, BookingStarted,
+        BookingEnded, BookingClosed, ParticipantJoined,
         ParticipantLeft, ConsentChanged, JobProgress, SubjectErased, SubjectRestricted,
     )
 }

@@ -211,6 +211,33 @@ class Settings(BaseSettings):
         default=3600, ge=0,
         description="How often the retention purge runs (s); 0 turns the periodic purge off.",
     )
+    lifecycle_sweep_interval_s: float = Field(
+        default=1, ge=0, description="How often each node sweeps bookings through their "
+        "lifecycle (s); 0 turns the periodic sweep off.",
+    )
+    attendance_retention_days: int = Field(
+        default=90, ge=1, description="Days attendance (joins and leaves) is kept after the join.",
+    )
+    webhook_allow_private_targets: bool = Field(
+        default=False, description="Let webhook endpoints be http:// and private, loopback or "
+        "link-local addresses (tests, a receiver inside your network). Off: https and public "
+        "addresses only.",
+    )
+    webhook_timeout_s: float = Field(
+        default=10, gt=0, le=60, description="Timeout of one webhook delivery attempt (s).",
+    )
+    webhook_poll_interval_s: float = Field(
+        default=0.2, gt=0, description="How often the webhook sender looks for new events and "
+        "due retries when idle (s).",
+    )
+    webhook_disable_after_days: float = Field(
+        default=5, gt=0, description="Disable an endpoint whose deliveries failed without a "
+        "single success for this long (days).",
+    )
+    webhook_secret_grace_hours: float = Field(
+        default=24, ge=0, description="After a secret rotation, how long deliveries are also "
+        "signed with the previous secret (h).",
+    )
     consent_checkpoint_interval_s: int = Field(
         default=3600, gt=0, description="How often the consent ledger's head is signed (s)."
     )

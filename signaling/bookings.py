@@ -22,15 +22,18 @@ from sqlalchemy import and_, exists, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from core import outbox
 from core.accounts import Caller
 from core.bookings import Booking, BookingStatus, Participant, Role, RoomState
 from core.bus import BusEvent, publish_all
 from core.crypto import b64url, sha256_hex
 from core.errors import Conflict, FieldError, Gone, InvalidInput, NotFound
 from core.events import BookingCancelled, BookingChanged, BookingCreated, BookingUpdated
+from core.outbox import do_write
 from core.purposes import REQUIRES, Purpose, RecordingPolicy
 from core.runtime import Runtime
 from core.settings import MediaMode, Settings
+from signaling.attendance import LeaveHow, end_all_stays
 from signaling.credentials import credential_hash, join_credential, join_url
 from signaling.livekit import Removal, Rooms
 
@@ -250,6 +253,12 @@ async def do_create_booking(
     try:
         async with runtime.db.session() as session:
             session.add(booking)
+            do_write(session, outbox.BookingCreated(
+                *_state(booking),
+                participants=tuple(
+                    (p.id, p.external_id, p.role.value) for p in booking.participants
+                ),
+            ), booking.created_at)
     except IntegrityError:
         if key is None:
             raise
@@ -264,6 +273,13 @@ async def do_create_booking(
     return await access_booking_by_id(runtime, booking.id), True
 
 
+def _state(booking: Booking) -> tuple[uuid.UUID, str, datetime, datetime, int]:
+    """What every booking.* outbox event carries, in its field order."""
+    return (
+        booking.id, booking.status.value, booking.starts_at, booking.ends_at, booking.sequence
+    )
+
+
 def _event(kind: type[BookingChanged], booking: Booking) -> BookingChanged:
     return kind(
         booking_id=booking.id,
@@ -274,12 +290,20 @@ def _event(kind: type[BookingChanged], booking: Booking) -> BookingChanged:
     )
 
 
-async def get_booking(session: AsyncSession, booking_id: uuid.UUID) -> Booking | None:
-    return await session.get(Booking, booking_id, populate_existing=True)
+async def get_booking(
+    session: AsyncSession, booking_id: uuid.UUID, *, lock: bool = False
+) -> Booking | None:
+    """The booking; with `lock`, its row locked until the transaction ends (the lifecycle
+    sweep and attendance take the same lock, so their changes never interleave)."""
+    return await session.get(
+        Booking, booking_id, populate_existing=True, with_for_update=lock or None
+    )
 
 
-async def access_booking(session: AsyncSession, booking_id: uuid.UUID) -> Booking:
-    booking = await get_booking(session, booking_id)
+async def access_booking(
+    session: AsyncSession, booking_id: uuid.UUID, *, lock: bool = False
+) -> Booking:
+    booking = await get_booking(session, booking_id, lock=lock)
     if booking is None:
         raise NotFound(f"no booking {booking_id}")
     return booking
@@ -313,15 +337,22 @@ async def do_reschedule_booking(
     if errors:
         raise InvalidInput(f"{errors[0].loc[-1]}: {errors[0].msg}", errors=errors)
     async with runtime.db.session() as session:
-        booking = await access_booking(session, booking_id)
+        booking = await access_booking(session, booking_id, lock=True)
         if booking.status is BookingStatus.CANCELLED:
             raise Gone("this booking was cancelled")
+        if booking.status.over:
+            raise Conflict(f"the session already {booking.status.value}; it cannot move")
+        now = runtime.clock.now()
         booking.starts_at = request.starts_at
         booking.ends_at = request.ends_at
         booking.sequence += 1
-        booking.updated_at = runtime.clock.now()
+        booking.updated_at = now
+        if booking.status is BookingStatus.OPEN:  # no one came yet: the sweep reopens it
+            booking.status = BookingStatus.SCHEDULED
+            booking.opened_at = None
         if booking.room_state is RoomState.DELETED:  # closed with its old window: reopen
             booking.room_state = RoomState.PENDING
+        do_write(session, outbox.BookingRescheduled(*_state(booking)), now)
         event = _event(BookingUpdated, booking)
     await publish_all(runtime.bus, [event])
     if rooms is not None:
@@ -336,13 +367,17 @@ async def do_cancel_booking(
     Cancelling twice is not an error."""
     events: list[BusEvent] = []
     async with runtime.db.session() as session:
-        booking = await access_booking(session, booking_id)
+        booking = await access_booking(session, booking_id, lock=True)
+        if booking.status in (BookingStatus.ENDED, BookingStatus.CLOSED):
+            raise Conflict(f"the session already {booking.status.value}; it cannot be cancelled")
         if booking.status is not BookingStatus.CANCELLED:
             now = runtime.clock.now()
+            await end_all_stays(session, booking, now, LeaveHow.CANCELLED)
             booking.status = BookingStatus.CANCELLED
             booking.cancelled_at = now
             booking.updated_at = now
             booking.sequence += 1
+            do_write(session, outbox.BookingCancelled(*_state(booking)), now)
             events.append(_event(BookingCancelled, booking))
     await publish_all(runtime.bus, events)
     if rooms is not None:
@@ -362,6 +397,10 @@ async def do_revoke_participant(
         participant.credential_hash = credential_hash(
             join_credential(runtime.keys, participant.id, participant.credential_generation)
         )
+        now = runtime.clock.now()
+        do_write(session, outbox.LinkRevoked(
+            booking_id, participant.id, participant.external_id, participant.role.value, now
+        ), now)
     if rooms is not None:
         await rooms.revoke(booking_id, participant_id, Removal.REVOKED)
     return participant

@@ -36,6 +36,7 @@ from core.events import (
     TrackRecording,
 )
 from core.runtime import Runtime
+from signaling.attendance import LeaveHow, do_mark_joined, do_mark_left
 from signaling.connection import Connection, Transport
 from signaling.fanout import Fanout, LocalFanout, Presence, RedisFanout, node_topic
 from signaling.protocol import (
@@ -45,6 +46,7 @@ from signaling.protocol import (
     Error,
     ErrorCode,
     IceServer,
+    Leave,
     Peer,
     PeerJoined,
     PeerLeft,
@@ -62,6 +64,12 @@ log = structlog.get_logger(__name__)
 
 BEAT_SLICE = 50  # rooms (or presence entries) per Redis round trip of the heartbeat
 PONG = encode(Pong())
+
+
+def _how(ending: ByeReason | int | None) -> LeaveHow:
+    if ending == CloseCode.NORMAL.value:  # only the person's own `bye` closes with 1000 here
+        return LeaveHow.LEFT
+    return LeaveHow.REMOVED if ending is ByeReason.REMOVED else LeaveHow.DROPPED
 
 
 class Hub:
@@ -90,6 +98,7 @@ class Hub:
             self.fanout = LocalFanout(self.node_id)
         self._stack = AsyncExitStack()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._attending = asyncio.Lock()  # FIFO: a join is stored before the leave after it
 
     async def __aenter__(self) -> Hub:
         topics: list[str] = [
@@ -206,7 +215,7 @@ class Hub:
                 self._grace_s, lambda: self._spawn(self._leave_after_grace(room, pid))
             )
             return
-        await self._leave(room, pid)
+        await self._leave(room, pid, _how(conn.ending))
 
     async def _leave_after_grace(self, room: Room, pid: str) -> None:
         room.leaving.pop(pid, None)
@@ -214,23 +223,39 @@ class Hub:
             return  # came back here, or on another node
         await self._leave(room, pid)
 
-    async def _leave(self, room: Room, pid: str) -> None:
+    async def _leave(self, room: Room, pid: str, how: LeaveHow = LeaveHow.DROPPED) -> None:
         if room.nodes.get(pid) == self.node_id:
             room.peers.pop(pid, None)
             room.nodes.pop(pid, None)
             room.broadcast(PeerLeft(id=pid))
-            self._tell_presence(ParticipantLeft, room, pid)
+            self._tell_presence(ParticipantLeft, room, pid, how)
             with contextlib.suppress(Exception):
                 await self.fanout.absent(room.name, pid)
                 await self.fanout.publish({"kind": "leave", "room": room.name, "id": pid})
         self._drop_if_unused(room)
 
     def _tell_presence(
-        self, kind: type[ParticipantJoined | ParticipantLeft], room: Room, pid: str
+        self, kind: type[ParticipantJoined | ParticipantLeft], room: Room, pid: str,
+        how: LeaveHow = LeaveHow.DROPPED,
     ) -> None:
-        """Who is in the room matters to consent (`all_or_nothing` recording counts them)."""
+        """Who is in the room matters to consent (`all_or_nothing` recording counts them),
+        and to attendance (stored, idempotent when several nodes report the same leave)."""
         event = kind(booking_id=uuid.UUID(room.booking_id), participant_id=uuid.UUID(pid))
         self._spawn(publish_all(self._runtime.bus, [event]))
+        self._spawn(self._attend(event, how, self._runtime.clock.now()))
+
+    async def _attend(
+        self, event: ParticipantJoined | ParticipantLeft, how: LeaveHow, at: datetime
+    ) -> None:
+        rt, booking, person = self._runtime, event.booking_id, event.participant_id
+        try:
+            async with self._attending:
+                if isinstance(event, ParticipantJoined):
+                    await do_mark_joined(rt, booking, person, at)
+                else:
+                    await do_mark_left(rt, booking, person, at, how)
+        except Exception:  # a database outage must not take the room down
+            log.exception("signaling.attendance_failed", booking_id=str(booking))
 
     def _drop_if_unused(self, room: Room) -> None:
         if not room.local and not room.leaving and self.rooms.get(room.name) is room:
@@ -269,6 +294,8 @@ class Hub:
             await self._relay(conn, message)
         elif isinstance(message, Error):
             conn.send(encode(message))
+        elif isinstance(message, Leave):  # deliberate: no reconnect grace
+            conn.finish(CloseCode.NORMAL, "left")
         else:
             conn.send(PONG)
 

@@ -378,7 +378,7 @@ class Rooms:
             pending = (
                 await session.scalars(
                     select(Booking.id).where(
-                        Booking.status == BookingStatus.SCHEDULED,
+                        Booking.status.in_(BookingStatus.before_end()),
                         Booking.room_state == RoomState.PENDING,
                         Booking.ends_at > closed_before,
                     )

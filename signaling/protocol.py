@@ -174,7 +174,13 @@ class Ping(_Message):
     type: Literal["ping"] = "ping"
 
 
-ClientMessage = Annotated[SendSignal | Ping, Field(discriminator="type")]
+class Leave(_Message):
+    """A deliberate Leave: the others see `peer-left` at once (no reconnect grace)."""
+
+    type: Literal["bye"] = "bye"
+
+
+ClientMessage = Annotated[SendSignal | Ping | Leave, Field(discriminator="type")]
 client_messages: TypeAdapter[ClientMessage] = TypeAdapter(ClientMessage)
 
 
@@ -198,7 +204,7 @@ class Relay(NamedTuple):
     payload: str
 
 
-def read_client(raw: str) -> Relay | Ping | Error:
+def read_client(raw: str) -> Relay | Ping | Leave | Error:
     """`parse_client` for the socket loop: the same answers, a `signal` as a `Relay`."""
     message = parse_client(raw)
     if isinstance(message, SendSignal):
@@ -220,7 +226,7 @@ def parse_client(raw: str) -> ClientMessage | Error:
         first: dict[str, Any] = dict(errors[0]) if errors else {}
         kind = first.get("type", "")
         if kind == "union_tag_invalid":
-            detail = "unknown message type; send `signal` or `ping`"
+            detail = "unknown message type; send `signal`, `ping` or `bye`"
             return Error(code=ErrorCode.UNKNOWN_TYPE, detail=detail)
         loc = ".".join(str(part) for part in first.get("loc", ())) or "message"
         msg = str(first.get("msg", "invalid"))

@@ -32,7 +32,15 @@ from core.runtime import Runtime
 from core.tasks import stop_tasks
 from summaries import outputs
 from summaries.consents import LedgerConsent
-from summaries.jobs import Job, JobKind, JobStatus, do_create_job, get_unfinished, latest_job
+from summaries.jobs import (
+    Job,
+    JobKind,
+    JobStatus,
+    do_create_job,
+    get_jobs,
+    get_unfinished,
+    latest_job,
+)
 from summaries.payloads import ConsentView
 from summaries.provider import AiUnavailable, OpenAIProvider
 from summaries.queue import ArqQueue, InProcessQueue, JobQueue
@@ -184,6 +192,25 @@ class AiJobs:
             wanted = booking is not None and Purpose.TRANSCRIPTION in booking.purposes
         if wanted:
             await self.request(booking_id, JobKind.TRANSCRIPTION)
+
+    async def settle(self, booking_id: uuid.UUID) -> bool:
+        """For the lifecycle sweep (signaling.lifecycle.AfterSession): start the after-session
+        transcription if the `booking.ended` event was missed (idempotent), and say whether
+        transcription or summary work remains, so the booking may become `closed`."""
+        if self.provider is None:
+            return False
+        async with self._rt.db.session() as session:
+            booking = await session.get(Booking, booking_id)
+            if booking is None or Purpose.TRANSCRIPTION not in booking.purposes:
+                return False
+            jobs = [
+                j for j in await get_jobs(session, booking_id)
+                if j.kind in (JobKind.TRANSCRIPTION, JobKind.SUMMARY)
+            ]
+        if not any(j.kind is JobKind.TRANSCRIPTION for j in jobs):
+            await self.request(booking_id, JobKind.TRANSCRIPTION)
+            return True
+        return any(not j.status.finished for j in jobs)
 
     async def withdraw(self, booking_id: uuid.UUID, subject: uuid.UUID, purpose: Purpose) -> None:
         """Delete what was made from this person's words under `purpose`; re-summarize the

@@ -10,11 +10,13 @@ from fastapi import APIRouter, Body, Depends, Header, Path, Query, Response
 from pydantic import AwareDatetime, BaseModel, Field
 
 from api import problems
-from api.deps import RoomsDep, RuntimeDep, SchedulerCaller
+from api.deps import RoomsDep, RuntimeDep, SchedulerCaller, require
+from core.accounts import Caller, Scope
 from core.bookings import Booking, BookingStatus, Participant, Role, RoomState
 from core.purposes import RecordingPolicy
 from core.runtime import Runtime
 from signaling import bookings as service
+from signaling.attendance import LeaveHow, get_attendance
 from signaling.ics import invite
 from signaling.join import JoinGrant, do_participant_token
 
@@ -70,7 +72,11 @@ class BookingOut(BaseModel):
     language: str
     starts_at: datetime
     ends_at: datetime
-    status: BookingStatus
+    status: BookingStatus = Field(
+        description="Lifecycle: `scheduled` -> `open` (join window open) -> `live` (first "
+        "person in) -> `ended` (window closed, or everyone left after the end) -> `closed` "
+        "(after-session jobs done or none asked for); `cancelled` before `ended`."
+    )
     requested_purposes: list[str]
     recording_policy: RecordingPolicy
     record_automatically: bool
@@ -78,6 +84,10 @@ class BookingOut(BaseModel):
     created_at: datetime
     updated_at: datetime
     cancelled_at: datetime | None
+    opened_at: datetime | None = Field(description="When the booking became `open`.")
+    live_at: datetime | None = Field(description="When the first person came in (`live`).")
+    ended_at: datetime | None = Field(description="When the session `ended`.")
+    closed_at: datetime | None = Field(description="When the booking was `closed`.")
     room: RoomOut
     participants: list[ParticipantOut]
 
@@ -118,6 +128,10 @@ def booking_out(runtime: Runtime, booking: Booking) -> BookingOut:
         created_at=booking.created_at,
         updated_at=booking.updated_at,
         cancelled_at=booking.cancelled_at,
+        opened_at=booking.opened_at,
+        live_at=booking.live_at,
+        ended_at=booking.ended_at,
+        closed_at=booking.closed_at,
         room=RoomOut(
             name=booking.room_name,
             state=booking.room_state,
@@ -208,8 +222,9 @@ async def get_booking(
     "/{booking_id}",
     summary="Reschedule a booking",
     description="Moves the booking to a new window; the invites' SEQUENCE grows. Tokens "
-    "issued from now on expire no later than the new window's end.",
-    responses=problems.responses(401, 403, 404, 410, 422),
+    "issued from now on expire no later than the new window's end. A session that already "
+    "ended cannot move (409).",
+    responses=problems.responses(401, 403, 404, 409, 410, 422),
 )
 async def reschedule_booking(
     runtime: RuntimeDep,
@@ -229,8 +244,9 @@ async def reschedule_booking(
     "/{booking_id}",
     summary="Cancel a booking",
     description="Join links answer 410 from now on; in LiveKit mode the room is deleted. "
-    "Cancelling a cancelled booking changes nothing.",
-    responses=problems.responses(401, 403, 404, 422),
+    "Cancelling a cancelled booking changes nothing; a session that already ended cannot be "
+    "cancelled (409).",
+    responses=problems.responses(401, 403, 404, 409, 422),
 )
 async def cancel_booking(
     runtime: RuntimeDep, rooms: RoomsDep, caller: SchedulerCaller, booking_id: BookingId
@@ -308,3 +324,58 @@ async def revoke_link(
     )
     return participant_out(runtime, person.booking, person)
 
+
+
+class StayOut(BaseModel):
+    joined_at: datetime
+    left_at: datetime | None
+    how: LeaveHow | None = Field(description="How the stay ended (null: still present).")
+
+
+class PersonAttendanceOut(BaseModel):
+    participant_id: uuid.UUID
+    external_id: str
+    role: Role
+    present: bool
+    seconds_present: float = Field(description="Total time present so far (s).")
+    no_show: bool | None = Field(
+        description="Never came in; decided when the window closes (null until then)."
+    )
+    stays: list[StayOut]
+
+
+class AttendanceOut(BaseModel):
+    booking_id: uuid.UUID
+    status: BookingStatus
+    people: list[PersonAttendanceOut]
+
+
+@router.get(
+    "/{booking_id}/attendance",
+    summary="Who attended",
+    description="Per participant (pseudonymous id and your external id, never a name): each "
+    "join and leave with its time, the total time present, and `no_show` once the join "
+    "window closed. Scheduler and admin keys.",
+    responses=problems.responses(401, 403, 404, 422),
+)
+async def attendance(
+    runtime: RuntimeDep,
+    caller: Annotated[Caller, Depends(require(Scope.SCHEDULER, Scope.ADMIN))],
+    booking_id: BookingId,
+) -> AttendanceOut:
+    async with runtime.db.session() as session:
+        booking = await service.access_booking(session, booking_id)
+        people = await get_attendance(session, booking, runtime.clock.now())
+    return AttendanceOut(
+        booking_id=booking.id, status=booking.status,
+        people=[
+            PersonAttendanceOut(
+                participant_id=p.participant.id, external_id=p.participant.external_id,
+                role=p.participant.role, present=p.present, seconds_present=p.seconds,
+                no_show=p.no_show,
+                stays=[StayOut(joined_at=s.joined_at, left_at=s.left_at, how=s.left_how)
+                       for s in p.stays],
+            )
+            for p in people
+        ],
+    )

@@ -1,10 +1,12 @@
-"""Jobs start on their own: transcription when a session ends, the agenda once its consent is
-complete; and the page follows them as server-sent events."""
+"""Jobs start on their own: transcription when a session ends (the lifecycle sweep, driven by
+the clock, ends it), the agenda once its consent is complete; and the page follows them as
+server-sent events."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -13,9 +15,9 @@ import pytest
 from api.services import Services
 from core.accounts import Scope
 from core.clock import ManualClock
-from core.events import BookingEnded
 from core.runtime import Runtime
 from summaries.service import AiJobs
+from tests.lifecycle_support import until_status
 from tests.standins.openai import OpenAIStandIn
 from tests.support.ai import (
     Recordings,
@@ -39,7 +41,10 @@ async def standin() -> AsyncIterator[OpenAIStandIn]:
 
 @pytest.fixture
 def settings_overrides(standin: OpenAIStandIn) -> dict[str, Any]:
-    return {"openai_base_url": standin.base_url, "openai_api_key": "sk-test"}
+    return {
+        "openai_base_url": standin.base_url, "openai_api_key": "sk-test",
+        "lifecycle_sweep_interval_s": 0.05,
+    }
 
 
 async def test_session_end_starts_transcription_then_summary(
@@ -57,12 +62,16 @@ async def test_session_end_starts_transcription_then_summary(
         audio = tone(300 + 200 * i)
         source.add(session.booking_id, person, 1000 * i, audio)
         standin.hear(audio, f"words of person {i}")
-    await runtime.bus.publish(BookingEnded(booking_id=session.booking_id))
+    assert await jobs_of(client, session) == []
+    clock.advance(timedelta(hours=3, minutes=1))  # past the booked hour and its window
     await until_jobs(client, session, 1)
     jobs = await settle(client, session)
     assert sorted((j["kind"], j["status"]) for j in jobs) == [
         ("ai.summary", "succeeded"), ("transcription", "succeeded")
     ]
+    booking = await until_status(client, api_keys, session.booking_id, "closed")
+    assert booking["opened_at"] <= booking["ended_at"] <= booking["closed_at"]
+    assert booking["live_at"] is None
 
 
 async def test_agenda_is_drafted_when_its_consent_is_complete(

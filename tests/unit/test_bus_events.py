@@ -13,8 +13,11 @@ from pydantic import ValidationError
 from core.bus import decode, encode
 from core.events import (
     BookingCancelled,
+    BookingClosed,
     BookingCreated,
     BookingEnded,
+    BookingOpened,
+    BookingStarted,
     BookingUpdated,
     BusEvent,
     ConsentChanged,
@@ -39,7 +42,10 @@ EVENTS: list[BusEvent] = [
     BookingCreated(**TERMS),
     BookingUpdated(**TERMS),
     BookingCancelled(**{**TERMS, "status": "cancelled"}),
-    BookingEnded(booking_id=BOOKING),
+    BookingOpened(**{**TERMS, "status": "open"}),
+    BookingStarted(**{**TERMS, "status": "live"}),
+    BookingEnded(**{**TERMS, "status": "ended"}),
+    BookingClosed(**{**TERMS, "status": "closed"}),
     ParticipantJoined(booking_id=BOOKING, participant_id=PERSON),
     ParticipantLeft(booking_id=BOOKING, participant_id=PERSON),
     ConsentChanged(

@@ -1,0 +1,45 @@
+"""Waiting for a booking's lifecycle and reading its outbox, for lifecycle and webhook tests."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import httpx
+from sqlalchemy import select
+
+from core.accounts import Scope
+from core.outbox import OutboxEvent
+from core.runtime import Runtime
+from tests.support.bookings import bearer
+
+
+async def until_status(
+    client: httpx.AsyncClient, keys: dict[Scope, str], booking_id: uuid.UUID | str, status: str,
+    *, within_s: float = 30,
+) -> dict[str, Any]:
+    """Poll `GET /v1/bookings/{id}` until the booking has `status`; the booking then."""
+    deadline = asyncio.get_running_loop().time() + within_s
+    while True:
+        response = await client.get(
+            f"/v1/bookings/{booking_id}", headers=bearer(keys[Scope.SCHEDULER])
+        )
+        assert response.status_code == 200, response.text
+        booking: dict[str, Any] = response.json()
+        if booking["status"] == status:
+            return booking
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"booking stayed {booking['status']}, never {status}")
+        await asyncio.sleep(0.05)
+
+
+async def outbox_types(runtime: Runtime, booking_id: uuid.UUID | str) -> list[str]:
+    """The event types written to the outbox for the booking, in order."""
+    async with runtime.db.session() as session:
+        query = (
+            select(OutboxEvent.type)
+            .where(OutboxEvent.booking_id == uuid.UUID(str(booking_id)))
+            .order_by(OutboxEvent.seq)
+        )
+        return list((await session.scalars(query)).all())
