@@ -1,0 +1,325 @@
+"""Outgoing webhooks against a real receiver that verifies with the `standardwebhooks` package:
+endpoints through the API, signed events in order per booking, retries through a receiver that
+is down, failing or slow, Retry-After, disabling after days of failure, replay, rotation."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+
+from core.accounts import Scope
+from core.clock import ManualClock
+from tests.booking_support import bearer, book
+from tests.lifecycle_support import until
+from tests.webhook_receiver import Mode, Received, Receiver, first_seen
+
+BOOKING_EVENTS = ["booking.created", "booking.rescheduled", "booking.cancelled"]
+
+
+@pytest.fixture
+def settings_overrides() -> dict[str, Any]:
+    return {
+        "webhook_allow_private_targets": True, "webhook_timeout_s": 1,
+        "webhook_poll_interval_s": 0.05, "lifecycle_sweep_interval_s": 0,
+    }
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    server = Receiver()
+    await server.start()
+    yield server
+    await server.stop()
+
+
+def hdr(keys: dict[Scope, str]) -> dict[str, str]:
+    return bearer(keys[Scope.SCHEDULER])
+
+
+async def register(
+    client: httpx.AsyncClient, keys: dict[Scope, str], receiver: Receiver,
+    types: list[str] | None = None,
+) -> dict[str, Any]:
+    response = await client.post(
+        "/v1/webhooks/endpoints", headers=hdr(keys),
+        json={"url": receiver.url, "description": "platform", "event_types": types},
+    )
+    assert response.status_code == 201, response.text
+    endpoint: dict[str, Any] = response.json()
+    assert endpoint["secret"].startswith("whsec_")
+    receiver.secrets.append(endpoint["secret"])
+    return endpoint
+
+
+async def deliveries(
+    client: httpx.AsyncClient, keys: dict[Scope, str], endpoint_id: str, **params: Any
+) -> list[dict[str, Any]]:
+    response = await client.get(
+        f"/v1/webhooks/endpoints/{endpoint_id}/deliveries", headers=hdr(keys), params=params
+    )
+    assert response.status_code == 200, response.text
+    items: list[dict[str, Any]] = response.json()["items"]
+    return items
+
+
+async def book_move_cancel(
+    client: httpx.AsyncClient, keys: dict[Scope, str], clock: ManualClock
+) -> str:
+    booked = await book(client, keys[Scope.SCHEDULER], clock.now() + timedelta(days=2))
+    later = clock.now() + timedelta(days=3)
+    moved = await client.patch(f"/v1/bookings/{booked['id']}", headers=hdr(keys), json={
+        "starts_at": later.isoformat(), "ends_at": (later + timedelta(hours=1)).isoformat(),
+    })
+    assert moved.status_code == 200
+    assert (await client.delete(f"/v1/bookings/{booked['id']}", headers=hdr(keys))).is_success
+    return str(booked["id"])
+
+
+async def test_events_arrive_signed_with_ids_only_and_in_order(
+    client: httpx.AsyncClient, api_keys: dict[Scope, str], clock: ManualClock,
+    receiver: Receiver,
+) -> None:
+    await register(client, api_keys, receiver)
+    booking_id = await book_move_cancel(client, api_keys, clock)
+
+    async def three() -> bool:
+        return len(receiver.received) >= 3
+
+    await until(three)
+    assert [r.type for r in receiver.received] == BOOKING_EVENTS
+    assert receiver.rejected == 0
+    assert {r.data["booking_id"] for r in receiver.received} == {booking_id}
+    created = receiver.received[0].data
+    assert [p["external_id"] for p in created["participants"]] == ["host-1", "client-1"]
+    text = repr([r.data for r in receiver.received])
+    assert "Ada Host" not in text
+    assert "Mentoring" not in text
+    assert "Quarterly" not in text
+
+
+async def test_nothing_is_lost_through_a_receiver_down_failing_and_slow(
+    client: httpx.AsyncClient, api_keys: dict[Scope, str], clock: ManualClock,
+    receiver: Receiver,
+) -> None:
+    endpoint = await register(client, api_keys, receiver)
+    await receiver.stop()  # down: connections refused
+    bookings = [await book_move_cancel(client, api_keys, clock) for _ in range(3)]
+
+    async def tried(count: int) -> bool:
+        log = await deliveries(client, api_keys, endpoint["id"])
+        return sum(d["attempts"] for d in log) >= count
+
+    async def tried_once_more() -> bool:
+        clock.advance(timedelta(minutes=10))  # through the backoff (5 days would disable)
+        return await tried(before + 1)
+
+    before = 0
+    await until(tried_once_more)
+    log = await deliveries(client, api_keys, endpoint["id"])
+    assert {d["status"] for d in log} == {"pending"}
+    assert (await client.get(
+        f"/v1/webhooks/endpoints/{endpoint['id']}", headers=hdr(api_keys)
+    )).json()["failing_since"] is not None
+
+    await receiver.start()
+    for mode in (Mode.FAIL, Mode.SLOW):
+        receiver.mode = mode
+        before = sum(d["attempts"] for d in await deliveries(client, api_keys, endpoint["id"]))
+        await until(tried_once_more)
+    receiver.mode = Mode.OK
+
+    async def all_delivered() -> bool:
+        clock.advance(timedelta(hours=1))
+        log = await deliveries(client, api_keys, endpoint["id"])
+        return len(log) == 9 and all(d["status"] == "delivered" for d in log)
+
+    await until(all_delivered, within_s=60)
+    got = first_seen(receiver.received)
+    assert len(got) == 9
+    assert receiver.rejected == 0
+    for booking_id in bookings:  # in order per booking, whatever the interleaving
+        assert [r.type for r in got if r.data["booking_id"] == booking_id] == BOOKING_EVENTS
+    log = await deliveries(client, api_keys, endpoint["id"])
+    by_id: dict[str, Received] = {}
+    for item in receiver.received:  # a duplicate is the same message under the same id
+        assert by_id.setdefault(item.id, item) == item
+    assert {d["event_id"] for d in log} == {r.id for r in got}
+    assert all(d["attempts"] >= 1 for d in log)
+
+
+async def test_retry_after_is_honoured(
+    client: httpx.AsyncClient, api_keys: dict[Scope, str], clock: ManualClock,
+    receiver: Receiver,
+) -> None:
+    endpoint = await register(client, api_keys, receiver)
+    receiver.mode = Mode.BUSY
+    receiver.retry_after = "7200"
+    await book(client, api_keys[Scope.SCHEDULER], clock.now() + timedelta(days=1))
+
+    async def tried() -> bool:
+        log = await deliveries(client, api_keys, endpoint["id"])
+        return any(d["last_status_code"] for d in log)
+
+    await until(tried)
+    (delivery,) = await deliveries(client, api_keys, endpoint["id"])
+    assert delivery["last_status_code"] == 429
+    wait = datetime.fromisoformat(delivery["next_attempt_at"]) - clock.now()
+    assert wait >= timedelta(hours=2)
+
+
+async def test_an_endpoint_failing_for_five_days_is_disabled_and_can_resume(
+    client: httpx.AsyncClient, api_keys: dict[Scope, str], clock: ManualClock,
+    receiver: Receiver,
+) -> None:
+    endpoint = await register(client, api_keys, receiver)
+    receiver.mode = Mode.FAIL
+    await book(client, api_keys[Scope.SCHEDULER], clock.now() + timedelta(days=9))
+    path = f"/v1/webhooks/endpoints/{endpoint['id']}"
+
+    async def disabled() -> bool:
+        clock.advance(timedelta(hours=9))
+        shown = (await client.get(path, headers=hdr(api_keys))).json()
+        return shown["enabled"] is False
+
+    await until(disabled, within_s=60)
+    shown = (await client.get(path, headers=hdr(api_keys))).json()
+    assert "failed" in shown["disabled_reason"]
+    (delivery,) = await deliveries(client, api_keys, endpoint["id"])
+    assert delivery["status"] == "pending"  # kept, not dropped
+    attempts = receiver.attempts
+
+    receiver.mode = Mode.OK
+    again = await client.patch(path, headers=hdr(api_keys), json={"enabled": True})
+    assert again.json()["enabled"] is True
+    clock.advance(timedelta(hours=9))
+
+    async def delivered() -> bool:
+        return len(receiver.received) == 1
+
+    await until(delivered)
+    assert receiver.attempts > attempts
+
+
+async def test_replay_sends_the_same_message_again(
+    client: httpx.AsyncClient, api_keys: dict[Scope, str], clock: ManualClock,
+    receiver: Receiver,
+) -> None:
+    endpoint = await register(client, api_keys, receiver, types=["booking.created"])
+    await book_move_cancel(client, api_keys, clock)
+
+    async def one() -> bool:
+        return len(receiver.received) == 1
+
+    await until(one)
+    (delivery,) = await deliveries(client, api_keys, endpoint["id"])  # only the wanted type
+    replay = await client.post(
+        f"/v1/webhooks/endpoints/{endpoint['id']}/deliveries/{delivery['id']}/replay",
+        headers=hdr(api_keys),
+    )
+    assert replay.status_code == 202
+
+    async def two() -> bool:
+        return len(receiver.received) == 2
+
+    await until(two)
+    assert receiver.ids == [delivery["event_id"]] * 2
+
+
+async def test_a_rotated_secret_overlaps_with_the_old_one_for_the_grace_period(
+    client: httpx.AsyncClient, api_keys: dict[Scope, str], clock: ManualClock,
+    receiver: Receiver,
+) -> None:
+    endpoint = await register(client, api_keys, receiver)
+    old = receiver.secrets[0]
+    rotated = await client.post(
+        f"/v1/webhooks/endpoints/{endpoint['id']}/rotate", headers=hdr(api_keys)
+    )
+    assert rotated.status_code == 200
+    new = rotated.json()["secret"]
+    assert new != old
+    receiver.secrets = [old]  # a receiver not updated yet still verifies
+    await book(client, api_keys[Scope.SCHEDULER], clock.now() + timedelta(days=3))
+
+    async def got(count: int) -> bool:
+        return len(receiver.received) == count
+
+    async def first() -> bool:
+        return await got(1)
+
+    await until(first)
+    assert receiver.received[0].signatures == 2
+    clock.advance(timedelta(hours=25))  # the grace is over: only the new secret signs
+    receiver.secrets = [new]
+    await book(client, api_keys[Scope.SCHEDULER], clock.now() + timedelta(days=3))
+
+    async def second() -> bool:
+        return await got(2)
+
+    await until(second)
+    assert receiver.received[1].signatures == 1
+
+
+async def test_endpoints_through_the_api(
+    client: httpx.AsyncClient, api_keys: dict[Scope, str], receiver: Receiver,
+) -> None:
+    endpoint = await register(client, api_keys, receiver, types=["booking.created"])
+    path = f"/v1/webhooks/endpoints/{endpoint['id']}"
+    listed = (await client.get("/v1/webhooks/endpoints", headers=hdr(api_keys))).json()
+    assert [e["id"] for e in listed] == [endpoint["id"]]
+    assert "secret" not in listed[0]
+    changed = await client.patch(path, headers=hdr(api_keys), json={
+        "event_types": ["summary.ready", "participant.no_show"]
+    })
+    assert changed.json()["event_types"] == ["participant.no_show", "summary.ready"]
+    bad = await client.patch(path, headers=hdr(api_keys), json={"event_types": ["nope"]})
+    assert bad.status_code == 422
+    assert bad.headers["content-type"].startswith("application/problem+json")
+    off = await client.patch(path, headers=hdr(api_keys), json={"enabled": False})
+    assert off.json()["enabled"] is False
+    assert off.json()["disabled_reason"] == "disabled through the API"
+    admin = await client.get("/v1/webhooks/endpoints", headers=bearer(api_keys[Scope.ADMIN]))
+    assert admin.status_code == 403
+    assert (await client.delete(path, headers=hdr(api_keys))).status_code == 204
+    assert (await client.get(path, headers=hdr(api_keys))).status_code == 404
+    replay = await client.post(
+        f"{path}/deliveries/00000000-0000-4000-8000-000000000000/replay", headers=hdr(api_keys)
+    )
+    assert replay.status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("settings_overrides", "url"),
+    [
+        ({}, "http://hooks.example.com/in"),
+        ({}, "https://127.0.0.1/in"),
+        ({}, "https://10.1.2.3/in"),
+        ({}, "ftp://hooks.example.com/in"),
+        ({}, "https://user:pw@hooks.example.com/in"),
+    ],
+)
+async def test_unsafe_targets_are_refused(
+    client: httpx.AsyncClient, api_keys: dict[Scope, str], url: str,
+) -> None:
+    response = await client.post("/v1/webhooks/endpoints", headers=hdr(api_keys), json={
+        "url": url
+    })
+    assert response.status_code == 422, response.text
+    assert response.json()["errors"][0]["loc"] == ["body", "url"]
+    listed = await client.get("/v1/webhooks/endpoints", headers=hdr(api_keys))
+    assert listed.json() == []
+
+
+async def test_openapi_describes_every_event(client: httpx.AsyncClient) -> None:
+    spec = (await client.get("/openapi.json")).json()
+    assert {
+        "booking.created", "booking.rescheduled", "booking.cancelled", "booking.started",
+        "booking.ended", "participant.joined", "participant.left", "participant.no_show",
+        "consent.changed", "recording.started", "recording.stopped", "recording.ready",
+        "transcript.ready", "summary.ready", "agenda.ready", "link.revoked", "subject.erased",
+    } <= set(spec["webhooks"])
+    created = spec["webhooks"]["booking.created"]["post"]["requestBody"]["content"]
+    assert "application/json" in created
