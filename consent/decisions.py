@@ -20,6 +20,7 @@ from core.bookings import Booking, BookingStatus, Participant
 from core.bus import EventBus, publish_all
 from core.database import Database
 from core.errors import Conflict, Gone, InvalidInput, NotFound
+from core.outbox import ConsentChanged, do_write
 
 
 class PurposeNotRequested(InvalidInput):
@@ -143,5 +144,8 @@ async def do_decide(
             ),
             now,
         )
+        do_write(session, ConsentChanged(
+            booking.id, participant.id, entry.purpose.value, entry.decision.value, entry.id, now
+        ), now)
     await publish_all(bus, [changed_event(entry)])
     return entry

@@ -16,11 +16,12 @@ from __future__ import annotations
 import enum
 import secrets
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, ClassVar
 
-from sqlalchemy import JSON, Boolean, Integer, String, Uuid
+from sqlalchemy import JSON, Boolean, Integer, String, Uuid, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -268,19 +269,14 @@ class RecordingReady:
 
 @dataclass(frozen=True)
 class SubjectErased:
-    """A person was erased: the scheduler's id for them and their participant ids."""
+    """A person was erased: their participant ids (the external id is erased too)."""
 
     type: ClassVar[EventType] = EventType.SUBJECT_ERASED
-    external_id: str
     participant_ids: tuple[uuid.UUID, ...]
     at: datetime
 
     def data(self) -> dict[str, Any]:
-        return {
-            "external_id": self.external_id,
-            "participant_ids": [str(p) for p in self.participant_ids],
-            "at": _iso(self.at),
-        }
+        return {"participant_ids": [str(p) for p in self.participant_ids], "at": _iso(self.at)}
 
 
 OutgoingEvent = (
@@ -310,3 +306,30 @@ def do_write(session: AsyncSession, event: OutgoingEvent, at: datetime) -> Outbo
     )
     session.add(row)
     return row
+
+
+def _scrubbed(value: Any, external_id: str, tombstone: str) -> Any:
+    if isinstance(value, dict):
+        return {
+            k: tombstone if k == "external_id" and v == external_id
+            else _scrubbed(v, external_id, tombstone)
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_scrubbed(v, external_id, tombstone) for v in value]
+    return value
+
+
+async def do_scrub(
+    session: AsyncSession, booking_ids: Sequence[uuid.UUID], external_id: str, tombstone: str
+) -> int:
+    """Erasure: the person's external id leaves every stored event of their bookings (sent
+    or not; a replay then carries the tombstone). The number of events changed."""
+    query = select(OutboxEvent).where(OutboxEvent.booking_id.in_(list(booking_ids)))
+    changed = 0
+    for row in (await session.scalars(query)).all():
+        payload = _scrubbed(row.payload, external_id, tombstone)
+        if payload != row.payload:
+            row.payload = payload
+            changed += 1
+    return changed

@@ -34,6 +34,7 @@ class Category(enum.StrEnum):
     TRANSCRIPTS = "transcripts"
     SUMMARIES = "summaries"
     JOIN_LOGS = "join_logs"
+    ATTENDANCE = "attendance"
     BOOKINGS = "bookings"
     CONSENT_LEDGER = "consent_ledger"
 

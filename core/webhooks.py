@@ -240,7 +240,7 @@ async def attempt(
             "POST", url, content=body, headers=headers, timeout=limit_s, follow_redirects=False
         ) as response:
             read = 0
-            async for chunk in response.aiter_raw():
+            async for chunk in response.aiter_bytes():
                 read += len(chunk)
                 if read >= MAX_BODY:
                     break

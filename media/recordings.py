@@ -21,6 +21,7 @@ from core.accounts import Viewer, access_booking_data
 from core.bookings import Booking, Role
 from core.database import Base, UTCDateTime, enum_column
 from core.errors import NotFound, PermissionDenied
+from core.outbox import RecordingReady, RecordingStarted, RecordingStopped, do_write
 from core.purposes import Purpose
 
 
@@ -125,6 +126,16 @@ async def do_set_recording_on(
     else:
         lite = sqlite.insert(RecordingControl).values(values)
         await session.execute(lite.on_conflict_do_update(index_elements=keys, set_=changed))
+    switched = RecordingStarted if on else RecordingStopped
+    do_write(session, switched(booking_id, by, now), now)
+
+
+def do_mark_ready(
+    session: AsyncSession, booking_id: uuid.UUID, recording_id: uuid.UUID,
+    participant_id: uuid.UUID, kind: str, now: datetime,
+) -> None:
+    """A recording is complete and stored: `recording.ready` goes out with its commit."""
+    do_write(session, RecordingReady(booking_id, recording_id, participant_id, kind), now)
 
 
 class RecordingDownload(Base):

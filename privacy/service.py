@@ -28,6 +28,8 @@ from core.bookings import Booking, Participant
 from core.bus import publish_all
 from core.errors import NotFound
 from core.events import SubjectErased, SubjectRestricted
+from core.outbox import SubjectErased as ErasedOut
+from core.outbox import do_write
 from core.runtime import Runtime
 from core.settings import Settings
 from core.subjects import (
@@ -63,6 +65,7 @@ def periods(settings: Settings) -> dict[Category, timedelta]:
         Category.TRANSCRIPTS: settings.summary_retention_days,
         Category.SUMMARIES: settings.summary_retention_days,
         Category.JOIN_LOGS: settings.join_log_retention_days,
+        Category.ATTENDANCE: settings.attendance_retention_days,
         Category.BOOKINGS: settings.booking_retention_days,
         Category.CONSENT_LEDGER: settings.ledger_retention_days,
     }
@@ -226,6 +229,7 @@ class Privacy:
             record = ErasureRecord(id=uuid.uuid4(), at=now, tombstone=erasure.tombstone,
                                    api_key_id=api_key_id, counts=counts)
             session.add(record)
+            do_write(session, ErasedOut(subject.participant_ids, now), now)
         counts["files_removed"] = await asyncio.to_thread(erasure.cleanup.run)
         events = [
             SubjectErased(booking_id=p.booking_id, subject_id=p.id, tombstone=erasure.tombstone)

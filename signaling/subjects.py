@@ -1,10 +1,10 @@
 """The identity side of data-subject rights (core.subjects.SubjectData): bookings,
-participant rows, join links and the join log (redeemed signaling tickets).
+participant rows, join links, the join log (redeemed signaling tickets) and attendance.
 
-Erasure replaces the person's external id and display name with the tombstone and ends
-their join links; the rows stay (they anchor the ledger's pseudonymous subject ids, which
-then lead nowhere). Retention deletes bookings (cascading to everything hanging off them)
-and old join-log rows.
+Erasure replaces the person's external id and display name with the tombstone, ends
+their join links and deletes their attendance; the participant rows stay (they anchor the
+ledger's pseudonymous subject ids, which then lead nowhere). Retention deletes bookings
+(cascading to everything hanging off them), old join-log rows and old attendance.
 """
 
 from __future__ import annotations
@@ -13,12 +13,13 @@ import secrets
 from collections.abc import AsyncIterator
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.batches import delete_where, table_of
 from core.bookings import Booking, Participant
 from core.crypto import sha256_hex
+from core.outbox import do_scrub
 from core.purposes import Purpose
 from core.runtime import Runtime
 from core.subjects import (
@@ -31,6 +32,7 @@ from core.subjects import (
     Part,
     Subject,
 )
+from signaling.attendance import Stay
 from signaling.tickets import UsedTicket
 
 
@@ -43,6 +45,23 @@ class SignalingSubjects:
     async def export(self, subject: Subject) -> AsyncIterator[Part]:
         yield JsonLines("bookings.jsonl", self._bookings(subject))
         yield JsonLines("joins.jsonl", self._joins(subject))
+        yield JsonLines("attendance.jsonl", self._attendance(subject))
+
+    async def _attendance(self, subject: Subject) -> AsyncIterator[dict[str, Any]]:
+        query = (
+            select(Stay).where(Stay.participant_id.in_(subject.participant_ids))
+            .order_by(Stay.joined_at)
+        )
+        async with self._rt.db.session() as session:
+            stays = list((await session.scalars(query)).all())
+        for stay in stays:
+            yield {
+                "booking_id": str(stay.booking_id),
+                "participant_id": str(stay.participant_id),
+                "joined_at": stay.joined_at.isoformat(),
+                "left_at": stay.left_at.isoformat() if stay.left_at else None,
+                "how": stay.left_how.value if stay.left_how else None,
+            }
 
     async def _bookings(self, subject: Subject) -> AsyncIterator[dict[str, Any]]:
         ids = list(subject.booking_ids)
@@ -114,7 +133,17 @@ class SignalingSubjects:
         ]
         await session.execute(update(Participant), changes)  # one executemany by primary key
         ended = sum(1 for p in subject.participants if p.revoked_at is None)
-        return {"participants_tombstoned": len(changes), "join_links_ended": ended}
+        stays = await session.execute(
+            delete(Stay).where(Stay.participant_id.in_(subject.participant_ids))
+        )
+        scrubbed = await do_scrub(
+            session, subject.booking_ids, subject.external_id, erasure.tombstone
+        )
+        return {
+            "participants_tombstoned": len(changes), "join_links_ended": ended,
+            "attendance_deleted": int(getattr(stays, "rowcount", 0) or 0),
+            "events_scrubbed": scrubbed,
+        }
 
     async def delete_purpose(
         self, session: AsyncSession, participant: Participant, purpose: Purpose, cleanup: Cleanup
@@ -126,6 +155,11 @@ class SignalingSubjects:
             table = table_of(UsedTicket)
             return await delete_where(
                 self._rt.db, table, table.c.expires_at < cutoff.before, dry_run=dry_run
+            )
+        if category is Category.ATTENDANCE:
+            table = table_of(Stay)
+            return await delete_where(
+                self._rt.db, table, table.c.joined_at < cutoff.before, dry_run=dry_run
             )
         if category is Category.BOOKINGS:
             table = table_of(Booking)

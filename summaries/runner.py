@@ -11,7 +11,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -20,6 +20,7 @@ from core.audio import AudioSource
 from core.bookings import Booking
 from core.bus import publish_all
 from core.events import JobProgress
+from core.outbox import AgendaReady, SummaryReady, TranscriptReady, do_write
 from core.purposes import Purpose, RecordingPolicy
 from core.runtime import Runtime
 from summaries import outputs
@@ -291,14 +292,14 @@ class JobRunner:
                 retain_until=now + timedelta(days=days),
             )
             session.add(row)
-            return _Stored(row.id)
+            return _ready(session, job, booking, row.id, now)
         if job.kind is JobKind.SUMMARY:
             row = outputs.Summary(
                 **common, body=result, subjects=subjects, entry_ids=entry_ids,
                 retain_until=now + timedelta(days=days),
             )
             session.add(row)
-            return _Stored(row.id)
+            return _ready(session, job, booking, row.id, now)
         texts = list(result) if isinstance(result, list) else []
         transcript = outputs.Transcript(**common, retain_until=now + timedelta(days=days))
         session.add(transcript)
@@ -312,7 +313,7 @@ class JobRunner:
                 )
             )
         follow = JobKind.SUMMARY if Purpose.AI_SUMMARY in booking.purposes else None
-        return _Stored(transcript.id, follow)
+        return _ready(session, job, booking, transcript.id, now, follow)
 
     async def _skip(self, job: Job, booking: Booking, exc: NotPermitted) -> None:
         now = self._rt.clock.now()
@@ -349,3 +350,18 @@ class JobRunner:
             mark_finished(row, JobStatus.FAILED, now, error_code=code, error=detail)
             event = row.event()
         await publish_all(self._rt.bus, [event])
+
+
+READY = {
+    JobKind.AGENDA: AgendaReady, JobKind.TRANSCRIPTION: TranscriptReady,
+    JobKind.SUMMARY: SummaryReady,
+}
+
+
+def _ready(
+    session: AsyncSession, job: Job, booking: Booking, output_id: uuid.UUID, now: datetime,
+    follow: JobKind | None = None,
+) -> _Stored:
+    """The output is stored: its `*.ready` event goes to the outbox in the same transaction."""
+    do_write(session, READY[job.kind](booking.id, job.id, output_id), now)
+    return _Stored(output_id, follow)

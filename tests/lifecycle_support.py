@@ -4,16 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import httpx
+import pytest
+import uvicorn
+from fastapi import FastAPI
 from sqlalchemy import select
+from websockets.asyncio.client import ClientConnection
 
 from core.accounts import Scope
 from core.outbox import OutboxEvent
 from core.runtime import Runtime
-from tests.support.bookings import bearer
+from tests.support.bookings import bearer, credential_of
+from tests.support.liveserver import free_port
+from tests.support.signaling import open_socket, receive_type
+
+ORIGIN = "http://testserver"
 
 
 async def until_status(
@@ -55,3 +63,31 @@ async def until(check: Callable[[], Awaitable[bool]], *, within_s: float = 30) -
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"not true within {within_s} s: {check}")
         await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def ws_base(app: FastAPI) -> AsyncIterator[str]:
+    """The app (lifespan already running) served by a real uvicorn on a free port."""
+    port = free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off", log_level="error")
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    async with asyncio.timeout(10):
+        while not server.started:  # noqa: ASYNC110 (uvicorn offers no event to wait on)
+            await asyncio.sleep(0.02)
+    yield f"ws://127.0.0.1:{port}"
+    server.should_exit = True
+    await task
+
+
+async def enter(
+    client: httpx.AsyncClient, ws_base: str, person: dict[str, Any]
+) -> ClientConnection:
+    """Join as the page does: `POST /v1/join` with the link's credential, then the socket."""
+    grant = await client.post("/v1/join", json={"credential": credential_of(person)})
+    assert grant.status_code == 200, grant.text
+    builtin = grant.json()["builtin"]
+    room = builtin["ws_url"].split("/v1/rooms/", 1)[1].removesuffix("/ws")
+    ws = await open_socket(ws_base, room, builtin["ticket"], ORIGIN)
+    await receive_type(ws, "welcome")
+    return ws

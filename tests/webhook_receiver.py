@@ -18,7 +18,7 @@ from typing import Any
 import uvicorn
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from tests.liveserver import free_port
+from tests.support.liveserver import free_port
 
 Scope = dict[str, Any]
 

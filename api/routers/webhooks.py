@@ -294,8 +294,9 @@ class OutputData(BaseModel):
 
 
 class ErasedData(BaseModel):
-    external_id: str
-    participant_ids: list[uuid.UUID]
+    participant_ids: list[uuid.UUID] = Field(
+        description="The person's participant ids (their external id was erased too)."
+    )
     at: datetime
 
 

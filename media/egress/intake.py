@@ -20,7 +20,7 @@ from core.errors import Gone
 from core.runtime import Runtime
 from media.egress.records import EgressRecord
 from media.keys import access_data_key
-from media.recordings import Recording, RecordingState
+from media.recordings import Recording, RecordingState, do_mark_ready
 from media.storage import Storage
 
 log = structlog.get_logger(__name__)
@@ -101,6 +101,9 @@ async def take_in(
     recording.retain_until = ended + retention
     async with runtime.db.session() as session:
         session.add(recording)
+        do_mark_ready(
+            session, record.booking_id, record.id, record.participant_id, record.kind, now
+        )
     await asyncio.to_thread(store.seal, relative)
     await asyncio.to_thread(source.unlink, True)
     log.info("egress.taken_in", egress=info.egress_id, recording=str(record.id))

@@ -21,7 +21,7 @@ from core.runtime import Runtime
 from media.recorder.capture import PeerSession
 from media.recorder.grants import GrantEntries
 from media.recorder.spans import Span, SpanSummary
-from media.recordings import Recording, RecordingState
+from media.recordings import Recording, RecordingState, do_mark_ready
 from media.storage import Storage
 
 log = structlog.get_logger("media.recorder")
@@ -128,6 +128,7 @@ class SpanRows:
                 row.size = span.file.size
                 row.sha256 = span.file.sha256
                 row.retain_until = now + self._retention
+                do_mark_ready(session, row.booking_id, row.id, row.participant_id, row.kind, now)
             # Publish off the ops queue (an upload must not hold up rows and events).
             self._spawn(asyncio.to_thread(self._store.seal, span.relative_path))
 

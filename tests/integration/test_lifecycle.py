@@ -6,58 +6,27 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
-from fastapi import FastAPI
-from websockets.asyncio.client import ClientConnection
 
 from core.accounts import Scope
 from core.clock import ManualClock
 from core.runtime import Runtime
-from tests.lifecycle_support import outbox_types, until_status
-from tests.support.bookings import bearer, book, credential_of
-from tests.support.liveserver import free_port
-from tests.support.signaling import open_socket, receive_type
+from tests import lifecycle_support
+from tests.lifecycle_support import enter, outbox_types, until_status
+from tests.support.bookings import bearer, book
+from tests.support.signaling import receive_type
 
-ORIGIN = "http://testserver"
+ws_base = lifecycle_support.ws_base  # the app on a real uvicorn, for the sockets
 GRACE_S = 60  # a dropped socket's grace: far longer than any wait below
 
 
 @pytest.fixture
 def settings_overrides() -> dict[str, Any]:
     return {"lifecycle_sweep_interval_s": 0.05, "signaling_reconnect_grace_s": GRACE_S}
-
-
-@pytest.fixture
-async def ws_base(app: FastAPI) -> AsyncIterator[str]:
-    port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off", log_level="error")
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    async with asyncio.timeout(10):
-        while not server.started:  # noqa: ASYNC110 (uvicorn offers no event to wait on)
-            await asyncio.sleep(0.02)
-    yield f"ws://127.0.0.1:{port}"
-    server.should_exit = True
-    await task
-
-
-async def enter(
-    client: httpx.AsyncClient, ws_base: str, person: dict[str, Any]
-) -> ClientConnection:
-    """Join as the page does: `POST /v1/join` with the link's credential, then the socket."""
-    grant = await client.post("/v1/join", json={"credential": credential_of(person)})
-    assert grant.status_code == 200, grant.text
-    builtin = grant.json()["builtin"]
-    room = builtin["ws_url"].split("/v1/rooms/", 1)[1].removesuffix("/ws")
-    ws = await open_socket(ws_base, room, builtin["ticket"], ORIGIN)
-    await receive_type(ws, "welcome")
-    return ws
 
 
 async def attendance(

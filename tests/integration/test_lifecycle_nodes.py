@@ -24,7 +24,7 @@ from core.runtime import Runtime
 from core.settings import Settings
 from signaling.lifecycle import Lifecycle
 from tests.lifecycle_support import until
-from tests.signaling_support import add_booking
+from tests.support.signaling import add_booking
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -90,6 +90,7 @@ async def test_each_category_goes_when_its_period_ends(
     clock.advance(timedelta(days=31))
     preview = await run(True)
     assert preview == {"recordings": 1, "transcripts": 0, "summaries": 0, "join_logs": 0,
+                       "attendance": 0,
                        "bookings": 0, "consent_ledger": 0}
     assert await rows(runtime) == {**before, "runs": 1}  # the dry run changed nothing
     assert file.exists()

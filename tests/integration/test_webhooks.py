@@ -13,8 +13,8 @@ import pytest
 
 from core.accounts import Scope
 from core.clock import ManualClock
-from tests.booking_support import bearer, book
 from tests.lifecycle_support import until
+from tests.support.bookings import bearer, book
 from tests.webhook_receiver import Mode, Received, Receiver, first_seen
 
 BOOKING_EVENTS = ["booking.created", "booking.rescheduled", "booking.cancelled"]

@@ -15,9 +15,9 @@ import pytest
 
 from core.accounts import Scope, do_create_key
 from core.database import Database
-from tests.booking_support import bearer, booking_body
 from tests.lifecycle_support import until
-from tests.liveserver import LiveServer, start_server
+from tests.support.bookings import bearer, booking_body
+from tests.support.liveserver import LiveServer, start_server
 from tests.webhook_receiver import Mode, Received, Receiver, first_seen
 
 OVERRIDES: dict[str, Any] = {

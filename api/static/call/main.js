@@ -16,7 +16,7 @@ import {
   setRecorded, startRecordingWatch, syncRecorder, toggleRecording,
 } from "./recording.js";
 import {
-  connect, disconnect, dropLobby, joinLobby, onSignaling, openLobby,
+  connect, disconnect, dropLobby, joinLobby, onSignaling, openLobby, send,
 } from "./signaling.js";
 import {
   $, formatSpan, formatWhen, mark, problem, requestJoin, say, state,
@@ -200,6 +200,7 @@ function wire() {
   });
   $("leave").addEventListener("click", () => {
     state.leaving = true;
+    send({ type: "bye" }); // a deliberate Leave: the others see it at once, no reconnect grace
     if (state.livekit) state.livekit.disconnect();
     end("You left the call. Your choices stay as you set them.");
   });
