@@ -17,7 +17,7 @@ from core.accounts import Scope
 from core.clock import ManualClock
 from core.runtime import Runtime
 from summaries.service import AiJobs
-from tests.lifecycle_support import until_status
+from tests.lifecycle_support import outbox_types, until_status
 from tests.standins.openai import OpenAIStandIn
 from tests.support.ai import (
     Recordings,
@@ -70,6 +70,9 @@ async def test_session_end_starts_transcription_then_summary(
         ("ai.summary", "succeeded"), ("transcription", "succeeded")
     ]
     booking = await until_status(client, api_keys, session.booking_id, "closed")
+    told = await outbox_types(runtime, session.booking_id)  # the webhooks the scheduler gets
+    assert told.count("consent.changed") == 2 * len(purposes)
+    assert told[-4:] == ["booking.ended", "transcript.ready", "summary.ready", "booking.closed"]
     assert booking["opened_at"] <= booking["ended_at"] <= booking["closed_at"]
     assert booking["live_at"] is None
 

@@ -11,9 +11,12 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import select
 
 from core.accounts import Scope
 from core.clock import ManualClock
+from core.outbox import OutboxEvent
+from core.runtime import Runtime
 from tests import lifecycle_support
 from tests.lifecycle_support import enter
 from tests.support.bookings import bearer, book
@@ -51,6 +54,7 @@ async def visit(
 
 async def test_attendance_is_exported_erased_and_purged(
     client: httpx.AsyncClient, api_keys: dict[Scope, str], clock: ManualClock, ws_base: str,
+    runtime: Runtime,
 ) -> None:
     booked = await book(client, api_keys[Scope.SCHEDULER], clock.now())
     host, guest = booked["participants"]
@@ -73,6 +77,12 @@ async def test_attendance_is_exported_erased_and_purged(
     assert erased.status_code == 200, erased.text
     assert erased.json()["counts"]["signaling"]["attendance_deleted"] == 1
     assert await stays(client, api_keys, booked["id"]) == {host["id"]: 0, guest["id"]: 1}
+    async with runtime.db.session() as session:
+        events = (await session.scalars(select(OutboxEvent))).all()
+    erased = [e.payload["data"] for e in events if e.type == "subject.erased"]
+    assert erased == [{"participant_ids": [host["id"]], "at": erased[0]["at"]}]
+    assert host["external_id"] not in json.dumps([e.payload for e in events])
+    assert guest["external_id"] in json.dumps([e.payload for e in events])
 
     clock.advance(timedelta(days=89))
     run = await client.post("/v1/admin/retention/run", headers=admin, params={"dry_run": "false"})

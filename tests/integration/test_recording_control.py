@@ -12,6 +12,7 @@ from core.accounts import Scope
 from core.clock import ManualClock
 from core.runtime import Runtime
 from core.settings import Settings
+from tests.lifecycle_support import outbox_types
 from tests.support.bookings import bearer, book, credential_of
 
 
@@ -63,3 +64,7 @@ async def test_automatic_recording_is_on_from_the_start_and_a_stop_outlives_a_re
             assert started.json()["recording"] is True
     assert await recording_flag(client, automatic["id"], host) is True
     assert await recording_flag(client, manual["id"], manual_host) is False
+    told = await outbox_types(runtime, automatic["id"])  # the webhooks the scheduler gets
+    assert [t for t in told if t.startswith("recording.")] == [
+        "recording.stopped", "recording.started"
+    ]
