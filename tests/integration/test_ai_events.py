@@ -17,7 +17,6 @@ from core.accounts import Scope
 from core.clock import ManualClock
 from core.runtime import Runtime
 from summaries.service import AiJobs
-from tests.lifecycle_support import outbox_types, until_status
 from tests.standins.openai import OpenAIStandIn
 from tests.support.ai import (
     Recordings,
@@ -31,6 +30,7 @@ from tests.support.ai import (
     until_jobs,
 )
 from tests.support.bookings import bearer
+from tests.support.lifecycle import outbox_types, until_status
 
 
 @pytest.fixture

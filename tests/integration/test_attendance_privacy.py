@@ -17,9 +17,10 @@ from core.accounts import Scope
 from core.clock import ManualClock
 from core.outbox import OutboxEvent
 from core.runtime import Runtime
-from tests import lifecycle_support
-from tests.lifecycle_support import enter
+from tests.support import lifecycle as lifecycle_support
 from tests.support.bookings import bearer, book
+from tests.support.lifecycle import enter
+from tests.support.waiting import eventually
 
 ws_base = lifecycle_support.ws_base  # the app on a real uvicorn, for the sockets
 
@@ -49,7 +50,7 @@ async def visit(
     async def recorded() -> bool:
         return (await stays(client, keys, booking_id))[person["id"]] == 1
 
-    await lifecycle_support.until(recorded)
+    await eventually(recorded, "recorded")
 
 
 async def test_attendance_is_exported_erased_and_purged(

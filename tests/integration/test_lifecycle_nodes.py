@@ -17,14 +17,15 @@ from fastapi import FastAPI
 from sqlalchemy import select
 
 from api.app import create_app
+from api.services import Services
 from core.bookings import Booking, BookingStatus
 from core.clock import ManualClock
 from core.outbox import OutboxEvent
 from core.runtime import Runtime
 from core.settings import Settings
 from signaling.lifecycle import Lifecycle
-from tests.lifecycle_support import until
 from tests.support.signaling import add_booking
+from tests.support.waiting import eventually
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -74,7 +75,7 @@ async def test_two_nodes_advance_every_booking_exactly_once(
         async def all_closed() -> bool:
             return (await statuses(runtime))[BookingStatus.CLOSED] == len(ids)
 
-        await until(all_closed, within_s=60)
+        await eventually(all_closed, "all_closed", 60)
     seen = await events(runtime)
     for booking_id in ids:
         for kind in ("booking.opened", "booking.ended", "booking.closed"):
@@ -84,7 +85,7 @@ async def test_two_nodes_advance_every_booking_exactly_once(
 
 @pytest.mark.parametrize("settings_overrides", [{"lifecycle_sweep_interval_s": 0}])
 async def test_a_node_killed_mid_sweep_leaves_its_bookings_to_the_other(
-    runtime: Runtime, settings: Settings, clock: ManualClock
+    runtime: Runtime, services: Services, settings: Settings, clock: ManualClock
 ) -> None:
     (booking_id,) = await seed(runtime, 1, timedelta(minutes=5))  # its window is open now
     env = {k: v for k, v in os.environ.items() if not k.startswith("CALLGATE_")}
@@ -96,10 +97,10 @@ async def test_a_node_killed_mid_sweep_leaves_its_bookings_to_the_other(
         "CALLGATE_MASTER_KEY": settings.master_key.get_secret_value() if settings.master_key
         else "",
     }
-    lifecycle = runtime.extras["lifecycle"]
+    lifecycle = services.lifecycle
     assert isinstance(lifecycle, Lifecycle)
     child = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tests.integration.sweep_child", clock.now().isoformat(),
+        sys.executable, "-m", "tests.support.sweep_child", clock.now().isoformat(),
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )
     try:
@@ -117,6 +118,6 @@ async def test_a_node_killed_mid_sweep_leaves_its_bookings_to_the_other(
     async def swept() -> bool:
         return await lifecycle.sweep_once() > 0
 
-    await until(swept)
+    await eventually(swept, "swept")
     assert (await statuses(runtime))[BookingStatus.OPEN] == 1
     assert (await events(runtime))[(booking_id, "booking.opened")] == 1

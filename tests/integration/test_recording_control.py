@@ -12,8 +12,8 @@ from core.accounts import Scope
 from core.clock import ManualClock
 from core.runtime import Runtime
 from core.settings import Settings
-from tests.lifecycle_support import outbox_types
 from tests.support.bookings import bearer, book, credential_of
+from tests.support.lifecycle import outbox_types
 
 
 async def recording_flag(client: httpx.AsyncClient, booking_id: str, credential: str) -> bool:

@@ -13,9 +13,9 @@ import pytest
 
 from core.accounts import Scope
 from core.clock import ManualClock
-from tests.lifecycle_support import until
 from tests.support.bookings import bearer, book
-from tests.webhook_receiver import Mode, Received, Receiver, first_seen
+from tests.support.waiting import eventually
+from tests.support.webhooks import Mode, Received, Receiver, first_seen
 
 BOOKING_EVENTS = ["booking.created", "booking.rescheduled", "booking.cancelled"]
 
@@ -89,7 +89,7 @@ async def test_events_arrive_signed_with_ids_only_and_in_order(
     async def three() -> bool:
         return len(receiver.received) >= 3
 
-    await until(three)
+    await eventually(three, "three")
     assert [r.type for r in receiver.received] == BOOKING_EVENTS
     assert receiver.rejected == 0
     assert {r.data["booking_id"] for r in receiver.received} == {booking_id}
@@ -118,7 +118,7 @@ async def test_nothing_is_lost_through_a_receiver_down_failing_and_slow(
         return await tried(before + 1)
 
     before = 0
-    await until(tried_once_more)
+    await eventually(tried_once_more, "tried_once_more")
     log = await deliveries(client, api_keys, endpoint["id"])
     assert {d["status"] for d in log} == {"pending"}
     assert (await client.get(
@@ -129,7 +129,7 @@ async def test_nothing_is_lost_through_a_receiver_down_failing_and_slow(
     for mode in (Mode.FAIL, Mode.SLOW):
         receiver.mode = mode
         before = sum(d["attempts"] for d in await deliveries(client, api_keys, endpoint["id"]))
-        await until(tried_once_more)
+        await eventually(tried_once_more, "tried_once_more")
     receiver.mode = Mode.OK
 
     async def all_delivered() -> bool:
@@ -137,7 +137,7 @@ async def test_nothing_is_lost_through_a_receiver_down_failing_and_slow(
         log = await deliveries(client, api_keys, endpoint["id"])
         return len(log) == 9 and all(d["status"] == "delivered" for d in log)
 
-    await until(all_delivered, within_s=60)
+    await eventually(all_delivered, "all_delivered", 60)
     got = first_seen(receiver.received)
     assert len(got) == 9
     assert receiver.rejected == 0
@@ -164,7 +164,7 @@ async def test_retry_after_is_honoured(
         log = await deliveries(client, api_keys, endpoint["id"])
         return any(d["last_status_code"] for d in log)
 
-    await until(tried)
+    await eventually(tried, "tried")
     (delivery,) = await deliveries(client, api_keys, endpoint["id"])
     assert delivery["last_status_code"] == 429
     wait = datetime.fromisoformat(delivery["next_attempt_at"]) - clock.now()
@@ -185,7 +185,7 @@ async def test_an_endpoint_failing_for_five_days_is_disabled_and_can_resume(
         shown = (await client.get(path, headers=hdr(api_keys))).json()
         return shown["enabled"] is False
 
-    await until(disabled, within_s=60)
+    await eventually(disabled, "disabled", 60)
     shown = (await client.get(path, headers=hdr(api_keys))).json()
     assert "failed" in shown["disabled_reason"]
     (delivery,) = await deliveries(client, api_keys, endpoint["id"])
@@ -200,7 +200,7 @@ async def test_an_endpoint_failing_for_five_days_is_disabled_and_can_resume(
     async def delivered() -> bool:
         return len(receiver.received) == 1
 
-    await until(delivered)
+    await eventually(delivered, "delivered")
     assert receiver.attempts > attempts
 
 
@@ -214,7 +214,7 @@ async def test_replay_sends_the_same_message_again(
     async def one() -> bool:
         return len(receiver.received) == 1
 
-    await until(one)
+    await eventually(one, "one")
     (delivery,) = await deliveries(client, api_keys, endpoint["id"])  # only the wanted type
     replay = await client.post(
         f"/v1/webhooks/endpoints/{endpoint['id']}/deliveries/{delivery['id']}/replay",
@@ -225,7 +225,7 @@ async def test_replay_sends_the_same_message_again(
     async def two() -> bool:
         return len(receiver.received) == 2
 
-    await until(two)
+    await eventually(two, "two")
     assert receiver.ids == [delivery["event_id"]] * 2
 
 
@@ -250,7 +250,7 @@ async def test_a_rotated_secret_overlaps_with_the_old_one_for_the_grace_period(
     async def first() -> bool:
         return await got(1)
 
-    await until(first)
+    await eventually(first, "first")
     assert receiver.received[0].signatures == 2
     clock.advance(timedelta(hours=25))  # the grace is over: only the new secret signs
     receiver.secrets = [new]
@@ -259,7 +259,7 @@ async def test_a_rotated_secret_overlaps_with_the_old_one_for_the_grace_period(
     async def second() -> bool:
         return await got(2)
 
-    await until(second)
+    await eventually(second, "second")
     assert receiver.received[1].signatures == 1
 
 

@@ -15,10 +15,10 @@ import pytest
 
 from core.accounts import Scope, do_create_key
 from core.database import Database
-from tests.lifecycle_support import until
 from tests.support.bookings import bearer, booking_body
 from tests.support.liveserver import LiveServer, start_server
-from tests.webhook_receiver import Mode, Received, Receiver, first_seen
+from tests.support.waiting import eventually
+from tests.support.webhooks import Mode, Received, Receiver, first_seen
 
 OVERRIDES: dict[str, Any] = {
     "webhook_allow_private_targets": True, "webhook_timeout_s": 2,
@@ -69,7 +69,7 @@ async def test_deliveries_survive_a_sigkill_mid_delivery(
         async def in_flight() -> bool:
             return len(receiver.received) >= 1
 
-        await until(in_flight)  # the receiver holds these requests open ...
+        await eventually(in_flight, "in_flight")  # the receiver holds these requests open ...
         node.kill()  # ... and callgate dies before any answer
         receiver.mode = Mode.OK
         receiver.release.set()
@@ -79,7 +79,7 @@ async def test_deliveries_survive_a_sigkill_mid_delivery(
         async def all_there() -> bool:
             return len(first_seen(receiver.received)) == 8
 
-        await until(all_there, within_s=90)
+        await eventually(all_there, "all_there", 90)
     finally:
         await receiver.stop()
     got = first_seen(receiver.received)

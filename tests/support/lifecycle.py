@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -52,17 +52,6 @@ async def outbox_types(runtime: Runtime, booking_id: uuid.UUID | str) -> list[st
             .order_by(OutboxEvent.seq)
         )
         return list((await session.scalars(query)).all())
-
-
-async def until(check: Callable[[], Awaitable[bool]], *, within_s: float = 30) -> None:
-    """Poll `check` until it is true (AssertionError after `within_s`)."""
-    deadline = asyncio.get_running_loop().time() + within_s
-    while True:
-        if await check():
-            return
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"not true within {within_s} s: {check}")
-        await asyncio.sleep(0.05)
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""A callgate node that dies mid-sweep (run by test_lifecycle_nodes.py as a subprocess).
+"""A callgate node that dies mid-sweep (a subprocess of test_lifecycle_nodes.py).
 
 It runs the real sweep, with its settings from `CALLGATE_*` and its clock at argv[1]; after
 advancing the first due booking, still inside the sweep's transaction (rows locked, nothing
@@ -14,7 +14,7 @@ from datetime import datetime
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.bookings import Booking
-from core.bus import Event
+from core.bus import BusEvent
 from core.clock import ManualClock
 from core.runtime import Runtime
 from core.settings import Settings
@@ -22,7 +22,9 @@ from signaling.lifecycle import Lifecycle
 
 
 class Hanging(Lifecycle):
-    async def advance(self, session: AsyncSession, booking: Booking, now: datetime) -> list[Event]:
+    async def advance(
+        self, session: AsyncSession, booking: Booking, now: datetime
+    ) -> list[BusEvent]:
         events = await super().advance(session, booking, now)
         await session.flush()  # the transition is written, not committed
         print(f"locked {booking.id}", flush=True)
