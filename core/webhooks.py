@@ -61,7 +61,7 @@ log = structlog.get_logger(__name__)
 SECRET_PREFIX = "whsec_"  # noqa: S105 (the prefix, not a secret)
 MAX_BODY = 64 * 1024  # what is read of a receiver's answer, at most
 BATCH = 100
-PARALLEL = 16  # deliveries in flight per node (each to another endpoint or booking)
+PARALLEL = 32  # deliveries in flight per node (each to another endpoint or booking)
 RETRYABLE = frozenset({408, 429})
 FIRST_DELAY_S = 5.0
 MAX_DELAY_S = 8 * 3600.0
@@ -445,44 +445,48 @@ class Sender:
                 .order_by(Delivery.event_seq).limit(BATCH)
             )
             due = list((await session.scalars(query)).all())
-        claimed = [d for d in due if await self._claim(d, now)]
+        claimed = await self._claim(due, now)
+        if not claimed:
+            return 0
+        async with self._rt.db.session() as session:
+            rows = (await session.execute(
+                select(Delivery, Endpoint, OutboxEvent)
+                .join(Endpoint, Endpoint.id == Delivery.endpoint_id)
+                .join(OutboxEvent, OutboxEvent.seq == Delivery.event_seq)
+                .where(Delivery.id.in_(claimed))
+            )).all()
         gate = asyncio.Semaphore(PARALLEL)
 
-        async def one(delivery_id: uuid.UUID) -> None:
+        async def one(endpoint: Endpoint, event: OutboxEvent) -> Outcome:
             async with gate:
-                await self._send(delivery_id)
+                return await self._send(endpoint, event)
 
-        await asyncio.gather(*(one(d) for d in claimed))
-        return len(claimed)
+        outcomes = await asyncio.gather(*(one(e, ev) for _, e, ev in rows))
+        await self._record([(d.id, o) for (d, _, _), o in zip(rows, outcomes, strict=True)])
+        return len(rows)
 
-    async def _claim(self, delivery_id: uuid.UUID, now: datetime) -> bool:
-        """Compare-and-set the lease: exactly one node wins a due delivery."""
+    async def _claim(self, due: list[uuid.UUID], now: datetime) -> list[uuid.UUID]:
+        """Compare-and-set the leases in one statement: exactly one node wins each due
+        delivery (a delivery leased by another node, or just delivered, is not returned)."""
+        if not due:
+            return []
         lease = timedelta(seconds=self._settings.webhook_timeout_s * 2 + 5)
         async with self._rt.db.session() as session:
             result = await session.execute(
                 sql_update(Delivery)
                 .where(
-                    Delivery.id == delivery_id,
+                    Delivery.id.in_(due),
                     Delivery.status == DeliveryStatus.PENDING,
                     (Delivery.lease_until.is_(None)) | (Delivery.lease_until < now),
                 )
                 .values(lease_until=now + lease, attempts=Delivery.attempts + 1,
                         last_attempt_at=now)
+                .returning(Delivery.id)
                 .execution_options(synchronize_session=False)
             )
-            return bool(getattr(result, "rowcount", 0) == 1)
+            return list(result.scalars().all())
 
-    async def _send(self, delivery_id: uuid.UUID) -> None:
-        async with self._rt.db.session() as session:
-            delivery = await session.get(Delivery, delivery_id)
-            if delivery is None:
-                return
-            endpoint = await session.get(Endpoint, delivery.endpoint_id)
-            event = await session.scalar(
-                select(OutboxEvent).where(OutboxEvent.seq == delivery.event_seq)
-            )
-        if endpoint is None or event is None:
-            return
+    async def _send(self, endpoint: Endpoint, event: OutboxEvent) -> Outcome:
         body = body_of(event)
         # The signature's timestamp is the real time of the attempt: receivers compare it
         # with their own clock (replay protection), whatever clock schedules the retries.
@@ -490,37 +494,45 @@ class Sender:
         headers = headers_for(endpoint.secrets_at(self._rt.clock.now()), event.id, stamp, body)
         try:
             await check_target(endpoint.url, self._settings)
-            outcome = await attempt(
+            return await attempt(
                 self._client, endpoint.url, headers, body, self._settings.webhook_timeout_s
             )
         except UnsafeTarget as exc:
-            outcome = Outcome(ok=False, retry=True, error=str(exc)[:300])
-        await self._record(delivery_id, outcome)
+            return Outcome(ok=False, retry=True, error=str(exc)[:300])
 
-    async def _record(self, delivery_id: uuid.UUID, outcome: Outcome) -> None:
+    async def _record(self, outcomes: list[tuple[uuid.UUID, Outcome]]) -> None:
+        """Every attempt's result, in one transaction."""
         now = self._rt.clock.now()
         async with self._rt.db.session() as session:
-            delivery = await session.get(Delivery, delivery_id, populate_existing=True)
-            if delivery is None:
-                return
-            endpoint = await session.get(Endpoint, delivery.endpoint_id, populate_existing=True)
-            delivery.lease_until = None
-            delivery.last_status_code = outcome.status
-            delivery.last_error = outcome.error
-            if outcome.ok:
-                delivery.status = DeliveryStatus.DELIVERED
-                delivery.delivered_at = now
-                if endpoint is not None:
-                    endpoint.failing_since = None
-                return
-            if outcome.retry:
-                delay = retry_delay(delivery.attempts, outcome.retry_after)
-                delivery.next_attempt_at = now + timedelta(seconds=delay)
-            else:
-                delivery.status = DeliveryStatus.FAILED
+            for delivery_id, outcome in outcomes:
+                delivery = await session.get(Delivery, delivery_id, populate_existing=True)
+                if delivery is None:
+                    continue
+                endpoint = await session.get(Endpoint, delivery.endpoint_id)
+                self._apply(delivery, endpoint, outcome, now)
+                if not outcome.ok:
+                    log.info("webhooks.attempt_failed", delivery_id=str(delivery_id),
+                             error=outcome.error)
+
+    def _apply(
+        self, delivery: Delivery, endpoint: Endpoint | None, outcome: Outcome, now: datetime
+    ) -> None:
+        delivery.lease_until = None
+        delivery.last_status_code = outcome.status
+        delivery.last_error = outcome.error
+        if outcome.ok:
+            delivery.status = DeliveryStatus.DELIVERED
+            delivery.delivered_at = now
             if endpoint is not None:
-                self._failing(endpoint, now)
-        log.info("webhooks.attempt_failed", delivery_id=str(delivery_id), error=outcome.error)
+                endpoint.failing_since = None
+            return
+        if outcome.retry:
+            delay = retry_delay(delivery.attempts, outcome.retry_after)
+            delivery.next_attempt_at = now + timedelta(seconds=delay)
+        else:
+            delivery.status = DeliveryStatus.FAILED
+        if endpoint is not None:
+            self._failing(endpoint, now)
 
     def _failing(self, endpoint: Endpoint, now: datetime) -> None:
         endpoint.failing_since = endpoint.failing_since or now
