@@ -504,12 +504,24 @@ class Sender:
         """Every attempt's result, in one transaction."""
         now = self._rt.clock.now()
         async with self._rt.db.session() as session:
+            ids = [delivery_id for delivery_id, _ in outcomes]
+            deliveries = {
+                d.id: d for d in await session.scalars(
+                    select(Delivery).where(Delivery.id.in_(ids))
+                    .execution_options(populate_existing=True)
+                )
+            }
+            wanted = {d.endpoint_id for d in deliveries.values()}
+            endpoints = {
+                e.id: e for e in await session.scalars(
+                    select(Endpoint).where(Endpoint.id.in_(wanted))
+                )
+            }
             for delivery_id, outcome in outcomes:
-                delivery = await session.get(Delivery, delivery_id, populate_existing=True)
+                delivery = deliveries.get(delivery_id)
                 if delivery is None:
                     continue
-                endpoint = await session.get(Endpoint, delivery.endpoint_id)
-                self._apply(delivery, endpoint, outcome, now)
+                self._apply(delivery, endpoints.get(delivery.endpoint_id), outcome, now)
                 if not outcome.ok:
                     log.info("webhooks.attempt_failed", delivery_id=str(delivery_id),
                              error=outcome.error)
