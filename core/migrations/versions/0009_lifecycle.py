@@ -6,7 +6,7 @@ event told to the outside, written in the transaction of the change; webhook end
 their deliveries carry the events out.
 
 Revision ID: 0009_lifecycle
-Revises: 0007_purpose_author
+Revises: 0010_livekit_control
 Create Date: 2026-11-30
 """
 
@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0009_lifecycle"
-down_revision = "0007_purpose_author"
+down_revision = "0010_livekit_control"
 branch_labels = None
 depends_on = None
 
