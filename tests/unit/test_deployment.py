@@ -40,7 +40,7 @@ def test_compose_values_parse_as_settings(monkeypatch: pytest.MonkeyPatch) -> No
     settings = Settings()
     assert settings.media_mode.value == "livekit"
     assert settings.redis_url == "redis://redis:6379/0"
-    assert settings.allowed_origins == ["http://localhost:8000"]
+    assert settings.allowed_origins == ["http://localhost:8080"]  # the load balancer
     assert len(settings.turn_urls) == 2
 
 
@@ -55,3 +55,17 @@ def test_compose_runs_a_worker_beside_the_nodes() -> None:
     worker = compose["services"]["worker"]
     assert worker["command"] == ["callgate", "worker"]
     assert worker["environment"]["CALLGATE_REDIS_URL"].startswith("redis://")
+
+
+def test_livekit_webhooks_go_to_the_load_balancer_not_a_node() -> None:
+    compose = yaml.safe_load((ROOT / "docker" / "compose.yaml").read_text())
+    livekit = yaml.safe_load((ROOT / "docker" / "livekit.yaml").read_text())
+    assert livekit["webhook"]["urls"] == ["http://balancer/v1/livekit/webhook"]
+    assert livekit["webhook"]["api_key"] in livekit["keys"]
+    balancer = (ROOT / "docker" / "balancer.conf").read_text()
+    nodes = [name for name in compose["services"] if name.startswith("callgate-")]
+    assert len(nodes) >= 2
+    for node in nodes:
+        assert f"server {node}:8000" in balancer
+        assert "ports" not in compose["services"][node]  # reached only through the balancer
+    assert livekit["redis"]["address"].startswith("livekit-redis:")  # LiveKit's own Redis
