@@ -68,7 +68,11 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
         app.state.runtime = runtime
         async with AsyncExitStack() as stack:
             stack.push_async_callback(runtime.close)
-            app.state.services = await Services.open(runtime, stack)
+            services = await Services.open(runtime, stack)
+            app.state.services = services
+            metrics.watch_ledger(
+                lambda: services.gate.integrity.standing if services.gate is not None else None
+            )
             yield
 
     app = CallgateApp(

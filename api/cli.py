@@ -7,6 +7,8 @@ are imported inside the commands that need them, so `callgate migrate` loads no 
 from __future__ import annotations
 
 import asyncio
+import json
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -119,6 +121,21 @@ def ledger_verify() -> None:
     from consent.cli import run_verify
 
     raise typer.Exit(run_verify(Settings()))
+
+
+@ledger.command("verify-receipt")
+def ledger_verify_receipt(
+    file: Annotated[Path, typer.Argument(help="The receipt (.jws) a person downloaded.")],
+    public_key: Annotated[
+        str, typer.Option(help="The deployment's Ed25519 public key, base64 (receipt-key).")
+    ],
+) -> None:
+    """Check a consent receipt offline with only the public key (exit 1 when it fails)."""
+    from consent.receipts import public_key_from, verify_receipt
+
+    check = verify_receipt(file.read_text(encoding="utf-8"), public_key_from(public_key))
+    typer.echo(json.dumps(check.view(), indent=2))
+    raise typer.Exit(0 if check.ok else 1)
 
 
 @ledger.command("checkpoint")

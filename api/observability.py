@@ -6,6 +6,8 @@ import asyncio
 import re
 import time
 import uuid
+from collections.abc import Callable
+from typing import Any
 
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -40,6 +42,17 @@ class Metrics:
             "callgate_ws_connections_total", "Signaling connections opened",
             registry=self.registry,
         )
+        self.ledger_tampered = Gauge(
+            "callgate_consent_ledger_tampered",
+            "1 while a consent ledger integrity alarm stands (unacknowledged), else 0",
+            registry=self.registry,
+        )
+        self.ledger_first_bad_seq = Gauge(
+            "callgate_consent_ledger_first_bad_seq",
+            "Seq of the first ledger entry that fails verification (0 when none)",
+            registry=self.registry,
+        )
+
         # Read at scrape time on the event loop (the /metrics handler runs there): a count
         # that only grows is a leak (bench/soak.py watches it).
         self.tasks = Gauge(
@@ -47,6 +60,14 @@ class Metrics:
             registry=self.registry,
         )
         self.tasks.set_function(_task_count)
+
+    def watch_ledger(self, standing: Callable[[], Any]) -> None:
+        """Read the integrity alarm at each scrape (`standing()` -> object with
+        `first_bad_seq`, or None)."""
+        self.ledger_tampered.set_function(lambda: float(standing() is not None))
+        self.ledger_first_bad_seq.set_function(
+            lambda: float(getattr(standing(), "first_bad_seq", 0))
+        )
 
 
 def _task_count() -> float:

@@ -32,6 +32,7 @@ from consent.decisions import DecisionRequest, consent_overview, do_decide
 from consent.ledger import Entry
 from consent.live import LiveGate
 from consent.purposes import Decision, Purpose
+from consent.writer import ledger_writer
 from core.bookings import Booking, BookingStatus, Participant, Role, RoomState
 from core.migrate import upgrade
 from core.purposes import RecordingPolicy
@@ -169,7 +170,9 @@ async def decide(
     overview = await consent_overview(runtime.db, participant_id)
     notice = next(p["notice"] for p in overview["purposes"] if p["purpose"] == purpose.value)
     request = DecisionRequest(purpose=purpose, decision=decision, notice_sha256=notice["sha256"])
-    return await do_decide(runtime.db, runtime.bus, participant_id, request, runtime.clock.now())
+    return await do_decide(
+        ledger_writer(runtime), runtime.bus, participant_id, request, runtime.clock.now()
+    )
 
 
 async def connect_all(sender: Sender, recorder: Recorder, people: list[Participant]) -> None:

@@ -115,7 +115,7 @@ async def pipeline(client: httpx.AsyncClient, runtime: Runtime, key: str) -> dic
     async with runtime.db.session() as session:
         row = await session.get(Booking, booking_id)
         assert row is not None
-    gate = PayloadGate(LedgerConsent(runtime.db, runtime.clock), Purpose.AI_SUMMARY)
+    gate = PayloadGate(LedgerConsent(runtime.db, runtime.clock, runtime.keys), Purpose.AI_SUMMARY)
     started = time.perf_counter()
     payload = await gate.summary(row, utterances, consenting_only=False)
     gated = time.perf_counter() - started

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import json
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -23,9 +24,15 @@ from sqlalchemy import BigInteger, String, Uuid, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
-from consent.ledger import ChainReport, chain_head, lock_chain, timestamp, walk_chain
+from consent.ledger import ChainReport, Entry, WalkRules, timestamp, walk_chain
 from core.crypto import Keyring, sha256_hex
 from core.database import Base, Database, UTCDateTime
+from core.errors import Conflict
+
+
+class LedgerTampered(Conflict):
+    code = "ledger_tampered"
+    title = "The consent ledger fails verification"
 
 
 class Checkpoint(Base):
@@ -42,14 +49,17 @@ class Checkpoint(Base):
 
 @dataclass(frozen=True)
 class Signer:
-    """The deployment's checkpoint key."""
+    """The deployment's checkpoint key (Ed25519, named by `key_id` in every checkpoint and
+    receipt so a later key can sit beside it) and the key that seals ledger entries."""
 
     private: Ed25519PrivateKey
+    seal_key: bytes
 
     @classmethod
     def from_keyring(cls, keys: Keyring) -> Signer:
         seed = keys.derive("consent-checkpoint-ed25519", "v1")
-        return cls(Ed25519PrivateKey.from_private_bytes(seed[:32]))
+        seal = keys.derive("consent-entry-seal", "v1")[:32]
+        return cls(Ed25519PrivateKey.from_private_bytes(seed[:32]), seal)
 
     @property
     def public_raw(self) -> bytes:
@@ -85,22 +95,57 @@ def signature_ok(checkpoint: Checkpoint) -> bool:
 
 
 async def do_checkpoint(db: Database, signer: Signer, now: datetime) -> Checkpoint:
-    """Sign the current head (taken under the chain lock, so it is a real head)."""
+    """Sign the head, but only a head that verifies: the chain from the newest valid
+    checkpoint (whose entry must still carry the signed hash) to the head is walked first, and
+    a broken chain is refused (`LedgerTampered`). The whole chain is walked by the integrity
+    watch (consent/integrity.py), which refuses while an alarm stands."""
     async with db.session() as session:
-        await lock_chain(session)
-        seq, head = await chain_head(session)
-        checkpoint = Checkpoint(
-            seq=seq,
-            entry_hash=head,
-            signed_at=now,
-            key_id=signer.key_id,
-            public_key=signer.public_b64,
+        last = await latest_checkpoint(session)
+    report = await verify_since(db, signer, last)
+    if not report.ok:
+        raise LedgerTampered(
+            f"refusing to sign: entry {report.first_bad_seq} fails ({report.problem})",
+            extra={"first_bad_seq": report.first_bad_seq, "problem": report.problem},
         )
-        checkpoint.signature = base64.b64encode(
-            signer.private.sign(signed_bytes(seq, head, now, signer.key_id))
-        ).decode()
+    checkpoint = Checkpoint(
+        seq=report.head_seq,
+        entry_hash=report.head_hash,
+        signed_at=now,
+        key_id=signer.key_id,
+        public_key=signer.public_b64,
+    )
+    checkpoint.signature = base64.b64encode(
+        signer.private.sign(signed_bytes(report.head_seq, report.head_hash, now, signer.key_id))
+    ).decode()
+    async with db.session() as session:
         session.add(checkpoint)
     return checkpoint
+
+
+async def verify_since(db: Database, signer: Signer, last: Checkpoint | None) -> ChainReport:
+    """Walk from just past `last` (trusted once its signature and its entry check out) to the
+    head; the whole chain when there is no checkpoint yet."""
+    report = ChainReport()
+    if last is None:
+        await walk_chain(db, report, WalkRules(signer.seal_key))
+        return report
+    if not signature_ok(last) or last.key_id != signer.key_id:
+        report.fail(last.seq, "bad_checkpoint_signature", "the newest checkpoint is forged")
+        return report
+    sealed = False
+    if last.seq > 0:
+        async with db.session() as session:
+            stored = await session.get(Entry, last.seq)
+        if stored is None or stored.entry_hash != last.entry_hash:
+            report.fail(last.seq, "checkpoint_mismatch", "differs from a signed checkpoint")
+            return report
+        sealed = stored.entry_mac is not None
+    report.head_seq, report.head_hash = last.seq, last.entry_hash
+    rules = WalkRules(
+        signer.seal_key, start_seq=last.seq + 1, start_prev=last.entry_hash, sealed=sealed
+    )
+    await walk_chain(db, report, rules)
+    return report
 
 
 async def latest_checkpoint(session: AsyncSession) -> Checkpoint | None:
@@ -129,29 +174,35 @@ def checkpoint_view(checkpoint: Checkpoint) -> dict[str, Any]:
     }
 
 
-async def verify(db: Database, signer: Signer) -> ChainReport:
-    """Walk the whole chain and check it against every checkpoint; the first problem wins."""
+async def verify(
+    db: Database, signer: Signer, witness: Mapping[int, str] | None = None
+) -> ChainReport:
+    """Walk the whole chain and check it against every checkpoint and every head this server
+    witnessed (`witness`: seq -> entry hash, kept outside the database); the first problem
+    wins."""
     report = ChainReport()
     async with db.session() as session:
         checkpoints = list(
             (await session.execute(select(Checkpoint).order_by(Checkpoint.seq))).scalars()
         )
-    marks: dict[int, str] = {}
+    marks: dict[int, str] = dict(witness or {})
     for checkpoint in checkpoints:
         if not signature_ok(checkpoint) or checkpoint.key_id != signer.key_id:
             report.fail(checkpoint.seq, "bad_checkpoint_signature",
                         f"checkpoint {checkpoint.id} is not signed by this server's key")
             return report
         if marks.setdefault(checkpoint.seq, checkpoint.entry_hash) != checkpoint.entry_hash:
-            report.fail(checkpoint.seq, "checkpoint_mismatch", "two checkpoints disagree")
+            report.fail(checkpoint.seq, "checkpoint_mismatch",
+                        "a checkpoint disagrees with another or with a witnessed head")
             return report
-    await walk_chain(db, report, marks)
     last = checkpoints[-1] if checkpoints else None
-    if report.ok and last is not None and report.head_seq < last.seq:
+    await walk_chain(db, report, WalkRules(signer.seal_key, marks=marks))
+    reached = max(marks, default=0)
+    if report.ok and report.head_seq < reached:
         report.fail(
             report.head_seq + 1,
             "truncated",
-            f"the chain ends at {report.head_seq} but a checkpoint signed seq {last.seq}",
+            f"the chain ends at {report.head_seq} but seq {reached} was signed or witnessed",
         )
     if last is not None:
         report.checkpoints.append(

@@ -6,6 +6,7 @@ import asyncio
 import json
 
 from consent.checkpoints import Signer, checkpoint_view, do_checkpoint, verify
+from consent.integrity import WITNESS_FILE, Witness
 from core.clock import SystemClock
 from core.database import Database
 from core.runtime import build_keyring
@@ -18,7 +19,9 @@ def run_verify(settings: Settings) -> int:
     async def run() -> int:
         db = Database(settings.database_url)
         try:
-            report = await verify(db, Signer.from_keyring(build_keyring(settings)))
+            # The heads the running server witnessed, when this runs beside it.
+            witness = Witness(settings.data_dir / WITNESS_FILE).marks()
+            report = await verify(db, Signer.from_keyring(build_keyring(settings)), witness)
         finally:
             await db.close()
         print(json.dumps(report.view(), indent=2))

@@ -12,10 +12,12 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from consent.ledger import Entry, NewDecision, changed_event, do_append, latest_decisions
-from consent.notices import Notice, current_notice, notice_view
+from consent.ledger import Entry, NewDecision, changed_event, latest_decisions
+from consent.notices import Notice, current_notice, notice_view, supersessions
 from consent.purposes import Actor, Decision, Method, Purpose
+from consent.writer import LedgerWriter
 from core.bookings import Booking, BookingStatus, Participant
 from core.bus import EventBus, publish_all
 from core.database import Database
@@ -72,16 +74,26 @@ async def consent_overview(db: Database, participant_id: uuid.UUID) -> dict[str,
             raise NotFound("this join link is not valid")
         booking = access_open_booking(participant.booking)
         latest = await latest_decisions(session, booking.id, participant.id)
+        replaced = await supersessions(session, {e.notice_id for e in latest.values()})
         purposes = []
         for purpose in requested(booking):
             notice = await current_notice(session, purpose, booking.language)
             entry = latest.get(purpose)
+            # A grant under a notice a material change replaced: the page asks again.
+            change = (
+                replaced.get(entry.notice_id)
+                if entry is not None and entry.decision is Decision.GRANTED
+                else None
+            )
             purposes.append(
                 {
                     "purpose": purpose.value,
                     "notice": {k: v for k, v in notice_view(notice).items() if k in NOTICE_KEYS},
                     "decision": entry.decision.value if entry is not None else None,
                     "decided_at": entry.at.isoformat() if entry is not None else None,
+                    "reconsent_required": change is not None,
+                    "notice_change": (change.change_note or "the notice changed materially")
+                    if change is not None else None,
                 }
             )
     return {"booking_id": str(booking.id), "subject_id": str(participant.id), "purposes": purposes}
@@ -110,14 +122,15 @@ async def _shown_notice(
 
 
 async def do_decide(
-    db: Database,
+    ledger: LedgerWriter,
     bus: EventBus,
     participant_id: uuid.UUID,
     request: DecisionRequest,
     now: datetime,
 ) -> Entry:
-    """Record one decision on the ledger, then tell every node (`consent.changed`)."""
-    async with db.session() as session:
+    """Record one decision on the ledger, then tell every node (`consent.changed`). The
+    checks run first; the append joins the next group commit and returns once durable."""
+    async with ledger.db.session() as session:
         participant = await session.get(Participant, participant_id)
         if participant is None:
             raise NotFound("this join link is not valid")
@@ -130,22 +143,23 @@ async def do_decide(
                 extra={"requested_purposes": [p.value for p in requested(booking)]},
             )
         notice = await _shown_notice(session, booking, request.purpose, request.notice_sha256)
-        entry = await do_append(
-            session,
-            NewDecision(
-                booking_id=booking.id,
-                subject_id=participant.id,
-                purpose=request.purpose,
-                decision=request.decision,
-                notice_id=notice.id,
-                notice_sha256=notice.sha256,
-                method=request.method,
-                actor=request.actor,
-            ),
-            now,
+        new = NewDecision(
+            booking_id=booking.id,
+            subject_id=participant.id,
+            purpose=request.purpose,
+            decision=request.decision,
+            notice_id=notice.id,
+            notice_sha256=notice.sha256,
+            method=request.method,
+            actor=request.actor,
         )
+
+    def outbox(session: AsyncSession, entry: Entry) -> None:
+        # The webhook outbox row commits in the same transaction as the ledger entry.
         do_write(session, ConsentChanged(
             booking.id, participant.id, entry.purpose.value, entry.decision.value, entry.id, now
         ), now)
+
+    entry = await ledger.append(new, now, effect=outbox)
     await publish_all(bus, [changed_event(entry)])
     return entry

@@ -29,6 +29,8 @@ class Reason(enum.StrEnum):
     OTHERS_PRESENT = "someone_present_has_not_granted"
     NOT_LOADED = "booking_not_loaded"
     UNHEALTHY = "consent_state_unconfirmed"
+    TAMPERED = "consent_ledger_tampered"
+    RECONSENT = "notice_changed_materially"
     RESTRICTED = "processing_restricted"
     GUARDIAN = "guardian_has_not_granted"
 
@@ -53,6 +55,7 @@ class Recorded:
     decision: Decision
     at: datetime
     actor: Actor = Actor.SUBJECT
+    notice_id: uuid.UUID | None = None
 
 
 def needs_guardian(purpose: Purpose) -> bool:
@@ -74,6 +77,15 @@ class BookingConsent:
     history: dict[tuple[uuid.UUID, Purpose], list[Recorded]] = field(default_factory=dict)
     minors: frozenset[uuid.UUID] = frozenset()
     restricted: frozenset[uuid.UUID] = frozenset()
+    # notice id -> when a material change of it takes effect (grants under it stop counting)
+    superseded: dict[uuid.UUID, datetime] = field(default_factory=dict)
+
+    def outdated(self, item: Recorded, at: datetime) -> bool:
+        """Was `item` made under a notice a material change replaced by `at`?"""
+        if item.notice_id is None:
+            return False
+        since = self.superseded.get(item.notice_id)
+        return since is not None and since <= at
 
     def record(self, item: Recorded) -> bool:
         """Add a decision (idempotent, any arrival order); False when already known."""
@@ -133,6 +145,8 @@ def _own(subject: uuid.UUID, booking: BookingConsent, purpose: Purpose, at: date
     if latest is None:
         return Verdict(False, Reason.NO_DECISION, f"no decision on {purpose.value} yet")
     if latest.decision is Decision.GRANTED:
+        if booking.outdated(latest, at):
+            return Verdict(False, Reason.RECONSENT, f"the {purpose.value} notice changed")
         if subject in booking.minors and needs_guardian(purpose):
             return _guardian(subject, booking, purpose, at)
         return Verdict(True, Reason.GRANTED, f"granted at {latest.at.isoformat()}")
@@ -148,4 +162,6 @@ def _guardian(
     guardian = booking.decision_at(subject, purpose, at, Actor.GUARDIAN)
     if guardian is None or guardian.decision is not Decision.GRANTED:
         return Verdict(False, Reason.GUARDIAN, f"{purpose.value} needs the guardian's grant")
+    if booking.outdated(guardian, at):
+        return Verdict(False, Reason.RECONSENT, f"the {purpose.value} notice changed")
     return Verdict(True, Reason.GRANTED, f"granted with the guardian at {guardian.at.isoformat()}")

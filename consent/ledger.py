@@ -1,14 +1,20 @@
 """The consent ledger: every decision, append-only, in one global hash chain.
 
-Entry hash = SHA-256 over a canonical JSON encoding of (seq, id, at, booking, subject, purpose,
-decision, notice id, notice sha256, method, actor, prev hash); the first entry's prev hash is
-64 zeros. Appends are serialized (PostgreSQL: a transaction-scoped advisory lock; SQLite: the
-engine's BEGIN IMMEDIATE), so the chain has no gaps and no forks, and an append commits in the
-same transaction as its effect. The database refuses UPDATE and DELETE on the table.
+A sealed entry (every entry written since migration 0008): body hash = SHA-256 of the canonical
+JSON of (seq, id, at, booking, subject, purpose, decision, notice id, notice sha256, method,
+actor); entry hash = SHA-256 of the previous entry hash followed by the body hash (both hex);
+seal = keyed BLAKE2b of the entry hash under a key derived from the server secret, so someone
+who can only write the database cannot add or rehash an entry. Older (unsealed) entries hash
+the canonical JSON with the prev hash inside and must lie under a signed checkpoint. The first
+entry's prev hash is 64 zeros. Appends are serialized (PostgreSQL: a transaction-scoped
+advisory lock; SQLite: the engine's BEGIN IMMEDIATE), so the chain has no gaps and no forks;
+consent/writer.py batches them (group commit). The database refuses UPDATE and DELETE.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import re
 import uuid
@@ -49,6 +55,7 @@ class Entry(Base):
     actor: Mapped[Actor] = mapped_column(enum_column(Actor, 16))
     prev_hash: Mapped[str] = mapped_column(String(64))
     entry_hash: Mapped[str] = mapped_column(String(64))
+    entry_mac: Mapped[str | None] = mapped_column(String(64), default=None)
 
 
 @dataclass(frozen=True)
@@ -86,15 +93,28 @@ def canonical(
     actor: str,
     prev_hash: str,
 ) -> bytes:
-    """The bytes an entry hash covers: sorted-key compact JSON of the entry's fields, i.e.
-    json.dumps(fields, sort_keys=True, separators=(",", ":")), written out by hand because
-    verification spends most of its time here."""
+    """The bytes an unsealed (pre-0008) entry hash covers: sorted-key compact JSON of the
+    entry's fields, i.e. json.dumps(fields, sort_keys=True, separators=(",", ":"))."""
+    return canonical_text(
+        seq, str(id), timestamp(at), str(booking_id), str(subject_id), str(purpose),
+        str(decision), str(notice_id), notice_sha256, str(method), str(actor), prev_hash,
+    )
+
+
+def canonical_text(
+    seq: int, id: str, at: str, booking: str, subject: str, purpose: str, decision: str,
+    notice_id: str, notice_sha256: str, method: str, actor: str, prev: str | None,
+) -> bytes:
+    """Sorted-key compact JSON of the fields given as text, written out by hand because
+    verification spends most of its time here; `prev=None` leaves "prev" out (the body of a
+    sealed entry). Ids and the time come from typed columns (uuid, timestamp), whose text
+    never needs escaping; the free-text fields are escaped as json.dumps would."""
+    linked = "" if prev is None else f'"prev":{_json(prev)},'
     return (
-        f'{{"actor":{_json(str(actor))},"at":"{timestamp(at)}","booking":"{booking_id}",'
-        f'"decision":{_json(str(decision))},"id":"{id}","method":{_json(str(method))},'
+        f'{{"actor":{_json(actor)},"at":"{at}","booking":"{booking}",'
+        f'"decision":{_json(decision)},"id":"{id}","method":{_json(method)},'
         f'"notice_id":"{notice_id}","notice_sha256":{_json(notice_sha256)},'
-        f'"prev":{_json(prev_hash)},"purpose":{_json(str(purpose))},"seq":{int(seq)},'
-        f'"subject":"{subject_id}"}}'
+        f'{linked}"purpose":{_json(purpose)},"seq":{int(seq)},"subject":"{subject}"}}'
     ).encode()
 
 
@@ -103,26 +123,38 @@ _PLAIN = re.compile(r"[A-Za-z0-9._:-]*")
 
 def _json(value: str) -> str:
     """A JSON string literal, as json.dumps writes it (escaping only when needed)."""
+    if value.isascii() and value.isalnum():  # the common case, without the regex
+        return f'"{value}"'
     return f'"{value}"' if _PLAIN.fullmatch(value) else json.dumps(value)
 
 
-def hash_of(entry: Entry) -> str:
-    return sha256_hex(
-        canonical(
-            seq=entry.seq,
-            id=entry.id,
-            at=entry.at,
-            booking_id=entry.booking_id,
-            subject_id=entry.subject_id,
-            purpose=entry.purpose,
-            decision=entry.decision,
-            notice_id=entry.notice_id,
-            notice_sha256=entry.notice_sha256,
-            method=entry.method,
-            actor=entry.actor,
-            prev_hash=entry.prev_hash,
-        )
+def link(prev_hash: str, body_sha256: str) -> str:
+    """A sealed entry's hash: SHA-256 over the previous entry hash then the body hash (hex)."""
+    return hashlib.sha256((prev_hash + body_sha256).encode()).hexdigest()
+
+
+def seal(key: bytes, entry_hash: str) -> str:
+    """Keyed BLAKE2b-256 (RFC 7693 keyed mode) of the entry hash: only the server can make it."""
+    return hashlib.blake2b(entry_hash.encode(), key=key, digest_size=32).hexdigest()
+
+
+def _fields(entry: Entry) -> tuple[int, str, str, str, str, str, str, str, str, str, str]:
+    return (
+        entry.seq, str(entry.id), timestamp(entry.at), str(entry.booking_id),
+        str(entry.subject_id), str(entry.purpose), str(entry.decision), str(entry.notice_id),
+        entry.notice_sha256, str(entry.method), str(entry.actor),
     )
+
+
+def body_hash_of(entry: Entry) -> str:
+    return sha256_hex(canonical_text(*_fields(entry), None))
+
+
+def hash_of(entry: Entry) -> str:
+    """The hash `entry` must carry: sealed entries link a body hash, older ones hash all."""
+    if entry.entry_mac is None:
+        return sha256_hex(canonical_text(*_fields(entry), entry.prev_hash))
+    return link(entry.prev_hash, body_hash_of(entry))
 
 
 async def lock_chain(session: AsyncSession) -> None:
@@ -144,32 +176,41 @@ async def _head(session: AsyncSession) -> tuple[int, str, datetime | None]:
     return (int(row[0]), str(row[1]), row[2]) if row is not None else (0, GENESIS, None)
 
 
-async def do_append(session: AsyncSession, new: NewDecision, at: datetime) -> Entry:
+async def do_append(
+    session: AsyncSession, new: NewDecision, at: datetime, seal_key: bytes
+) -> Entry:
     """Append one entry inside the caller's transaction; the caller publishes `changed_event`
     after commit."""
+    (entry,) = await append_batch(session, [(new, at)], seal_key)
+    return entry
+
+
+async def append_batch(
+    session: AsyncSession, items: list[tuple[NewDecision, datetime]], seal_key: bytes
+) -> list[Entry]:
+    """Append `items` in order, sealed, inside the caller's transaction (one chain lock, one
+    head read, one multi-row INSERT)."""
     await lock_chain(session)
     head_seq, head_hash, head_at = await _head(session)
-    # Times never go backwards along the chain (nodes' clocks may differ slightly), so a time
-    # range of the log is a seq range and pages by seq stay in time order.
-    at = at.astimezone(UTC)
-    entry = Entry(
-        seq=head_seq + 1,
-        id=uuid.uuid4(),
-        at=max(at, head_at) if head_at is not None else at,
-        booking_id=new.booking_id,
-        subject_id=new.subject_id,
-        purpose=new.purpose,
-        decision=new.decision,
-        notice_id=new.notice_id,
-        notice_sha256=new.notice_sha256,
-        method=new.method,
-        actor=new.actor,
-        prev_hash=head_hash,
-    )
-    entry.entry_hash = hash_of(entry)
-    session.add(entry)
+    entries = []
+    for new, when in items:
+        # Times never go backwards along the chain (nodes' clocks may differ slightly), so a
+        # time range of the log is a seq range and pages by seq stay in time order.
+        at = when.astimezone(UTC)
+        at = max(at, head_at) if head_at is not None else at
+        entry = Entry(
+            seq=head_seq + 1, id=uuid.uuid4(), at=at, booking_id=new.booking_id,
+            subject_id=new.subject_id, purpose=new.purpose, decision=new.decision,
+            notice_id=new.notice_id, notice_sha256=new.notice_sha256, method=new.method,
+            actor=new.actor, prev_hash=head_hash,
+        )
+        entry.entry_hash = link(head_hash, body_hash_of(entry))
+        entry.entry_mac = seal(seal_key, entry.entry_hash)
+        entries.append(entry)
+        head_seq, head_hash, head_at = entry.seq, entry.entry_hash, at
+    session.add_all(entries)
     await session.flush()
-    return entry
+    return entries
 
 
 def changed_event(entry: Entry) -> ConsentChanged:
@@ -182,6 +223,7 @@ def changed_event(entry: Entry) -> ConsentChanged:
         seq=entry.seq,
         at=entry.at,
         actor=entry.actor,  # a minor's guardian decides on the same subject
+        notice_id=entry.notice_id,
     )
 
 
@@ -323,6 +365,7 @@ class ChainReport:
     problem: str | None = None
     detail: str | None = None
     checkpoints: list[dict[str, Any]] = field(default_factory=list)
+    sealed: bool = False  # a sealed entry was passed
 
     def fail(self, seq: int, problem: str, detail: str) -> None:
         if self.ok:
@@ -340,50 +383,126 @@ class ChainReport:
         }
 
 
-async def walk_chain(db: Database, report: ChainReport, marks: dict[int, str]) -> None:
-    """Check every entry in seq order: contiguous seq from 1, prev hash = previous entry's
-    hash, stored hash = recomputed hash, and the hash at each checkpointed seq in `marks`.
-    Reads plain rows a batch at a time (no ORM objects): constant memory, fast."""
-    expected_seq, prev = 1, GENESIS
-    columns = list(Entry.__table__.columns)
+@dataclass(frozen=True)
+class WalkRules:
+    """What a walk checks besides the links: the seal key, hashes that must stand at given
+    seqs (signed checkpoints, witnessed heads), and where to start (seq 1, or just past a
+    trusted checkpoint; `sealed` when the chain is already sealed there)."""
+
+    seal_key: bytes
+    marks: Mapping[int, str] = field(default_factory=dict)
+    start_seq: int = 1
+    start_prev: str = GENESIS
+    sealed: bool = False
+
+
+Row = tuple[Any, ...]
+"""(seq, head, tail, prev_hash, entry_hash, entry_mac): the canonical JSON of the entry's
+fields split where "prev" goes (head ends with the comma before it, tail starts at
+"purpose"), so a sealed body is head + tail and an unsealed entry's input is head + "prev" +
+tail."""
+
+# PostgreSQL renders the canonical JSON itself (uuid text, the time, to_json for the free-text
+# fields): one string pair per row instead of Python objects per field, which was most of the
+# cost of a walk. Legitimate values are plain ASCII, written the same by json.dumps and
+# to_json; any other value is an edit and fails either way.
+PG_ROWS = (
+    "SELECT seq, "
+    "'{\"actor\":' || to_json(actor)::text || ',\"at\":\"' "
+    "|| to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') "
+    "|| '\",\"booking\":\"' || booking_id::text || '\",\"decision\":' "
+    "|| to_json(decision)::text || ',\"id\":\"' || id::text || '\",\"method\":' "
+    "|| to_json(method)::text || ',\"notice_id\":\"' || notice_id::text "
+    "|| '\",\"notice_sha256\":' || to_json(notice_sha256)::text || ',', "
+    "'\"purpose\":' || to_json(purpose)::text || ',\"seq\":' || seq::text "
+    "|| ',\"subject\":\"' || subject_id::text || '\"}', "
+    "prev_hash, entry_hash, entry_mac FROM consent_ledger "
+    "WHERE seq >= $1 ORDER BY seq LIMIT $2"
+)
+
+
+def _parts(text: bytes) -> tuple[str, str]:
+    body = text.decode()
+    cut = body.index('"purpose":')
+    return body[:cut], body[cut:]
+
+
+async def _rows(db: Database, from_seq: int) -> list[Row]:
+    if db.dialect == "postgresql":
+        async with db.engine.connect() as conn:
+            raw = await conn.get_raw_connection()
+            driver = raw.driver_connection
+            if driver is None:  # never for a connection checked out of the pool
+                raise RuntimeError("no driver connection")
+            return [tuple(r) for r in await driver.fetch(PG_ROWS, from_seq, VERIFY_BATCH)]
+    columns = [getattr(Entry, name) for name in (*HASHED, "entry_hash", "entry_mac")]
+    async with db.session() as session:
+        query = select(*columns).where(Entry.seq >= from_seq).order_by(Entry.seq)
+        result = await session.execute(query.limit(VERIFY_BATCH))
+        return [
+            (r[0], *_parts(canonical_text(
+                r[0], str(r[1]), timestamp(r[2]), str(r[3]), str(r[4]), str(r[5]), str(r[6]),
+                str(r[7]), r[8], str(r[9]), str(r[10]), None,
+            )), r[11], r[12], r[13])
+            for r in result
+        ]
+
+
+async def walk_chain(db: Database, report: ChainReport, rules: WalkRules) -> None:
+    """Check every entry from `rules.start_seq` in seq order: contiguous seq, prev hash =
+    previous entry's hash, stored hash = recomputed hash, a valid seal (unsealed entries only
+    before the first sealed one), and the hash at each seq in `rules.marks`. Constant memory.
+    The loop is written out (no call per entry): it is the hot path of the integrity watch."""
+    expected, prev = rules.start_seq, rules.start_prev
+    report.sealed = rules.sealed
+    key, marks, sha256 = rules.seal_key, rules.marks, hashlib.sha256
     while report.ok:
-        async with db.session() as session:
-            query = (
-                select(*columns).where(Entry.seq >= expected_seq).order_by(Entry.seq)
-                .limit(VERIFY_BATCH)
-            )
-            batch = [row._mapping for row in await session.execute(query)]
+        batch = await _rows(db, expected)
         if not batch:
             return
-        for row in batch:
-            if not check_entry(report, row, expected_seq, prev, marks):
+        for seq, head, tail, stored_prev, stored, mac in batch:
+            if seq != expected:
+                report.fail(expected, "missing_entry", f"entry {expected} is missing")
+                return
+            if stored_prev != prev:
+                report.fail(seq, "broken_link", "prev_hash does not match the entry before it")
+                return
+            if mac is None:
+                if not _legacy_ok(report, seq, head, tail, prev, stored):
+                    return
+            else:
+                report.sealed = True
+                body = sha256((head + tail).encode()).hexdigest()
+                if sha256((prev + body).encode()).hexdigest() != stored:
+                    report.fail(seq, "hash_mismatch", "the entry's content does not match its hash")
+                    return
+                expected_mac = hashlib.blake2b(stored.encode(), key=key, digest_size=32)
+                if not hmac.compare_digest(expected_mac.hexdigest(), mac):
+                    report.fail(seq, "bad_seal", "the seal was not made by this server")
+                    return
+            signed = marks.get(seq)
+            if signed is not None and signed != stored:
+                report.fail(seq, "checkpoint_mismatch", MARK_DIFFERS)
                 return
             report.entries += 1
-            report.head_seq, report.head_hash = row["seq"], row["entry_hash"]
-            expected_seq, prev = row["seq"] + 1, row["entry_hash"]
+            expected, prev = seq + 1, stored
+            report.head_seq, report.head_hash = seq, stored
 
 
-def check_entry(
-    report: ChainReport,
-    row: Mapping[Any, Any],
-    expected_seq: int,
-    prev: str,
-    marks: dict[int, str],
+MARK_DIFFERS = "differs from a signed checkpoint or a witnessed head"
+
+
+def _legacy_ok(
+    report: ChainReport, seq: int, head: str, tail: str, prev: str, stored: str
 ) -> bool:
-    seq = row["seq"]
-    if seq != expected_seq:
-        report.fail(expected_seq, "missing_entry", f"entry {expected_seq} is missing")
+    """An unsealed entry (written before sealing existed): only as the prefix before the
+    first sealed entry, which pins it by its link; its hash covers "prev" inside the JSON."""
+    if report.sealed:
+        report.fail(seq, "unsealed_entry", "an entry without a seal after sealed ones")
         return False
-    if row["prev_hash"] != prev:
-        report.fail(seq, "broken_link", "prev_hash does not match the entry before it")
-        return False
-    fields = {name: row[name] for name in HASHED}
-    if sha256_hex(canonical(**fields)) != row["entry_hash"]:
+    text = f'{head}"prev":{_json(prev)},{tail}'
+    if hashlib.sha256(text.encode()).hexdigest() != stored:
         report.fail(seq, "hash_mismatch", "the entry's content does not match its hash")
-        return False
-    signed = marks.get(seq)
-    if signed is not None and signed != row["entry_hash"]:
-        report.fail(seq, "checkpoint_mismatch", "differs from a signed checkpoint")
         return False
     return True
 

@@ -13,21 +13,23 @@ import asyncio
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from types import TracebackType
 
 import structlog
 
-from consent.checkpoints import Signer, do_checkpoint, latest_checkpoint
+from consent.checkpoints import Signer
 from consent.gate import BookingConsent, Reason, Recorded, Verdict, may
-from consent.ledger import chain_head
+from consent.integrity import IntegrityWatch
 from consent.notices import seed_notices
 from consent.purposes import Purpose
 from consent.snapshot import read_snapshot
+from consent.writer import ledger_writer
 from core.bus import BusEvent, Topic
 from core.events import (
     BookingChanged,
     ConsentChanged,
+    NoticeChanged,
     ParticipantJoined,
     ParticipantLeft,
     SubjectErased,
@@ -40,6 +42,7 @@ log = structlog.get_logger(__name__)
 
 WATCHED = (
     Topic.CONSENT_CHANGED.value,
+    Topic.NOTICE_CHANGED.value,  # a material change: the affected bookings are read again
     Topic.PARTICIPANT_JOINED.value,
     Topic.PARTICIPANT_LEFT.value,
     Topic.BOOKING_UPDATED.value,
@@ -80,6 +83,9 @@ class LiveGate:
         self._tasks: list[asyncio.Task[None]] = []
         self._loading: dict[uuid.UUID, asyncio.Task[None]] = {}
         self.signer = Signer.from_keyring(runtime.keys)
+        self.integrity = IntegrityWatch(runtime, self.signer)
+        self.writer = ledger_writer(runtime)  # this process's group commit
+        self.writer.watch(self.integrity.witness.saw)
         self._seeded = False
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -89,7 +95,7 @@ class LiveGate:
         self._tasks = [
             asyncio.create_task(self._listen(), name="consent-gate-listen"),
             asyncio.create_task(self._watch_health(), name="consent-gate-health"),
-            asyncio.create_task(self._sign_periodically(), name="consent-gate-checkpoints"),
+            asyncio.create_task(self.integrity.run(), name="consent-ledger-integrity"),
         ]
         return self
 
@@ -105,6 +111,7 @@ class LiveGate:
         tasks = self._tasks + list(self._loading.values())
         self._tasks, self._loading = [], {}
         await stop_tasks(tasks)
+        await self.writer.close()
         self._subscribed = False
         self._why = "the consent gate is closed"
 
@@ -115,6 +122,8 @@ class LiveGate:
         return self._problem() is None
 
     def _problem(self) -> str | None:
+        if self.integrity.standing is not None:  # fail closed until an admin acknowledges
+            return self.integrity.standing.sentence()
         if not self._subscribed:
             return self._why
         if not self._db_ok or self._checked_at is None:
@@ -131,6 +140,9 @@ class LiveGate:
         at: datetime | None = None,
     ) -> Verdict:
         """The answer with its reason; never raises, never yes while anything is unconfirmed."""
+        standing = self.integrity.standing
+        if standing is not None:
+            return Verdict(False, Reason.TAMPERED, standing.sentence())
         problem = self._problem()
         if problem is not None:
             return Verdict(False, Reason.UNHEALTHY, problem)
@@ -228,7 +240,11 @@ class LiveGate:
         log.warning("consent_gate.fail_closed", why=why)
 
     async def _apply(self, event: BusEvent) -> None:
-        if isinstance(event, ConsentChanged):
+        if isinstance(event, NoticeChanged):
+            for booking_id in event.booking_ids:
+                if booking_id in self._bookings:
+                    await self.ensure_booking(booking_id)
+        elif isinstance(event, ConsentChanged):
             state = self._bookings.get(event.booking_id)
             if state is not None:
                 state.record(recorded_from_event(event))
@@ -274,27 +290,10 @@ class LiveGate:
             await self.check_health()
             await asyncio.sleep(self._health_interval)
 
-    async def _sign_periodically(self) -> None:
-        interval = self._rt.settings.consent_checkpoint_interval_s
-        while True:
-            await asyncio.sleep(min(interval, 60))
-            try:
-                await self.checkpoint_if_due()
-            except Exception:
-                log.warning("consent_gate.checkpoint_failed")
-
     async def checkpoint_if_due(self) -> bool:
         """Sign the head when the last checkpoint is older than the interval and the chain
-        has grown since; True when a checkpoint was made."""
-        now = self._rt.clock.now()
-        interval = timedelta(seconds=self._rt.settings.consent_checkpoint_interval_s)
-        async with self._rt.db.session() as session:
-            last = await latest_checkpoint(session)
-            seq, _ = await chain_head(session)
-        if last is not None and (now - last.signed_at < interval or last.seq == seq):
-            return False
-        await do_checkpoint(self._rt.db, self.signer, now)
-        return True
+        has grown since (refused while tampering stands); True when a checkpoint was made."""
+        return await self.integrity.checkpoint_if_due(self._rt.clock.now())
 
 
 def recorded_from_event(event: ConsentChanged) -> Recorded:
@@ -305,4 +304,5 @@ def recorded_from_event(event: ConsentChanged) -> Recorded:
         decision=event.decision,
         at=event.at,
         actor=event.actor,
+        notice_id=event.notice_id,
     )

@@ -10,19 +10,22 @@ through the admin API.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from sqlalchemy import Integer, String, Text, Uuid, func, select
+from sqlalchemy import Boolean, Integer, String, Text, Uuid, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
 from consent.purposes import Purpose
+from core.bookings import Booking, BookingStatus
 from core.crypto import sha256_hex
 from core.database import Base, Database, UTCDateTime, enum_column
 from core.errors import InvalidInput, NotFound
+from core.events import NoticeChanged
 from core.settings import Settings
 
 DEFAULTS = Path(__file__).resolve().parent / "notices"
@@ -41,6 +44,10 @@ class Notice(Base):
     sha256: Mapped[str] = mapped_column(String(64), index=True)
     source: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # A material change: grants under earlier versions stop counting from `effective_at`.
+    material: Mapped[bool] = mapped_column(Boolean, default=False)
+    change_note: Mapped[str | None] = mapped_column(Text, default=None)
+    effective_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
 
 
 @dataclass(frozen=True)
@@ -49,6 +56,9 @@ class NoticeText:
     language: str
     text: str
     source: str
+    material: bool = False  # earlier grants for the purpose stop counting from effective_at
+    change_note: str | None = None  # what changed, shown to people asked again
+    effective_at: datetime | None = None  # default: at once
 
 
 # Which retention setting keeps each purpose's data (the notice states it in days).
@@ -133,6 +143,9 @@ async def do_publish_notice(
         sha256=digest,
         source=text.source,
         created_at=now,
+        material=text.material,
+        change_note=text.change_note,
+        effective_at=(text.effective_at or now) if text.material else None,
     )
     session.add(notice)
     await session.flush()
@@ -179,6 +192,88 @@ async def list_notices(session: AsyncSession) -> list[Notice]:
     return list((await session.execute(query)).scalars())
 
 
+@dataclass(frozen=True)
+class Supersession:
+    """A material version newer than a notice: grants under that notice stop counting."""
+
+    version: int
+    effective_at: datetime
+    change_note: str | None
+
+
+async def supersessions(
+    session: AsyncSession, notice_ids: Iterable[uuid.UUID]
+) -> dict[uuid.UUID, Supersession]:
+    """For each given notice with a newer material version of its purpose and language, the
+    one that takes effect first (the moment grants under the given notice stop counting)."""
+    ids = set(notice_ids)
+    if not ids:
+        return {}
+    shown = list((await session.execute(select(Notice).where(Notice.id.in_(ids)))).scalars())
+    keys = {(n.purpose, n.language) for n in shown}
+    material = [
+        n for n in (
+            await session.execute(select(Notice).where(Notice.material.is_(True)))
+        ).scalars()
+        if (n.purpose, n.language) in keys
+    ]
+    out: dict[uuid.UUID, Supersession] = {}
+    for notice in shown:
+        later = [
+            m for m in material
+            if (m.purpose, m.language) == (notice.purpose, notice.language)
+            and m.version > notice.version
+        ]
+        if later:
+            first = min(later, key=lambda m: (m.effective_at or m.created_at, m.version))
+            out[notice.id] = Supersession(
+                first.version, first.effective_at or first.created_at, first.change_note
+            )
+    return out
+
+
+async def bookings_asking(
+    session: AsyncSession, purpose: Purpose, now: datetime
+) -> list[uuid.UUID]:
+    """Bookings not yet over and not cancelled that request `purpose` (whose pages a material
+    change of its notice concerns)."""
+    query = select(Booking.id, Booking.requested_purposes).where(
+        Booking.ends_at > now, Booking.status != BookingStatus.CANCELLED
+    )
+    return [
+        booking_id
+        for booking_id, purposes in (await session.execute(query)).all()
+        if purpose.value in purposes
+    ]
+
+
+def notice_changed_event(notice: Notice, booking_ids: list[uuid.UUID]) -> NoticeChanged:
+    return NoticeChanged(
+        purpose=notice.purpose,
+        language=notice.language,
+        notice_id=notice.id,
+        version=notice.version,
+        booking_ids=booking_ids,
+    )
+
+
+async def notice_versions(
+    session: AsyncSession, purpose: Purpose, language: str
+) -> list[Notice]:
+    """Every version of one purpose's notice in one language, oldest first."""
+    query = (
+        select(Notice)
+        .where(Notice.purpose == purpose, Notice.language == normalize_language(language))
+        .order_by(Notice.version)
+    )
+    return list((await session.execute(query)).scalars())
+
+
+async def get_notice_by_sha256(session: AsyncSession, sha256: str) -> Notice | None:
+    query = select(Notice).where(Notice.sha256 == sha256.lower()).order_by(Notice.version)
+    return (await session.execute(query.limit(1))).scalar_one_or_none()
+
+
 def notice_view(notice: Notice) -> dict[str, object]:
     return {
         "id": str(notice.id),
@@ -189,4 +284,7 @@ def notice_view(notice: Notice) -> dict[str, object]:
         "sha256": notice.sha256,
         "source": notice.source,
         "created_at": notice.created_at.isoformat(),
+        "material": notice.material,
+        "change_note": notice.change_note,
+        "effective_at": notice.effective_at.isoformat() if notice.effective_at else None,
     }

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from consent.gate import BookingConsent, Recorded
 from consent.ledger import Entry, booking_entries
+from consent.notices import supersessions
 from consent.restrictions import restricted_in_booking
 from core.bookings import Booking, BookingStatus
 
@@ -28,7 +29,8 @@ class Snapshot:
 
 def recorded(entry: Entry) -> Recorded:
     return Recorded(
-        entry.seq, entry.subject_id, entry.purpose, entry.decision, entry.at, entry.actor
+        entry.seq, entry.subject_id, entry.purpose, entry.decision, entry.at, entry.actor,
+        entry.notice_id,
     )
 
 
@@ -45,6 +47,13 @@ async def read_snapshot(session: AsyncSession, booking_id: uuid.UUID) -> Snapsho
         cancelled=booking.status is BookingStatus.CANCELLED,
         minors=frozenset(p.id for p in booking.participants if not p.adult),
         restricted=await restricted_in_booking(session, booking_id),
+        # grants under a notice a material change replaced stop counting when it takes effect
+        superseded={
+            notice_id: change.effective_at
+            for notice_id, change in (
+                await supersessions(session, {e.notice_id for e in entries})
+            ).items()
+        },
     )
     state.record_all(recorded(entry) for entry in entries)
     return Snapshot(state, entries)

@@ -30,6 +30,7 @@ class Topic(enum.StrEnum):
     PARTICIPANT_JOINED = "participant.joined"
     PARTICIPANT_LEFT = "participant.left"
     CONSENT_CHANGED = "consent.changed"
+    NOTICE_CHANGED = "consent.notice_changed"  # a material notice version: ask again
     RECORDING_CHANGED = "recording.changed"
     ROOM = "room"  # signaling fan-out between nodes (and `room.<node>` for one node)
     JOB_PROGRESS = "job.progress"
@@ -128,6 +129,20 @@ class ConsentChanged(BusEvent):
     seq: int
     at: datetime
     actor: Actor = Actor.SUBJECT  # a minor's guardian decides on the same subject
+    notice_id: uuid.UUID | None = None  # the notice shown (a material change replaces it)
+
+
+class NoticeChanged(BusEvent):
+    """A notice version marked as a material change: grants under earlier versions of the
+    purpose stop counting from `effective_at`; the bookings not over that request it."""
+
+    TOPIC = Topic.NOTICE_CHANGED
+
+    purpose: Purpose
+    language: str
+    notice_id: uuid.UUID
+    version: int
+    booking_ids: list[uuid.UUID]
 
 
 class RecordingSwitched(BusEvent):
@@ -200,7 +215,8 @@ _BY_TOPIC: dict[str, type[BusEvent]] = {
     for cls in (
         BookingCreated, BookingUpdated, BookingCancelled, BookingOpened, BookingStarted,
         BookingEnded, BookingClosed, ParticipantJoined,
-        ParticipantLeft, ConsentChanged, JobProgress, SubjectErased, SubjectRestricted,
+        ParticipantLeft, ConsentChanged, NoticeChanged, JobProgress, SubjectErased,
+        SubjectRestricted,
     )
 }
 

@@ -241,6 +241,16 @@ class Settings(BaseSettings):
     consent_checkpoint_interval_s: int = Field(
         default=3600, gt=0, description="How often the consent ledger's head is signed (s)."
     )
+    consent_verify_interval_s: int = Field(
+        default=30, gt=0,
+        description="How often each node re-verifies the whole consent ledger (s); tampering "
+        "is found within this plus one walk of the chain.",
+    )
+    consent_integrity_poll_s: float = Field(
+        default=1.0, gt=0,
+        description="How often each node reads the shared integrity alarm and looks whether a "
+        "verification is due (s).",
+    )
     consent_operator_name: str = Field(
         default="the operator of this service",
         description="The operator's name (who records/processes), as the default consent "

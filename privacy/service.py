@@ -24,6 +24,7 @@ from consent.ledger import Entry, entry_view
 from consent.notices import current_notice
 from consent.purposes import Decision, Method, Purpose
 from consent.restrictions import Restriction, get_restriction
+from consent.writer import ledger_writer
 from core.bookings import Booking, Participant
 from core.bus import publish_all
 from core.errors import NotFound
@@ -285,7 +286,7 @@ class Privacy:
         request = DecisionRequest(purpose, Decision.WITHDRAWN, notice.sha256,
                                   method=Method.WEB_DIALOG)
         entry = await do_decide(
-            self._rt.db, self._rt.bus, participant_id, request, self._rt.clock.now()
+            ledger_writer(self._rt), self._rt.bus, participant_id, request, self._rt.clock.now()
         )
         cleanup = Cleanup()
         counts: dict[str, int] = {}

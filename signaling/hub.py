@@ -28,6 +28,7 @@ from core.bus import BusEvent, Subscription, Topic, publish_all
 from core.events import (
     BookingCancelled,
     ConsentChanged,
+    NoticeChanged,
     ParticipantJoined,
     ParticipantLeft,
     RecordingSwitched,
@@ -58,6 +59,7 @@ from signaling.protocol import (
     encode,
     read_client,
 )
+from signaling.protocol import NoticeChanged as NoticeChangedMessage
 from signaling.room import Room
 
 log = structlog.get_logger(__name__)
@@ -103,7 +105,7 @@ class Hub:
     async def __aenter__(self) -> Hub:
         topics: list[str] = [
             Topic.CONSENT_CHANGED, Topic.RECORDING_CHANGED, Topic.BOOKING_CANCELLED,
-            Topic.SUBJECT_ERASED,
+            Topic.SUBJECT_ERASED, Topic.NOTICE_CHANGED,
         ]
         if self.fanout.shared:
             topics += [Topic.ROOM.value, node_topic(self.node_id)]
@@ -337,6 +339,12 @@ class Hub:
                     self._on_room_event(item, node)
             else:
                 self._on_room_event(data, node)
+            return
+        if isinstance(event, NoticeChanged):  # a material change: the pages ask again
+            for booking_id in event.booking_ids:
+                changed = self.rooms.get(self._by_booking.get(str(booking_id), ""))
+                if changed is not None:
+                    changed.broadcast(NoticeChangedMessage(purpose=event.purpose.value))
             return
         if not isinstance(
             event, BookingCancelled | ConsentChanged | RecordingSwitched | TrackRecording

@@ -136,6 +136,14 @@ class RecordingSwitch(_Message):
     on: bool
 
 
+class NoticeChanged(_Message):
+    """A notice of a purpose this booking asks for changed materially: fetch GET /v1/consent
+    again (`reconsent_required`, `notice_change`) and ask the person again."""
+
+    type: Literal["notice-changed"] = "notice-changed"
+    purpose: str
+
+
 class Error(_Message):
     type: Literal["error"] = "error"
     code: ErrorCode
@@ -152,7 +160,8 @@ class Pong(_Message):
 
 
 ServerMessage = Annotated[
-    Welcome | PeerJoined | PeerLeft | Signal | Consent | Recording | RecordingSwitch | Error
+    Welcome | PeerJoined | PeerLeft | Signal | Consent | Recording | RecordingSwitch
+    | NoticeChanged | Error
     | Bye | Pong,
     Field(discriminator="type"),
 ]

@@ -12,19 +12,24 @@ import uuid
 from collections.abc import Mapping
 
 from consent.gate import may
+from consent.integrity import active_alarm, alarm_key
 from consent.purposes import Actor, Decision, Purpose
 from consent.snapshot import read_snapshot
 from core.clock import Clock
+from core.crypto import Keyring
 from core.database import Database
 
 
 class LedgerConsent:
-    def __init__(self, db: Database, clock: Clock) -> None:
+    def __init__(self, db: Database, clock: Clock, keys: Keyring) -> None:
         self._db = db
         self._clock = clock
+        self._alarm_key = alarm_key(keys)
 
     async def grants(self, booking_id: uuid.UUID) -> Mapping[tuple[uuid.UUID, Purpose], uuid.UUID]:
         async with self._db.session() as session:
+            if await active_alarm(session, self._alarm_key) is not None:
+                return {}  # the ledger was tampered with: no grant counts until acknowledged
             snapshot = await read_snapshot(session, booking_id)
         if snapshot is None:
             return {}

@@ -281,5 +281,5 @@ def ai_jobs(runtime: Runtime, audio: AudioSource | None) -> AiJobs:
     from the ledger, the arq queue when Redis is configured; `audio` is media/'s recordings
     (given by the composition root, api/)."""
     provider = OpenAIProvider.from_settings(runtime.settings)
-    consent = LedgerConsent(runtime.db, runtime.clock)
+    consent = LedgerConsent(runtime.db, runtime.clock, runtime.keys)
     return AiJobs(runtime, provider, consent, audio=audio)

@@ -55,7 +55,7 @@ def build_worker(
     async def startup(ctx: dict[str, Any]) -> None:
         runtime = Runtime.open(settings)
         queue = await ArqQueue.open(settings)
-        consent = LedgerConsent(runtime.db, runtime.clock)
+        consent = LedgerConsent(runtime.db, runtime.clock, runtime.keys)
         runner = JobRunner(runtime, provider, consent, audio(runtime))
         runner.follow_up = queue.enqueue
         ctx.update(runtime=runtime, queue=queue, runner=runner)

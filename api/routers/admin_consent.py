@@ -29,12 +29,26 @@ from api.schemas import (
     NoticeList,
     NoticeView,
 )
-from consent.checkpoints import Signer, checkpoint_view, do_checkpoint, list_checkpoints, verify
+from consent.checkpoints import Signer, checkpoint_view, list_checkpoints, verify
+from consent.integrity import IntegrityWatch, active_alarm, alarm_view, alarms, do_acknowledge
 from consent.ledger import LogFilter, LogRow, booking_entries, entry_view, log_page, stream_log
-from consent.notices import NoticeText, do_publish_notice, list_notices, notice_view
+from consent.live import LiveGate
+from consent.notices import (
+    Notice,
+    NoticeText,
+    Supersession,
+    bookings_asking,
+    do_publish_notice,
+    list_notices,
+    notice_changed_event,
+    notice_versions,
+    notice_view,
+    supersessions,
+)
 from consent.purposes import Decision, Purpose
 from core.bookings import Booking
-from core.errors import InvalidInput, NotFound
+from core.bus import publish_all
+from core.errors import InvalidInput, NotFound, Unavailable
 from media.recordings import Recording
 
 router = APIRouter(prefix="/v1/admin", tags=["admin: consent"])
@@ -67,6 +81,13 @@ def log_filter(
     )
 
 
+def integrity_of(gate: LiveGate | None) -> IntegrityWatch:
+    """This node's integrity watch (it lives in the live gate)."""
+    if gate is None:
+        raise Unavailable("the consent gate is not running on this node")
+    return gate.integrity
+
+
 def _cursor(raw: str | None) -> int | None:
     if raw is None:
         return None
@@ -80,7 +101,10 @@ def _cursor(raw: str | None) -> int | None:
     response_model=LogPage,
     response_model_exclude_unset=True,
     summary="The consent log, newest first, filtered, one page at a time",
-    description="Pass `next_cursor` of a page as `cursor` to get the next (older) page.",
+    description="Pass `next_cursor` of a page as `cursor` to get the next (older) page. "
+    "`notice_version` is the version of the notice the person was shown; `outdated_by` is set "
+    "on a grant under a notice that a material change replaced (`version`, `effective_at`, "
+    "`change_note`): such grants stop counting from `effective_at`.",
     responses=responses(401, 403, 422),
 )
 async def get_log(
@@ -92,9 +116,28 @@ async def get_log(
 ) -> dict[str, Any]:
     async with runtime.db.session() as session:
         page, next_seq = await log_page(session, filters, before_seq=_cursor(cursor), limit=limit)
+        shown = {row.entry.notice_id for row in page}
+        query = select(Notice.id, Notice.version).where(Notice.id.in_(shown))
+        versions = dict((await session.execute(query)).tuples().all()) if shown else {}
+        replaced = await supersessions(session, shown)
     return {
-        "items": [row.view() for row in page],
+        "items": [_annotated(row, versions, replaced) for row in page],
         "next_cursor": str(next_seq) if next_seq is not None else None,
+    }
+
+
+def _annotated(
+    row: LogRow, versions: dict[uuid.UUID, int], replaced: dict[uuid.UUID, Supersession]
+) -> dict[str, Any]:
+    change = replaced.get(row.entry.notice_id) if row.entry.decision is Decision.GRANTED else None
+    return {
+        **row.view(),
+        "notice_version": versions.get(row.entry.notice_id),
+        "outdated_by": {
+            "version": change.version,
+            "effective_at": change.effective_at.isoformat(),
+            "change_note": change.change_note,
+        } if change is not None else None,
     }
 
 
@@ -158,8 +201,11 @@ async def _jsonl(rows: AsyncIterator[LogRow]) -> AsyncIterator[str]:
     summary="Walk the whole chain; report the first bad entry and the last checkpoint",
     responses=responses(401, 403),
 )
-async def verify_log(runtime: RuntimeDep, _caller: ReviewerCaller) -> dict[str, Any]:
-    report = await verify(runtime.db, Signer.from_keyring(runtime.keys))
+async def verify_log(
+    runtime: RuntimeDep, gate: GateDep, _caller: ReviewerCaller
+) -> dict[str, Any]:
+    witness = gate.integrity.witness.marks() if gate is not None else {}
+    report = await verify(runtime.db, Signer.from_keyring(runtime.keys), witness)
     return report.view()
 
 
@@ -169,13 +215,56 @@ async def verify_log(runtime: RuntimeDep, _caller: ReviewerCaller) -> dict[str, 
     response_model_exclude_unset=True,
     status_code=201,
     summary="Sign the chain's current head now",
+    description="Refused with 409 `ledger_tampered` while an integrity alarm stands or when "
+    "the chain since the last checkpoint fails verification.",
+    responses=responses(401, 403, 409),
+)
+async def create_checkpoint(
+    runtime: RuntimeDep, gate: GateDep, _caller: AdminCaller
+) -> dict[str, Any]:
+    checkpoint = await integrity_of(gate).do_checkpoint(runtime.clock.now())
+    return checkpoint_view(checkpoint)
+
+
+@router.get(
+    "/consent-log/integrity",
+    summary="Whether the running servers found the ledger tampered with",
+    description="`status` is `ok` or `tampered`; `alarm` is the standing (unacknowledged) "
+    "alarm, `alarms` the recent ones. Every node re-verifies the whole chain every "
+    "`CALLGATE_CONSENT_VERIFY_INTERVAL_S`.",
     responses=responses(401, 403),
 )
-async def create_checkpoint(runtime: RuntimeDep, _caller: AdminCaller) -> dict[str, Any]:
-    checkpoint = await do_checkpoint(
-        runtime.db, Signer.from_keyring(runtime.keys), runtime.clock.now()
-    )
-    return checkpoint_view(checkpoint)
+async def get_integrity(
+    runtime: RuntimeDep, gate: GateDep, _caller: ReviewerCaller
+) -> dict[str, Any]:
+    watch = integrity_of(gate)
+    async with runtime.db.session() as session:
+        standing = await active_alarm(session, watch.ack_key)
+        recent = await alarms(session, 20)
+    last = watch.last_report
+    return {
+        "status": "tampered" if standing is not None else "ok",
+        "alarm": alarm_view(standing) if standing is not None else None,
+        "alarms": [alarm_view(a) for a in recent],
+        "last_check": last.view() if last is not None else None,
+        "last_check_at": watch.checked_at.isoformat() if watch.checked_at else None,
+    }
+
+
+@router.post(
+    "/consent-log/integrity/acknowledge",
+    summary="Acknowledge the standing integrity alarm (capture resumes)",
+    description="Only an admin. Capture and AI jobs stay stopped until this is called; the "
+    "same finding is not raised again, a new one is. 404 `not_found` when no alarm stands.",
+    responses=responses(401, 403, 404),
+)
+async def acknowledge_integrity(
+    runtime: RuntimeDep, gate: GateDep, caller: AdminCaller
+) -> dict[str, Any]:
+    watch = integrity_of(gate)
+    done = await do_acknowledge(runtime.db, watch.ack_key, caller.key_id, runtime.clock.now())
+    await watch.refresh()
+    return {"acknowledged": [alarm_view(a) for a in done]}
 
 
 @router.get(
@@ -283,6 +372,19 @@ class NoticeBody(BaseModel):
         min_length=2, max_length=35, pattern=r"^[A-Za-z]{2,8}(-[A-Za-z0-9]{1,8})*$"
     )
     text: str = Field(min_length=1, max_length=20_000)
+    material: bool = Field(
+        default=False,
+        description="A material change: grants given under earlier versions of this purpose's "
+        "notice stop counting for capture and AI jobs from `effective_at`, and the people of "
+        "affected bookings are asked again. False for a revision that changes nothing of "
+        "substance (a typo): earlier grants keep counting.",
+    )
+    change_note: str | None = Field(
+        default=None, max_length=500, description="What changed, shown to people asked again."
+    )
+    effective_at: AwareDatetime | None = Field(
+        default=None, description="When a material change takes effect (default: at once)."
+    )
 
 
 @router.get(
@@ -310,7 +412,32 @@ async def get_notices(runtime: RuntimeDep, _caller: ReviewerCaller) -> dict[str,
 async def publish_notice(
     runtime: RuntimeDep, caller: AdminCaller, body: NoticeBody
 ) -> JSONResponse:
-    text = NoticeText(body.purpose, body.language, body.text, f"api:{caller.key_id}")
+    now = runtime.clock.now()
+    if body.effective_at is not None and not body.material:
+        raise InvalidInput.field(("body", "effective_at"), "only a material change takes effect")
+    if body.effective_at is not None and body.effective_at < now:
+        raise InvalidInput.field(("body", "effective_at"), "cannot be in the past")
+    text = NoticeText(
+        body.purpose, body.language, body.text, f"api:{caller.key_id}",
+        material=body.material, change_note=body.change_note, effective_at=body.effective_at,
+    )
     async with runtime.db.session() as session:
-        notice, created = await do_publish_notice(session, text, runtime.clock.now())
+        notice, created = await do_publish_notice(session, text, now)
+        affected = await bookings_asking(session, notice.purpose, now) if created else []
+    if created and notice.material:  # after commit: gates reload, pages are told
+        await publish_all(runtime.bus, [notice_changed_event(notice, affected)])
     return JSONResponse(notice_view(notice), status_code=201 if created else 200)
+
+
+@router.get(
+    "/consent-notices/versions",
+    summary="Every version of one purpose's notice in one language, oldest first",
+    responses=responses(401, 403, 422),
+)
+async def get_notice_versions(
+    runtime: RuntimeDep, _caller: ReviewerCaller, purpose: Purpose,
+    language: Annotated[str, Query(min_length=2, max_length=35)] = "en",
+) -> dict[str, Any]:
+    async with runtime.db.session() as session:
+        items = await notice_versions(session, purpose, language)
+    return {"items": [notice_view(n) for n in items]}

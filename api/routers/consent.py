@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import base64
 import uuid
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Path, Response
 from pydantic import BaseModel, Field
 
-from api.deps import ParticipantDep, RuntimeDep, SchedulerCaller
+from api.deps import GateDep, ParticipantDep, RuntimeDep, SchedulerCaller
 from api.notices import notice_html
 from api.problems import responses
 from api.schemas import ConsentOverview, LedgerEntry
+from consent.checkpoints import LedgerTampered, Signer
 from consent.decisions import DecisionRequest, consent_overview, do_decide
 from consent.ledger import entry_view
-from consent.notices import retention_days
+from consent.notices import get_notice_by_sha256, notice_view, retention_days
 from consent.purposes import Actor, Decision, Method, Purpose
+from consent.receipts import MEDIA_TYPE, build_receipt, covering_checkpoint, receipt_entries
+from consent.writer import ledger_writer
+from core.errors import NotFound, Unavailable
 
 router = APIRouter(prefix="/v1/consent", tags=["consent"])
 
@@ -47,6 +52,74 @@ async def get_consent(runtime: RuntimeDep, participant: ParticipantDep) -> dict[
     return overview
 
 
+@router.get(
+    "/receipt",
+    summary="Download a signed receipt of my decisions in this booking",
+    description="A compact JWS (`application/jose`, RFC 7515, EdDSA) signed with the "
+    "deployment's checkpoint key (`kid`): each decision with the notice's version and "
+    "SHA-256, the ledger entry's position and hash, and a proof linking the entries to a "
+    "signed checkpoint. Check it offline with `callgate ledger verify-receipt FILE "
+    "--public-key KEY` or any JOSE library (docs/consent.md). 404 `no_decisions` before the "
+    "first decision; 409 `ledger_tampered` while an integrity alarm stands.",
+    response_class=Response,
+    responses={200: {"content": {MEDIA_TYPE: {}}, "description": "The receipt (JWS)"},
+               **responses(404, 409)},
+)
+async def get_receipt(
+    runtime: RuntimeDep, gate: GateDep, participant: ParticipantDep
+) -> Response:
+    if gate is None:
+        raise Unavailable("the consent gate is not running on this node")
+    standing = gate.integrity.standing
+    if standing is not None:
+        raise LedgerTampered("no receipt while " + standing.sentence())
+    person, entries = await receipt_entries(runtime.db, participant.id)
+    now = runtime.clock.now()
+    checkpoint = await covering_checkpoint(runtime.db, gate.signer, entries[-1].seq)
+    if checkpoint is None:  # sign the (verified) head, refused if the chain fails
+        checkpoint = await gate.integrity.do_checkpoint(now)
+    token = await build_receipt(runtime.db, gate.signer, person, entries, checkpoint, now)
+    name = f"consent-receipt-{person.booking_id}.jws"
+    return Response(
+        token, media_type=MEDIA_TYPE,
+        headers={"Content-Disposition": f'attachment; filename="{name}"'},
+    )
+
+
+@router.get(
+    "/notices/{sha256}",
+    summary="A notice by its SHA-256 (any version, also earlier ones)",
+    description="What a receipt or a ledger entry names by `notice_sha256`. No credential "
+    "needed: notices are public texts.",
+    responses=responses(404, 422),
+)
+async def get_notice(
+    runtime: RuntimeDep, sha256: Annotated[str, Path(pattern=r"^[0-9a-fA-F]{64}$")]
+) -> dict[str, Any]:
+    async with runtime.db.session() as session:
+        notice = await get_notice_by_sha256(session, sha256)
+    if notice is None:
+        raise NotFound("no notice has this SHA-256")
+    return notice_view(notice)
+
+
+@router.get(
+    "/receipt-key",
+    summary="The public key that verifies receipts and checkpoints",
+    description="`public_key` is base64 of the raw Ed25519 key; `jwk` the same as a JWK "
+    "(RFC 8037). No credential needed.",
+)
+async def get_receipt_key(runtime: RuntimeDep) -> dict[str, Any]:
+    signer = Signer.from_keyring(runtime.keys)
+    x = base64.urlsafe_b64encode(signer.public_raw).rstrip(b"=").decode()
+    return {
+        "kid": signer.key_id,
+        "alg": "EdDSA",
+        "public_key": signer.public_b64,
+        "jwk": {"kty": "OKP", "crv": "Ed25519", "x": x, "kid": signer.key_id, "alg": "EdDSA"},
+    }
+
+
 @router.post(
     "",
     response_model=LedgerEntry,
@@ -68,7 +141,9 @@ async def post_consent(
         notice_sha256=body.notice_sha256,
         method=body.method,
     )
-    entry = await do_decide(runtime.db, runtime.bus, participant.id, request, runtime.clock.now())
+    entry = await do_decide(
+        ledger_writer(runtime), runtime.bus, participant.id, request, runtime.clock.now()
+    )
     return entry_view(entry)
 
 
@@ -105,6 +180,6 @@ async def post_guardian_consent(
         actor=Actor.GUARDIAN,
     )
     entry = await do_decide(
-        runtime.db, runtime.bus, body.participant_id, request, runtime.clock.now()
+        ledger_writer(runtime), runtime.bus, body.participant_id, request, runtime.clock.now()
     )
     return entry_view(entry)

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from api.deps import RuntimeDep
+from api.deps import GateDep, RuntimeDep
 from api.schemas import Health, Readiness
 
 router = APIRouter(tags=["operations"])
@@ -27,11 +27,13 @@ async def healthz() -> dict[str, str]:
     response_model=Readiness,
     response_model_exclude_unset=True,
     summary="Ready to serve",
-    description="200 when the database (and Redis, when configured) answer; 503 naming what "
-    "does not.",
-    responses={503: {"description": "A dependency is unreachable"}},
+    description="200 when the database (and Redis, when configured) answer and no consent "
+    "ledger tampering alarm stands; 503 naming what is wrong (`consent_ledger`: where the "
+    "chain fails, until an admin acknowledges it).",
+    responses={503: {"description": "A dependency is unreachable or the ledger was tampered "
+                     "with"}},
 )
-async def readyz(runtime: RuntimeDep) -> JSONResponse:
+async def readyz(runtime: RuntimeDep, gate: GateDep) -> JSONResponse:
     checks: dict[str, Any] = {}
     try:
         await runtime.db.ping()
@@ -44,6 +46,9 @@ async def readyz(runtime: RuntimeDep) -> JSONResponse:
             checks["redis"] = "ok"
         except Exception as exc:
             checks["redis"] = f"unreachable: {type(exc).__name__}"
+    if gate is not None:
+        standing = gate.integrity.standing
+        checks["consent_ledger"] = "ok" if standing is None else "tampered: " + standing.sentence()
     ready = all(v == "ok" for v in checks.values())
     return JSONResponse(
         {"status": "ready" if ready else "unavailable", "checks": checks},

@@ -61,6 +61,8 @@ async function signIn(event) {
 
 function signOut(message) {
   sessionStorage.removeItem(KEY);
+  clearTimeout(integrityTimer);
+  $("tamper-banner").hidden = true;
   $("app").hidden = true;
   $("signout").hidden = true;
   $("login").hidden = false;
@@ -75,6 +77,33 @@ function showApp() {
   $("login-error").textContent = "";
   cursorStack = [];
   loadLog(null);
+  checkIntegrity();
+}
+
+// ---- tampering alarm (every node re-verifies the ledger; the state is shared) --------------
+
+let integrityTimer = null;
+
+async function checkIntegrity() {
+  clearTimeout(integrityTimer);
+  integrityTimer = setTimeout(checkIntegrity, 15_000);
+  const response = await api("/v1/admin/consent-log/integrity");
+  if (!response.ok) { return; }
+  const state = await response.json();
+  const banner = $("tamper-banner");
+  banner.hidden = state.status !== "tampered";
+  if (state.alarm) {
+    const a = state.alarm;
+    $("tamper-text").textContent = `Consent ledger tampering detected at entry ${a.first_bad_seq} `
+      + `(${a.problem}: ${a.detail}) at ${utc(a.detected_at)} UTC. Recording and AI jobs are `
+      + "stopped until an admin acknowledges it.";
+  }
+}
+
+async function acknowledgeTampering() {
+  const response = await api("/v1/admin/consent-log/integrity/acknowledge", { method: "POST" });
+  $("tamper-status").textContent = response.ok ? "" : await problemText(response);
+  if (response.ok) { checkIntegrity(); }
 }
 
 // ---- the log -------------------------------------------------------------------------------
@@ -319,6 +348,7 @@ document.addEventListener("DOMContentLoaded", () => {
     if (nextCursor) { cursorStack.push(nextCursor); loadLog(nextCursor); }
   });
   $("verify").addEventListener("click", runVerify);
+  $("tamper-ack").addEventListener("click", acknowledgeTampering);
   $("checkpoint").addEventListener("click", signCheckpoint);
   $("export-csv").addEventListener("click", () => exportLog("csv"));
   $("export-jsonl").addEventListener("click", () => exportLog("jsonl"));

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import json
@@ -249,17 +250,35 @@ async def test_booking_timeline_with_presence(
 
 
 async def test_periodic_checkpoint_signs_only_when_due_and_grown(
-    app: FastAPI, client: httpx.AsyncClient, api_keys: dict[Scope, str],
+    client: httpx.AsyncClient, api_keys: dict[Scope, str],
     world: tuple[Seeded, Seeded], clock: ManualClock, runtime: Runtime,
 ) -> None:
-    gate = app.state.services.gate
+    """The server's own timer (the integrity watch) signs the verified head once an interval
+    has passed since the last checkpoint (or its start) and the chain has grown."""
     key = bearer(api_keys[Scope.AUDITOR])
-    assert await gate.checkpoint_if_due() is True
-    assert await gate.checkpoint_if_due() is False  # just signed
-    clock.advance(timedelta(seconds=runtime.settings.consent_checkpoint_interval_s + 1))
-    assert await gate.checkpoint_if_due() is False  # due, but the chain has not grown
+    interval = timedelta(seconds=runtime.settings.consent_checkpoint_interval_s + 1)
+
+    async def signed() -> list[int]:
+        listed = (await client.get("/v1/admin/consent-log/checkpoints", headers=key)).json()
+        return [c["seq"] for c in listed["items"]]
+
+    async def checked_at(when: str) -> None:
+        for _ in range(500):
+            state = await client.get("/v1/admin/consent-log/integrity", headers=key)
+            if state.json()["last_check_at"] == when:
+                return
+            await asyncio.sleep(0.02)
+        raise AssertionError("the integrity watch did not run")
+
+    assert await signed() == []  # not due: less than an interval since the server started
+    clock.advance(interval)
+    await checked_at(clock.now().isoformat())
+    assert await signed() == [7]
+    clock.advance(interval)
+    await checked_at(clock.now().isoformat())
+    assert await signed() == [7]  # due, but the chain has not grown
     first, _ = world
     await decide(client, first.people[0], "ai.summary", "granted")
-    assert await gate.checkpoint_if_due() is True
-    listed = (await client.get("/v1/admin/consent-log/checkpoints", headers=key)).json()
-    assert [c["seq"] for c in listed["items"]] == [8, 7]
+    clock.advance(interval)
+    await checked_at(clock.now().isoformat())
+    assert await signed() == [8, 7]

@@ -374,7 +374,7 @@ async def test_live_gate_rereads_the_ledger_after_the_bus_comes_back(
             async with runtime.db.session() as session:
                 notice = await current_notice(session, Purpose.RECORDING_AUDIO, "en")
             request = DecisionRequest(Purpose.RECORDING_AUDIO, Decision.GRANTED, notice.sha256)
-            await do_decide(runtime.db, runtime.bus, guest.id, request, clock.now())
+            await do_decide(gate.writer, runtime.bus, guest.id, request, clock.now())
             verdict = gate.explain(seeded.booking_id, guest.id, Purpose.RECORDING_AUDIO)
             assert verdict.reason == "consent_state_unconfirmed"
             bus.down.clear()

@@ -24,6 +24,7 @@ from core.database import Database
 from core.runtime import build_keyring
 from core.settings import Settings
 from tests import support
+from tests.integration.ledger_support import SEAL_KEY, raw, unprotected
 
 T0 = datetime(2026, 11, 22, 8, 0, tzinfo=UTC)
 
@@ -54,33 +55,7 @@ def decision(n: int) -> NewDecision:
 async def append(db: Database, count: int) -> None:
     for n in range(count):
         async with db.session() as session:
-            await do_append(session, decision(n), T0 + timedelta(seconds=n))
-
-
-async def raw(db: Database, *statements: str) -> None:
-    async with db.engine.begin() as conn:
-        for statement in statements:
-            await conn.execute(text(statement))
-
-
-async def unprotected(db: Database, *statements: str) -> None:
-    """Edit the ledger the way an intruder with database access would: triggers off."""
-    if db.dialect == "postgresql":
-        await raw(
-            db,
-            "ALTER TABLE consent_ledger DISABLE TRIGGER USER",
-            "ALTER TABLE consent_checkpoints DISABLE TRIGGER USER",
-            *statements,
-            "ALTER TABLE consent_ledger ENABLE TRIGGER USER",
-            "ALTER TABLE consent_checkpoints ENABLE TRIGGER USER",
-        )
-        return
-    drops = [
-        f"DROP TRIGGER {table}_no_{verb}"
-        for table in ("consent_ledger", "consent_checkpoints")
-        for verb in ("update", "delete")
-    ]
-    await raw(db, *drops, *statements)
+            await do_append(session, decision(n), T0 + timedelta(seconds=n), SEAL_KEY)
 
 
 async def test_update_and_delete_are_refused_by_the_database(
@@ -122,7 +97,7 @@ async def test_concurrent_appends_make_one_gap_free_chain(pg_url: str, settings:
     async def writer(task: int) -> None:
         for n in range(per_task):
             async with database.session() as session:
-                await do_append(session, decision(task * per_task + n), T0)
+                await do_append(session, decision(task * per_task + n), T0, SEAL_KEY)
 
     try:
         await asyncio.gather(*(writer(t) for t in range(tasks)))
@@ -207,8 +182,7 @@ async def test_truncated_tail_is_found_against_the_checkpoint(
 async def test_rewritten_and_rehashed_head_is_found_by_the_checkpoint(
     db: Database, signer: Signer
 ) -> None:
-    """An intruder who recomputes the hash of the entry they changed still cannot match the
-    signed checkpoint."""
+    """An intruder who recomputes the hash of the entry they changed cannot make its seal."""
     await append(db, 6)
     await do_checkpoint(db, signer, T0 + timedelta(hours=1))
     async with db.session() as session:
@@ -224,7 +198,7 @@ async def test_rewritten_and_rehashed_head_is_found_by_the_checkpoint(
     )
     report = await verify(db, signer)
     assert report.first_bad_seq == 6
-    assert report.problem == "checkpoint_mismatch"
+    assert report.problem == "bad_seal"
 
 
 async def test_forged_checkpoint_is_found(db: Database, signer: Signer) -> None:
@@ -274,9 +248,38 @@ async def test_entry_times_never_go_backwards(db: Database, signer: Signer) -> N
     """A node whose clock is behind still appends after the head in time, so a time range of
     the log is a seq range."""
     async with db.session() as session:
-        ahead = await do_append(session, decision(1), T0 + timedelta(seconds=10))
+        ahead = await do_append(session, decision(1), T0 + timedelta(seconds=10), SEAL_KEY)
     async with db.session() as session:
-        behind = await do_append(session, decision(2), T0)
+        behind = await do_append(session, decision(2), T0, SEAL_KEY)
     assert behind.seq == ahead.seq + 1
     assert behind.at == ahead.at
     assert (await verify(db, signer)).ok
+
+
+async def legacy(db: Database, seq: int) -> None:
+    """An entry as written before sealing (migration 0008): prev inside the hash, no seal."""
+    async with db.session() as session:
+        prev = (await session.get(Entry, seq - 1)) if seq > 1 else None
+        d = decision(seq)
+        entry = Entry(
+            seq=seq, id=uuid.uuid4(), at=T0, booking_id=d.booking_id, subject_id=d.subject_id,
+            purpose=d.purpose, decision=d.decision, notice_id=d.notice_id,
+            notice_sha256=d.notice_sha256, method=d.method, actor=d.actor,
+            prev_hash=prev.entry_hash if prev is not None else GENESIS, entry_mac=None,
+        )
+        entry.entry_hash = hash_of(entry)
+        session.add(entry)
+
+
+async def test_unsealed_entries_verify_only_before_the_first_sealed_one(
+    db: Database, signer: Signer
+) -> None:
+    for seq in (1, 2, 3):
+        await legacy(db, seq)
+    await append(db, 2)  # sealed, seq 4 and 5
+    report = await verify(db, signer)
+    assert report.ok, report.view()
+    assert report.entries == 5
+    await legacy(db, 6)  # an intruder's entry without a seal, after sealed ones
+    report = await verify(db, signer)
+    assert (report.first_bad_seq, report.problem) == (6, "unsealed_entry")

@@ -59,7 +59,7 @@ async def test_a_minor_needs_their_guardian_too(
     gate = services.gate
     assert isinstance(gate, LiveGate)
     await gate.ensure_booking(booked.booking_id)
-    consent = LedgerConsent(runtime.db, runtime.clock)
+    consent = LedgerConsent(runtime.db, runtime.clock, runtime.keys)
 
     def verdict(who: Person, purpose: Purpose) -> Reason:
         return gate.explain(booked.booking_id, who.id, purpose).reason

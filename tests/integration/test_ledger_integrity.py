@@ -1,0 +1,245 @@
+"""Tampering with the ledger is found by the running server within a minute (its own timer,
+driven by the test's clock), on SQLite and PostgreSQL, and capture fails closed until an admin
+acknowledges it."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from structlog.testing import capture_logs
+
+from consent.gate import Reason
+from consent.ledger import Entry, hash_of
+from consent.live import LiveGate
+from consent.purposes import Decision, Purpose
+from core.accounts import Scope
+from core.clock import ManualClock
+from core.runtime import Runtime
+from summaries.consents import LedgerConsent
+from tests.conftest import bearer
+from tests.consent_support import decide
+from tests.integration.consent_bookings import Seeded, seed_booking
+from tests.integration.ledger_support import unprotected
+
+
+@pytest.fixture
+def settings_overrides() -> dict[str, Any]:
+    return {"consent_integrity_poll_s": 0.02, "consent_verify_interval_s": 30}
+
+
+
+@pytest.fixture
+def gate(app: FastAPI) -> LiveGate:
+    live: LiveGate | None = app.state.services.gate
+    assert live is not None
+    return live
+
+@pytest.fixture
+async def world(client: httpx.AsyncClient, runtime: Runtime, clock: ManualClock) -> Seeded:
+    """One booking, eight decisions through the API (seq 1..8); the host keeps audio granted."""
+    seeded = await seed_booking(runtime, [Purpose.RECORDING_AUDIO, Purpose.AI_SUMMARY])
+    host, guest = seeded.people
+    steps = [
+        (guest, "recording.audio", "granted"), (guest, "ai.summary", "denied"),
+        (guest, "recording.audio", "withdrawn"), (guest, "ai.summary", "granted"),
+        (guest, "recording.audio", "granted"), (guest, "recording.audio", "denied"),
+        (guest, "ai.summary", "withdrawn"), (host, "recording.audio", "granted"),
+    ]
+    for person, purpose, decision in steps:
+        await decide(client, person, purpose, decision)
+        clock.advance(timedelta(seconds=1))
+    return seeded
+
+
+async def until(check: Callable[[], Awaitable[bool]], what: str) -> None:
+    for _ in range(1000):
+        if await check():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"never happened: {what}")
+
+
+async def integrity(client: httpx.AsyncClient, keys: dict[Scope, str]) -> dict[str, Any]:
+    response = await client.get(
+        "/v1/admin/consent-log/integrity", headers=bearer(keys[Scope.AUDITOR])
+    )
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+async def forged_append(runtime: Runtime) -> None:
+    """INSERT is allowed: add a well-linked, correctly hashed "granted" after the head."""
+    async with runtime.db.session() as session:
+        head = await session.get(Entry, 8)
+        assert head is not None
+        forged = Entry(
+            seq=9, id=uuid.uuid4(), at=head.at, booking_id=head.booking_id,
+            subject_id=head.subject_id, purpose=Purpose.AI_SUMMARY, decision=Decision.GRANTED,
+            notice_id=head.notice_id, notice_sha256=head.notice_sha256, method=head.method,
+            actor=head.actor, prev_hash=head.entry_hash, entry_mac="0" * 64,
+        )
+        forged.entry_hash = hash_of(forged)
+        session.add(forged)
+
+
+async def rehash_from(runtime: Runtime, seq: int) -> None:
+    """Change entry `seq` and recompute its hash and every later link and hash."""
+    async with runtime.db.session() as session:
+        rows = [e for s in range(1, 9) if (e := await session.get(Entry, s)) is not None]
+        for entry in rows:
+            session.expunge(entry)
+    statements, prev = [], rows[seq - 2].entry_hash if seq > 1 else "0" * 64
+    for entry in rows[seq - 1 :]:
+        if entry.seq == seq:
+            entry.decision = Decision.GRANTED
+        entry.prev_hash = prev
+        entry.entry_hash = hash_of(entry)
+        prev = entry.entry_hash
+        statements.append(
+            f"UPDATE consent_ledger SET decision = '{entry.decision.value}', "  # noqa: S608
+            f"prev_hash = '{entry.prev_hash}', entry_hash = '{entry.entry_hash}' "
+            f"WHERE seq = {entry.seq}"
+        )
+    await unprotected(runtime.db, *statements)
+
+
+TAMPERING: dict[str, tuple[Callable[[Runtime], Awaitable[None]], int, str]] = {
+    "change": (
+        lambda rt: unprotected(
+            rt.db, "UPDATE consent_ledger SET decision = 'granted' WHERE seq = 3"
+        ),
+        3, "hash_mismatch",
+    ),
+    "delete-middle": (
+        lambda rt: unprotected(rt.db, "DELETE FROM consent_ledger WHERE seq = 4"),
+        4, "missing_entry",
+    ),
+    "delete-newest": (
+        lambda rt: unprotected(rt.db, "DELETE FROM consent_ledger WHERE seq >= 7"),
+        7, "truncated",
+    ),
+    "insert": (forged_append, 9, "bad_seal"),
+    "reorder": (
+        lambda rt: unprotected(
+            rt.db,
+            "UPDATE consent_ledger SET seq = 1000 WHERE seq = 5",
+            "UPDATE consent_ledger SET seq = 5 WHERE seq = 6",
+            "UPDATE consent_ledger SET seq = 6 WHERE seq = 1000",
+        ),
+        5, "broken_link",
+    ),
+    "change-and-rehash": (lambda rt: rehash_from(rt, 2), 2, "bad_seal"),
+}
+
+
+@pytest.mark.parametrize("kind", list(TAMPERING))
+async def test_tampering_is_found_within_a_minute_and_capture_fails_closed(
+    client: httpx.AsyncClient, runtime: Runtime, clock: ManualClock, world: Seeded,
+    api_keys: dict[Scope, str], kind: str,
+    gate: LiveGate,
+) -> None:
+    host = world.people[0]
+    ready = await client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json()["checks"]["consent_ledger"] == "ok"
+    await gate.ensure_booking(world.booking_id)
+    assert gate.allows(world.booking_id, host.id, Purpose.RECORDING_AUDIO)
+    jobs = LedgerConsent(runtime.db, runtime.clock, runtime.keys)  # what AI jobs ask
+    assert (host.id, Purpose.RECORDING_AUDIO) in await jobs.grants(world.booking_id)
+
+    tamper, bad_seq, problem = TAMPERING[kind]
+    with capture_logs() as logs:
+        await tamper(runtime)
+        clock.advance(timedelta(seconds=60))  # the server's own timer does the rest
+
+        async def found() -> bool:
+            return (await client.get("/readyz")).status_code == 503
+
+        await until(found, f"{kind} detected")
+    errors = [e for e in logs if e["log_level"] == "error"]
+    assert errors[0]["event"] == "consent_ledger.tampered"
+    assert (errors[0]["first_bad_seq"], errors[0]["problem"]) == (bad_seq, problem)
+
+    ready = (await client.get("/readyz")).json()
+    assert f"entry {bad_seq} ({problem})" in ready["checks"]["consent_ledger"]
+    metrics = (await client.get("/metrics")).text
+    assert "callgate_consent_ledger_tampered 1.0" in metrics
+    assert f"callgate_consent_ledger_first_bad_seq {float(bad_seq)}" in metrics
+    state = await integrity(client, api_keys)
+    assert state["status"] == "tampered"
+    assert (state["alarm"]["first_bad_seq"], state["alarm"]["problem"]) == (bad_seq, problem)
+    verdict = gate.explain(world.booking_id, host.id, Purpose.RECORDING_AUDIO)
+    assert (verdict.allowed, verdict.reason) == (False, Reason.TAMPERED)
+    assert await jobs.grants(world.booking_id) == {}
+    admin = bearer(api_keys[Scope.ADMIN])
+    refused = await client.post("/v1/admin/consent-log/checkpoints", headers=admin)
+    assert refused.status_code == 409
+    assert refused.json()["code"] == "ledger_tampered"
+
+    auditor = bearer(api_keys[Scope.AUDITOR])
+    forbidden = await client.post("/v1/admin/consent-log/integrity/acknowledge", headers=auditor)
+    assert forbidden.status_code == 403
+    done = await client.post("/v1/admin/consent-log/integrity/acknowledge", headers=admin)
+    assert done.status_code == 200
+    assert (await client.get("/readyz")).status_code == 200
+    assert (await integrity(client, api_keys))["status"] == "ok"
+    if kind not in ("change-and-rehash", "reorder"):  # the host's grant was left untouched
+        assert gate.allows(world.booking_id, host.id, Purpose.RECORDING_AUDIO)
+    clock.advance(timedelta(seconds=60))  # the same finding is not raised again
+    later = clock.now().isoformat()
+
+    async def checked_again() -> bool:
+        return (await integrity(client, api_keys))["last_check_at"] == later
+
+    await until(checked_again, "a later check ran")
+    assert (await client.get("/readyz")).status_code == 200
+    assert len((await integrity(client, api_keys))["alarms"]) == 1
+
+
+async def test_clearing_the_alarm_in_the_database_does_not_clear_it(
+    client: httpx.AsyncClient, runtime: Runtime, clock: ManualClock, world: Seeded,
+    api_keys: dict[Scope, str],
+    gate: LiveGate,
+) -> None:
+    await unprotected(runtime.db, "DELETE FROM consent_ledger WHERE seq = 2")
+    clock.advance(timedelta(seconds=60))
+
+    async def found() -> bool:
+        return (await client.get("/readyz")).status_code == 503
+
+    await until(found, "deletion detected")
+    await unprotected(
+        runtime.db,
+        "UPDATE consent_alarms SET acknowledged_at = detected_at, acknowledged_by = 'intruder',"
+        " acknowledgement_mac = '" + "0" * 64 + "'",
+    )
+    await gate.integrity.refresh()  # what every poll does
+    assert (await client.get("/readyz")).status_code == 503
+    assert (await integrity(client, api_keys))["status"] == "tampered"
+
+
+async def test_an_intact_ledger_is_witnessed_and_signed_periodically(
+    client: httpx.AsyncClient, runtime: Runtime, clock: ManualClock, world: Seeded,
+    api_keys: dict[Scope, str],
+) -> None:
+    clock.advance(timedelta(seconds=runtime.settings.consent_checkpoint_interval_s + 1))
+
+    async def signed() -> bool:
+        listed = await client.get(
+            "/v1/admin/consent-log/checkpoints", headers=bearer(api_keys[Scope.AUDITOR])
+        )
+        items = listed.json()["items"]
+        return bool(items) and items[0]["seq"] == 8
+
+    await until(signed, "a checkpoint of the verified head")
+    witness = (runtime.settings.data_dir / "consent-witness.jsonl").read_text()
+    assert '"seq": 8' in witness
+    assert (await client.get("/readyz")).status_code == 200
