@@ -62,6 +62,11 @@ class PurposeState(Body):
     retention_days: int | None = Field(
         default=None, description="Days the data made for this purpose is kept."
     )
+    reconsent_required: bool = Field(
+        description="The person's grant was given under a notice version a material change "
+        "replaced: ask again (the grant stops counting when the change takes effect)."
+    )
+    notice_change: str | None = Field(description="What changed (with reconsent_required).")
 
 
 class ConsentOverview(Body):
@@ -73,6 +78,14 @@ class ConsentOverview(Body):
 class LogRow(LedgerEntry):
     subject_external_id: str | None
     subject_display_name: str | None
+    notice_version: int | None = Field(
+        default=None, description="The version of the notice the person was shown."
+    )
+    outdated_by: dict[str, Any] | None = Field(
+        default=None,
+        description="On a grant under a version a material change replaced: that change's "
+        "`version`, `effective_at` and `change_note`.",
+    )
 
 
 class LogPage(Body):
@@ -128,6 +141,9 @@ class NoticeView(Body):
     sha256: str
     source: str
     created_at: str = Field(description=TIME)
+    material: bool = Field(description="A material change: earlier grants stop counting.")
+    change_note: str | None
+    effective_at: str | None = Field(description="When a material change takes effect. " + TIME)
 
 
 class NoticeList(Body):

@@ -13,12 +13,15 @@ consent/writer.py batches them (group commit). The database refuses UPDATE and D
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import hmac
 import json
 import re
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -427,14 +430,26 @@ def _parts(text: bytes) -> tuple[str, str]:
     return body[:cut], body[cut:]
 
 
-async def _rows(db: Database, from_seq: int) -> list[Row]:
-    if db.dialect == "postgresql":
-        async with db.engine.connect() as conn:
-            raw = await conn.get_raw_connection()
-            driver = raw.driver_connection
-            if driver is None:  # never for a connection checked out of the pool
-                raise RuntimeError("no driver connection")
+@asynccontextmanager
+async def _reader(db: Database) -> AsyncIterator[Callable[[int], Awaitable[list[Row]]]]:
+    """A function fetching the batch from a seq on: on PostgreSQL over one connection held for
+    the whole walk (the driver's own, no per-batch checkout)."""
+    if db.dialect != "postgresql":
+        yield lambda from_seq: _sqlite_rows(db, from_seq)
+        return
+    async with db.engine.connect() as conn:
+        raw = await conn.get_raw_connection()
+        driver = raw.driver_connection
+        if driver is None:  # never for a connection checked out of the pool
+            raise RuntimeError("no driver connection")
+
+        async def fetch(from_seq: int) -> list[Row]:
             return [tuple(r) for r in await driver.fetch(PG_ROWS, from_seq, VERIFY_BATCH)]
+
+        yield fetch
+
+
+async def _sqlite_rows(db: Database, from_seq: int) -> list[Row]:
     columns = [getattr(Entry, name) for name in (*HASHED, "entry_hash", "entry_mac")]
     async with db.session() as session:
         query = select(*columns).where(Entry.seq >= from_seq).order_by(Entry.seq)
@@ -451,42 +466,61 @@ async def _rows(db: Database, from_seq: int) -> list[Row]:
 async def walk_chain(db: Database, report: ChainReport, rules: WalkRules) -> None:
     """Check every entry from `rules.start_seq` in seq order: contiguous seq, prev hash =
     previous entry's hash, stored hash = recomputed hash, a valid seal (unsealed entries only
-    before the first sealed one), and the hash at each seq in `rules.marks`. Constant memory.
-    The loop is written out (no call per entry): it is the hot path of the integrity watch."""
+    before the first sealed one), and the hash at each seq in `rules.marks`. Constant memory
+    (two batches at a time)."""
     expected, prev = rules.start_seq, rules.start_prev
     report.sealed = rules.sealed
     key, marks, sha256 = rules.seal_key, rules.marks, hashlib.sha256
-    while report.ok:
-        batch = await _rows(db, expected)
-        if not batch:
-            return
-        for seq, head, tail, stored_prev, stored, mac in batch:
-            if seq != expected:
-                report.fail(expected, "missing_entry", f"entry {expected} is missing")
+    async with _reader(db) as fetch:
+        batch = await fetch(expected)
+        while batch:
+            # The database renders the next batch while this one is hashed.
+            following = asyncio.ensure_future(fetch(batch[-1][0] + 1))
+            await asyncio.sleep(0)  # let it send its query before the CPU work below
+            if not _walk_batch(report, batch, expected, prev, key, marks, sha256):
+                # Let the query in flight finish: cancelling it mid-protocol would leave the
+                # pooled connection unusable.
+                with contextlib.suppress(Exception):
+                    await following
                 return
-            if stored_prev != prev:
-                report.fail(seq, "broken_link", "prev_hash does not match the entry before it")
-                return
-            if mac is None:
-                if not _legacy_ok(report, seq, head, tail, prev, stored):
-                    return
-            else:
-                report.sealed = True
-                body = sha256((head + tail).encode()).hexdigest()
-                if sha256((prev + body).encode()).hexdigest() != stored:
-                    report.fail(seq, "hash_mismatch", "the entry's content does not match its hash")
-                    return
-                expected_mac = hashlib.blake2b(stored.encode(), key=key, digest_size=32)
-                if not hmac.compare_digest(expected_mac.hexdigest(), mac):
-                    report.fail(seq, "bad_seal", "the seal was not made by this server")
-                    return
-            signed = marks.get(seq)
-            if signed is not None and signed != stored:
-                report.fail(seq, "checkpoint_mismatch", MARK_DIFFERS)
-                return
-            report.entries += 1
-            expected, prev = seq + 1, stored
-            report.head_seq, report.head_hash = seq, stored
+            expected, prev = report.head_seq + 1, report.head_hash
+            batch = await following
+
+
+def _walk_batch(
+    report: ChainReport, batch: list[Row], expected: int, prev: str, key: bytes,
+    marks: Mapping[int, str], sha256: Any,
+) -> bool:
+    """Check one batch (see walk_chain); False at the first bad entry. Written out, no call
+    per entry: this is the hot path of the integrity watch."""
+    for seq, head, tail, stored_prev, stored, mac in batch:
+        if seq != expected:
+            report.fail(expected, "missing_entry", f"entry {expected} is missing")
+            return False
+        if stored_prev != prev:
+            report.fail(seq, "broken_link", "prev_hash does not match the entry before it")
+            return False
+        if mac is None:
+            if not _legacy_ok(report, seq, head, tail, prev, stored):
+                return False
+        else:
+            report.sealed = True
+            body = sha256((head + tail).encode()).hexdigest()
+            if sha256((prev + body).encode()).hexdigest() != stored:
+                report.fail(seq, "hash_mismatch", "the entry's content does not match its hash")
+                return False
+            made = hashlib.blake2b(stored.encode(), key=key, digest_size=32).hexdigest()
+            if not hmac.compare_digest(made, mac):
+                report.fail(seq, "bad_seal", "the seal was not made by this server")
+                return False
+        signed = marks.get(seq)
+        if signed is not None and signed != stored:
+            report.fail(seq, "checkpoint_mismatch", MARK_DIFFERS)
+            return False
+        report.entries += 1
+        expected, prev = seq + 1, stored
+    report.head_seq, report.head_hash = expected - 1, prev
+    return True
 
 
 MARK_DIFFERS = "differs from a signed checkpoint or a witnessed head"

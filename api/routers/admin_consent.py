@@ -118,7 +118,7 @@ async def get_log(
         page, next_seq = await log_page(session, filters, before_seq=_cursor(cursor), limit=limit)
         shown = {row.entry.notice_id for row in page}
         query = select(Notice.id, Notice.version).where(Notice.id.in_(shown))
-        versions = dict((await session.execute(query)).tuples().all()) if shown else {}
+        versions: dict[uuid.UUID, int] = {row[0]: row[1] for row in await session.execute(query)}
         replaced = await supersessions(session, shown)
     return {
         "items": [_annotated(row, versions, replaced) for row in page],

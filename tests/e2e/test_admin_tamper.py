@@ -14,9 +14,9 @@ from sqlalchemy import text
 from consent.purposes import Purpose
 from core.accounts import Scope, do_create_key
 from core.runtime import Runtime
-from tests.consent_support import decide
-from tests.integration.consent_bookings import seed_booking
-from tests.liveserver import LiveServer
+from tests.support.consent import decide
+from tests.support.consent_bookings import seed_booking
+from tests.support.liveserver import LiveServer
 
 pytestmark = pytest.mark.e2e
 

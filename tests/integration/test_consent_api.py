@@ -89,6 +89,7 @@ async def test_decision_is_recorded_published_and_shown(
         seq=1,
         at=datetime.fromisoformat(entry["at"]),
         actor=Actor.SUBJECT,
+        notice_id=uuid.UUID(entry["notice_id"]),
     )
     assert decode(encode(event)) == event  # what another node receives over Redis
     overview = (await client.get("/v1/consent", headers=person.headers)).json()

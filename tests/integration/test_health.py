@@ -9,7 +9,7 @@ async def test_healthz_and_readyz_report_ok(client: httpx.AsyncClient) -> None:
     assert (await client.get("/healthz")).json() == {"status": "ok"}
     ready = await client.get("/readyz")
     assert ready.status_code == 200
-    assert ready.json()["checks"] == {"database": "ok"}
+    assert ready.json()["checks"] == {"database": "ok", "consent_ledger": "ok"}
 
 
 async def test_unknown_route_is_problem_json_with_request_id(client: httpx.AsyncClient) -> None:

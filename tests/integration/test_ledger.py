@@ -24,7 +24,7 @@ from core.database import Database
 from core.runtime import build_keyring
 from core.settings import Settings
 from tests import support
-from tests.integration.ledger_support import SEAL_KEY, raw, unprotected
+from tests.support.ledger import SEAL_KEY, raw, unprotected
 
 T0 = datetime(2026, 11, 22, 8, 0, tzinfo=UTC)
 

@@ -23,10 +23,10 @@ from core.accounts import Scope
 from core.clock import ManualClock
 from core.runtime import Runtime
 from summaries.consents import LedgerConsent
-from tests.conftest import bearer
-from tests.consent_support import decide
-from tests.integration.consent_bookings import Seeded, seed_booking
-from tests.integration.ledger_support import unprotected
+from tests.support.bookings import bearer
+from tests.support.consent import decide
+from tests.support.consent_bookings import Seeded, seed_booking
+from tests.support.ledger import unprotected
 
 
 @pytest.fixture

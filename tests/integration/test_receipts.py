@@ -23,9 +23,9 @@ from consent.receipts import public_key_from, verify_receipt
 from core.runtime import Runtime
 from core.settings import Settings
 from tests import support
-from tests.consent_support import decide
-from tests.integration.consent_bookings import Seeded, seed_booking
-from tests.integration.ledger_support import unprotected
+from tests.support.consent import decide
+from tests.support.consent_bookings import Seeded, seed_booking
+from tests.support.ledger import unprotected
 
 
 @pytest.fixture
@@ -130,7 +130,7 @@ async def test_cli_verifies_offline_with_only_the_public_key(
 
     async def callgate(path: Path) -> tuple[int, dict[str, Any]]:
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", "from core.cli import main; main()", "ledger",
+            sys.executable, "-c", "from api.cli import main; main()", "ledger",
             "verify-receipt", str(path), "--public-key", key,
             env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         )

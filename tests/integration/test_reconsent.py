@@ -22,10 +22,10 @@ from core.accounts import Scope
 from core.clock import ManualClock
 from core.runtime import Runtime
 from summaries.consents import LedgerConsent
-from tests.conftest import bearer
-from tests.consent_support import decide
-from tests.liveserver import free_port
-from tests.signaling_support import (
+from tests.support.bookings import bearer
+from tests.support.consent import decide
+from tests.support.liveserver import free_port
+from tests.support.signaling import (
     Seeded,
     open_socket,
     receive_type,

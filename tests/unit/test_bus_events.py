@@ -22,6 +22,7 @@ from core.events import (
     BusEvent,
     ConsentChanged,
     JobProgress,
+    NoticeChanged,
     ParticipantJoined,
     ParticipantLeft,
     RecordingSwitched,
@@ -57,6 +58,10 @@ EVENTS: list[BusEvent] = [
     JobProgress(booking_id=BOOKING, status="running", job={"id": "j1", "progress": 40}),
     SubjectErased(booking_id=BOOKING, subject_id=PERSON, tombstone="erased-1"),
     SubjectRestricted(booking_id=BOOKING, subject_id=PERSON, restricted=True),
+    NoticeChanged(
+        purpose=Purpose.RECORDING_AUDIO, language="en", notice_id=uuid.uuid4(), version=2,
+        booking_ids=[BOOKING],
+    ),
 ]
 
 

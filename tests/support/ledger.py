@@ -9,7 +9,7 @@ from sqlalchemy import text
 from consent.checkpoints import Signer
 from core.crypto import Keyring
 from core.database import Database
-from tests import support
+from tests.support import databases as support
 
 SEAL_KEY = Signer.from_keyring(
     Keyring(support.SECRET.encode(), base64.b64decode(support.MASTER))
