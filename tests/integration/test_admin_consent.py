@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import csv
 import io
 import json
@@ -20,6 +19,7 @@ from media.recordings import Recording, RecordingState, TrackKind
 from tests.support.bookings import bearer
 from tests.support.consent import decide
 from tests.support.consent_bookings import Seeded, seed_booking
+from tests.support.waiting import eventually
 
 
 @pytest.fixture
@@ -263,12 +263,11 @@ async def test_periodic_checkpoint_signs_only_when_due_and_grown(
         return [c["seq"] for c in listed["items"]]
 
     async def checked_at(when: str) -> None:
-        for _ in range(500):
+        async def ran() -> bool:
             state = await client.get("/v1/admin/consent-log/integrity", headers=key)
-            if state.json()["last_check_at"] == when:
-                return
-            await asyncio.sleep(0.02)
-        raise AssertionError("the integrity watch did not run")
+            return bool(state.json()["last_check_at"] == when)
+
+        await eventually(ran, "the integrity watch ran")
 
     assert await signed() == []  # not due: less than an interval since the server started
     clock.advance(interval)

@@ -20,11 +20,12 @@ from consent.checkpoints import Signer, do_checkpoint, verify
 from consent.ledger import GENESIS, Entry, NewDecision, do_append, hash_of
 from consent.notices import seed_notices
 from consent.purposes import Decision, Purpose
+from consent.writer import LedgerWriter
 from core.database import Database
 from core.runtime import build_keyring
 from core.settings import Settings
 from tests import support
-from tests.support.ledger import SEAL_KEY, raw, unprotected
+from tests.support.ledger import KEYRING, SEAL_KEY, raw, unprotected
 
 T0 = datetime(2026, 11, 22, 8, 0, tzinfo=UTC)
 
@@ -283,3 +284,27 @@ async def test_unsealed_entries_verify_only_before_the_first_sealed_one(
     await legacy(db, 6)  # an intruder's entry without a seal, after sealed ones
     report = await verify(db, signer)
     assert (report.first_bad_seq, report.problem) == (6, "unsealed_entry")
+
+
+async def test_two_nodes_group_committing_make_one_gap_free_chain(pg_url: str) -> None:
+    """Two processes' writers (two Database engines, as two nodes have) batch concurrently on
+    one PostgreSQL: the chain order comes from the database's lock, whole batches interleave,
+    every writer is answered with a durable entry, and the chain verifies."""
+    nodes = [Database(pg_url), Database(pg_url)]
+    writers = [LedgerWriter(db, SEAL_KEY) for db in nodes]
+    per_node = 60
+    try:
+        entries = await asyncio.gather(*(
+            writers[n % 2].append(decision(n), T0) for n in range(2 * per_node)
+        ))
+        report = await verify(nodes[0], Signer.from_keyring(KEYRING))
+        async with nodes[0].engine.connect() as conn:
+            rows = (await conn.execute(text("SELECT seq, prev_hash FROM consent_ledger"))).all()
+    finally:
+        for db in nodes:
+            await db.close()
+    assert report.ok, report.view()
+    assert sorted(e.seq for e in entries) == list(range(1, 2 * per_node + 1))
+    assert sorted(seq for seq, _ in rows) == list(range(1, 2 * per_node + 1))
+    assert len({prev for _, prev in rows}) == len(rows)  # no fork
+    assert sum(w.batches for w in writers) < 2 * per_node  # batched, not one commit each

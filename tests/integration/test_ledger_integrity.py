@@ -4,7 +4,6 @@ acknowledges it."""
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
@@ -27,6 +26,7 @@ from tests.support.bookings import bearer
 from tests.support.consent import decide
 from tests.support.consent_bookings import Seeded, seed_booking
 from tests.support.ledger import unprotected
+from tests.support.waiting import eventually
 
 
 @pytest.fixture
@@ -56,14 +56,6 @@ async def world(client: httpx.AsyncClient, runtime: Runtime, clock: ManualClock)
         await decide(client, person, purpose, decision)
         clock.advance(timedelta(seconds=1))
     return seeded
-
-
-async def until(check: Callable[[], Awaitable[bool]], what: str) -> None:
-    for _ in range(1000):
-        if await check():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"never happened: {what}")
 
 
 async def integrity(client: httpx.AsyncClient, keys: dict[Scope, str]) -> dict[str, Any]:
@@ -163,7 +155,7 @@ async def test_tampering_is_found_within_a_minute_and_capture_fails_closed(
         async def found() -> bool:
             return (await client.get("/readyz")).status_code == 503
 
-        await until(found, f"{kind} detected")
+        await eventually(found, f"{kind} detected")
     errors = [e for e in logs if e["log_level"] == "error"]
     assert errors[0]["event"] == "consent_ledger.tampered"
     assert (errors[0]["first_bad_seq"], errors[0]["problem"]) == (bad_seq, problem)
@@ -199,7 +191,7 @@ async def test_tampering_is_found_within_a_minute_and_capture_fails_closed(
     async def checked_again() -> bool:
         return (await integrity(client, api_keys))["last_check_at"] == later
 
-    await until(checked_again, "a later check ran")
+    await eventually(checked_again, "a later check ran")
     assert (await client.get("/readyz")).status_code == 200
     assert len((await integrity(client, api_keys))["alarms"]) == 1
 
@@ -215,7 +207,7 @@ async def test_clearing_the_alarm_in_the_database_does_not_clear_it(
     async def found() -> bool:
         return (await client.get("/readyz")).status_code == 503
 
-    await until(found, "deletion detected")
+    await eventually(found, "deletion detected")
     await unprotected(
         runtime.db,
         "UPDATE consent_alarms SET acknowledged_at = detected_at, acknowledged_by = 'intruder',"
@@ -239,7 +231,7 @@ async def test_an_intact_ledger_is_witnessed_and_signed_periodically(
         items = listed.json()["items"]
         return bool(items) and items[0]["seq"] == 8
 
-    await until(signed, "a checkpoint of the verified head")
+    await eventually(signed, "a checkpoint of the verified head")
     witness = (runtime.settings.data_dir / "consent-witness.jsonl").read_text()
     assert '"seq": 8' in witness
     assert (await client.get("/readyz")).status_code == 200

@@ -22,10 +22,9 @@ from consent.purposes import Purpose
 from consent.receipts import public_key_from, verify_receipt
 from core.runtime import Runtime
 from core.settings import Settings
-from tests import support
 from tests.support.consent import decide
 from tests.support.consent_bookings import Seeded, seed_booking
-from tests.support.ledger import unprotected
+from tests.support.ledger import KEYRING, unprotected
 
 
 @pytest.fixture
@@ -105,16 +104,10 @@ async def test_altered_or_forged_receipts_fail(
     )
     assert verify_receipt(forged, key).problem == "bad_signature"
     # Even signed with the real key, a changed decision no longer hashes to its entry.
-    real = Signer.from_keyring(support_keyring())
+    real = Signer.from_keyring(KEYRING)
     resigned = jwt.api_jws.encode(json.dumps(payload).encode(), real.private, algorithm="EdDSA")
     assert verify_receipt(resigned, key).problem == "proof_mismatch"
     assert verify_receipt("not-a-jws", key).problem == "bad_signature"
-
-
-def support_keyring() -> Any:
-    from core.crypto import Keyring
-
-    return Keyring(support.SECRET.encode(), base64.b64decode(support.MASTER))
 
 
 async def test_cli_verifies_offline_with_only_the_public_key(

@@ -6,7 +6,7 @@ readable."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
@@ -32,6 +32,7 @@ from tests.support.signaling import (
     seed_booking,
     ticket_for,
 )
+from tests.support.waiting import eventually
 
 ORIGIN = "http://testserver"
 NEW_AUDIO = "# Audio recording\n\nWe now also keep recordings for quality review.\n"
@@ -60,14 +61,6 @@ async def world(
             await decide(client, Holder(person.credential), purpose, "granted")
     await gate.ensure_booking(seeded.booking_id)
     return seeded
-
-
-async def eventually(check: Callable[[], bool], what: str) -> None:
-    for _ in range(500):
-        if check():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"never happened: {what}")
 
 
 async def publish(

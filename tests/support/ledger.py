@@ -11,10 +11,9 @@ from core.crypto import Keyring
 from core.database import Database
 from tests.support import databases as support
 
-SEAL_KEY = Signer.from_keyring(
-    Keyring(support.SECRET.encode(), base64.b64decode(support.MASTER))
-).seal_key
-"""The seal key of the test deployment (the suite's fixed secret)."""
+KEYRING = Keyring(support.SECRET.encode(), base64.b64decode(support.MASTER))
+"""The test deployment's keys (the suite's fixed secret)."""
+SEAL_KEY = Signer.from_keyring(KEYRING).seal_key
 
 
 async def raw(db: Database, *statements: str) -> None:
