@@ -400,34 +400,27 @@ class WalkRules:
 
 
 Row = tuple[Any, ...]
-"""(seq, head, tail, prev_hash, entry_hash, entry_mac): the canonical JSON of the entry's
-fields split where "prev" goes (head ends with the comma before it, tail starts at
-"purpose"), so a sealed body is head + tail and an unsealed entry's input is head + "prev" +
-tail."""
+"""(seq, body, prev_hash, entry_hash, entry_mac): `body` is the UTF-8 canonical JSON of the
+entry's fields without "prev" (a sealed entry's body; an unsealed entry's input has "prev"
+inserted before "purpose")."""
 
 # PostgreSQL renders the canonical JSON itself (uuid text, the time, to_json for the free-text
-# fields): one string pair per row instead of Python objects per field, which was most of the
-# cost of a walk. Legitimate values are plain ASCII, written the same by json.dumps and
+# fields) and hands over its bytes: no Python object per field, no decoding, which was most of
+# the cost of a walk. Legitimate values are plain ASCII, written the same by json.dumps and
 # to_json; any other value is an edit and fails either way.
 PG_ROWS = (
-    "SELECT seq, "
+    "SELECT seq, convert_to("
     "'{\"actor\":' || to_json(actor)::text || ',\"at\":\"' "
     "|| to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') "
     "|| '\",\"booking\":\"' || booking_id::text || '\",\"decision\":' "
     "|| to_json(decision)::text || ',\"id\":\"' || id::text || '\",\"method\":' "
     "|| to_json(method)::text || ',\"notice_id\":\"' || notice_id::text "
-    "|| '\",\"notice_sha256\":' || to_json(notice_sha256)::text || ',', "
-    "'\"purpose\":' || to_json(purpose)::text || ',\"seq\":' || seq::text "
-    "|| ',\"subject\":\"' || subject_id::text || '\"}', "
+    "|| '\",\"notice_sha256\":' || to_json(notice_sha256)::text || ',' "
+    "|| '\"purpose\":' || to_json(purpose)::text || ',\"seq\":' || seq::text "
+    "|| ',\"subject\":\"' || subject_id::text || '\"}', 'UTF8'), "
     "prev_hash, entry_hash, entry_mac FROM consent_ledger "
     "WHERE seq >= $1 ORDER BY seq LIMIT $2"
 )
-
-
-def _parts(text: bytes) -> tuple[str, str]:
-    body = text.decode()
-    cut = body.index('"purpose":')
-    return body[:cut], body[cut:]
 
 
 @asynccontextmanager
@@ -455,10 +448,10 @@ async def _sqlite_rows(db: Database, from_seq: int) -> list[Row]:
         query = select(*columns).where(Entry.seq >= from_seq).order_by(Entry.seq)
         result = await session.execute(query.limit(VERIFY_BATCH))
         return [
-            (r[0], *_parts(canonical_text(
+            (r[0], canonical_text(
                 r[0], str(r[1]), timestamp(r[2]), str(r[3]), str(r[4]), str(r[5]), str(r[6]),
                 str(r[7]), r[8], str(r[9]), str(r[10]), None,
-            )), r[11], r[12], r[13])
+            ), r[11], r[12], r[13])
             for r in result
         ]
 
@@ -493,7 +486,7 @@ def _walk_batch(
 ) -> bool:
     """Check one batch (see walk_chain); False at the first bad entry. Written out, no call
     per entry: this is the hot path of the integrity watch."""
-    for seq, head, tail, stored_prev, stored, mac in batch:
+    for seq, body, stored_prev, stored, mac in batch:
         if seq != expected:
             report.fail(expected, "missing_entry", f"entry {expected} is missing")
             return False
@@ -501,12 +494,12 @@ def _walk_batch(
             report.fail(seq, "broken_link", "prev_hash does not match the entry before it")
             return False
         if mac is None:
-            if not _legacy_ok(report, seq, head, tail, prev, stored):
+            if not _legacy_ok(report, seq, body, prev, stored):
                 return False
         else:
             report.sealed = True
-            body = sha256((head + tail).encode()).hexdigest()
-            if sha256((prev + body).encode()).hexdigest() != stored:
+            body_hash = sha256(body).hexdigest()
+            if sha256((prev + body_hash).encode()).hexdigest() != stored:
                 report.fail(seq, "hash_mismatch", "the entry's content does not match its hash")
                 return False
             made = hashlib.blake2b(stored.encode(), key=key, digest_size=32).hexdigest()
@@ -526,16 +519,15 @@ def _walk_batch(
 MARK_DIFFERS = "differs from a signed checkpoint or a witnessed head"
 
 
-def _legacy_ok(
-    report: ChainReport, seq: int, head: str, tail: str, prev: str, stored: str
-) -> bool:
+def _legacy_ok(report: ChainReport, seq: int, body: bytes, prev: str, stored: str) -> bool:
     """An unsealed entry (written before sealing existed): only as the prefix before the
     first sealed entry, which pins it by its link; its hash covers "prev" inside the JSON."""
     if report.sealed:
         report.fail(seq, "unsealed_entry", "an entry without a seal after sealed ones")
         return False
-    text = f'{head}"prev":{_json(prev)},{tail}'
-    if hashlib.sha256(text.encode()).hexdigest() != stored:
+    cut = body.index(b'"purpose":')  # the first: a JSON string cannot hold a bare quote
+    text = body[:cut] + f'"prev":{_json(prev)},'.encode() + body[cut:]
+    if hashlib.sha256(text).hexdigest() != stored:
         report.fail(seq, "hash_mismatch", "the entry's content does not match its hash")
         return False
     return True
