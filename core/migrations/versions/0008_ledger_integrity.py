@@ -8,7 +8,7 @@
   change makes earlier grants for its purpose stop counting from `effective_at`.
 
 Revision ID: 0008_ledger_integrity
-Revises: 0002_consent, 0010_livekit_control
+Revises: 0002_consent, 0009_lifecycle
 Create Date: 2026-11-30
 """
 
@@ -18,8 +18,8 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0008_ledger_integrity"
-# The consent tables come from 0002; 0010 is the newest migration on main when this was rebased.
-down_revision = ("0002_consent", "0010_livekit_control")
+# The consent tables come from 0002; 0009 is the newest migration on main when this was rebased.
+down_revision = ("0002_consent", "0009_lifecycle")
 branch_labels = None
 depends_on = None
 
