@@ -71,6 +71,26 @@ class LiveServer:
                 self.kill()
 
 
+def listens(pid: int, port: int) -> bool:
+    """Whether process `pid` holds the listening TCP socket on `port` (Linux /proc)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(f"socket:[{fields[9]}]")
+    fd_dir = Path(f"/proc/{pid}/fd")
+    try:
+        held = {os.readlink(fd_dir / fd) for fd in os.listdir(fd_dir)}
+    except OSError:
+        return False
+    return bool(inodes & held)
+
+
 def start_server(
     database_url: str, data_dir: Path, overrides: dict[str, Any] | None = None
 ) -> LiveServer:
@@ -107,7 +127,10 @@ def start_server(
         if process.poll() is not None:
             raise RuntimeError(f"callgate exited early:\n{server.log()}")
         try:
-            if httpx.get(f"{base_url}/healthz", timeout=1).status_code == 200:
+            # Another process may have taken the free port first: only our own listener counts.
+            if listens(process.pid, port) and httpx.get(
+                f"{base_url}/healthz", timeout=1
+            ).status_code == 200:
                 return server
         except httpx.HTTPError:
             pass
