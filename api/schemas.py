@@ -271,6 +271,22 @@ class RegisterPage(Body):
     entries: list[RegisterRow]
 
 
+class ReadRow(Body):
+    """One read of a recording, transcript or summary."""
+
+    at: str = Field(description=TIME)
+    booking_id: str
+    kind: str = Field(description="recording, transcript or summary.")
+    item_id: str
+    reader: dict[str, str] = Field(description="`participant_id`, or `api_key_id`.")
+    subjects: list[str] = Field(description="Whose data it held (participant ids).")
+    bytes: int = Field(description="How many bytes were sent.")
+
+
+class ReadLog(Body):
+    reads: list[ReadRow]
+
+
 # -- privacy -------------------------------------------------------------------------------
 
 

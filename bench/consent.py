@@ -176,7 +176,7 @@ async def bulk_load(
             for p in range(PER_BOOKING):
                 pid = uuid.UUID(int=(2 << 100) + b * PER_BOOKING + p)
                 people.append((pid, bid, p, f"ext-{b}-{p}", "Bench Person",
-                               "host" if p == 0 else "client", True, secrets.token_hex(32), 0,
+                               "host" if p == 0 else "client", "adult", secrets.token_hex(32), 0,
                                START))
                 pairs.append((bid, pid))
         await conn.copy_records_to_table("bookings", records=bookings, columns=[
@@ -184,7 +184,7 @@ async def bulk_load(
             "requested_purposes", "record_automatically", "room_name", "room_state",
             "room_attempts", "sequence", "created_by", "created_at", "updated_at"])
         await conn.copy_records_to_table("participants", records=people, columns=[
-            "id", "booking_id", "position", "external_id", "display_name", "role", "adult",
+            "id", "booking_id", "position", "external_id", "display_name", "role", "age_band",
             "credential_hash", "credential_generation", "created_at"])
         for index in INDEXES:
             await conn.execute(f"DROP INDEX {index}")

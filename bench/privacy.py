@@ -26,11 +26,11 @@ from sqlalchemy import delete, text, update
 
 from api.subjects import privacy_service
 from core.bookings import Booking, BookingStatus, Participant, Role, RoomState
+from core.datakeys import access_data_key
 from core.migrate import upgrade
 from core.purposes import Purpose, RecordingPolicy
 from core.runtime import Runtime
 from core.settings import Settings
-from media.keys import access_data_key
 from media.recordings import Recording, RecordingState, TrackKind
 from media.storage import RecordingStore, decrypt
 from privacy.records import Trigger

@@ -32,6 +32,7 @@ from core.events import (
     NoticeChanged,
     ParticipantJoined,
     ParticipantLeft,
+    ParticipantUpdated,
     SubjectErased,
     SubjectRestricted,
 )
@@ -49,6 +50,7 @@ WATCHED = (
     Topic.BOOKING_CANCELLED.value,
     Topic.SUBJECT_RESTRICTED.value,  # privacy: (un)restricted; the booking is read again
     Topic.SUBJECT_ERASED.value,
+    Topic.PARTICIPANT_UPDATED.value,  # an age band corrected: the guardian rule is read again
 )
 
 
@@ -253,7 +255,9 @@ class LiveGate:
         elif isinstance(event, ParticipantLeft):
             self.left(event.booking_id, event.participant_id)
         elif (
-            isinstance(event, BookingChanged | SubjectErased | SubjectRestricted)
+            isinstance(
+                event, BookingChanged | SubjectErased | SubjectRestricted | ParticipantUpdated
+            )
             and event.booking_id in self._bookings
         ):
             await self.ensure_booking(event.booking_id)

@@ -16,9 +16,11 @@ from typing import Any
 from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from consent.access import DataRead, get_reads_about
 from consent.ledger import Entry, entry_view
 from consent.notices import Notice
 from consent.restrictions import Restriction
+from core.batches import delete_where, table_of
 from core.bookings import Participant
 from core.purposes import Purpose
 from core.runtime import Runtime
@@ -33,6 +35,14 @@ class ConsentSubjects:
 
     async def export(self, subject: Subject) -> AsyncIterator[Part]:
         yield JsonLines("consent_decisions.jsonl", self._decisions(subject))
+        yield JsonLines("data_reads.jsonl", self._reads(subject))
+
+    async def _reads(self, subject: Subject) -> AsyncIterator[dict[str, Any]]:
+        """Their reads of session data, and everyone's reads of theirs."""
+        async with self._rt.db.session() as session:
+            rows = await get_reads_about(session, subject.participant_ids, subject.booking_ids)
+        for row in rows:
+            yield row.view()
 
     async def _decisions(self, subject: Subject) -> AsyncIterator[dict[str, Any]]:
         query = (
@@ -76,6 +86,11 @@ class ConsentSubjects:
         return {}
 
     async def purge(self, category: Category, cutoff: Cutoff, *, dry_run: bool) -> int | None:
+        if category is Category.JOIN_LOGS:  # the read log is an access log like the join log
+            table = table_of(DataRead)
+            return await delete_where(
+                self._rt.db, table, table.c.at < cutoff.before, dry_run=dry_run
+            )
         if category is not Category.CONSENT_LEDGER:
             return None
         # Append-only (the database refuses DELETE): nothing goes, whatever its age.

@@ -24,7 +24,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from core.database import Base, UTCDateTime, enum_column
-from core.purposes import Purpose, RecordingPolicy
+from core.purposes import Purpose, RecordingAccess, RecordingPolicy
 
 
 class BookingStatus(enum.StrEnum):
@@ -52,6 +52,26 @@ class BookingStatus(enum.StrEnum):
 class Role(enum.StrEnum):
     HOST = "host"
     CLIENT = "client"
+
+
+class AgeBand(enum.StrEnum):
+    """A person's age as the platform states it. Minors and children decide together with
+    their guardian (docs/privacy.md, "Minors"); below the deployment's minimum age nobody is
+    booked at all."""
+
+    ADULT = "adult"  # 18 and over
+    MINOR = "minor"  # 13 to 17
+    CHILD = "child"  # under 13
+
+    @classmethod
+    def of_age(cls, age: int) -> AgeBand:
+        if age >= ADULT_AGE:
+            return cls.ADULT
+        return cls.MINOR if age >= CHILD_BELOW else cls.CHILD
+
+
+ADULT_AGE = 18
+CHILD_BELOW = 13
 
 
 class RoomState(enum.StrEnum):
@@ -82,6 +102,9 @@ class Booking(Base):
     ends_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
     status: Mapped[BookingStatus] = mapped_column(enum_column(BookingStatus), index=True)
     recording_policy: Mapped[RecordingPolicy] = mapped_column(enum_column(RecordingPolicy))
+    recording_access: Mapped[RecordingAccess] = mapped_column(
+        enum_column(RecordingAccess), default=RecordingAccess.OWN
+    )
     requested_purposes: Mapped[list[str]] = mapped_column(JSON)
     record_automatically: Mapped[bool] = mapped_column(Boolean, default=False)
     room_name: Mapped[str] = mapped_column(String(64), unique=True)
@@ -144,7 +167,8 @@ class Participant(Base):
     external_id: Mapped[str] = mapped_column(String(200), index=True)
     display_name: Mapped[str] = mapped_column(String(200))
     role: Mapped[Role] = mapped_column(enum_column(Role))
-    adult: Mapped[bool] = mapped_column(Boolean)
+    age_band: Mapped[AgeBand] = mapped_column(enum_column(AgeBand), default=AgeBand.ADULT)
+    age: Mapped[int | None] = mapped_column(Integer, nullable=True)  # in years, if stated
     credential_hash: Mapped[str] = mapped_column(String(64), unique=True)
     credential_generation: Mapped[int] = mapped_column(Integer, default=0)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
@@ -155,3 +179,12 @@ class Participant(Base):
     booking: Mapped[Booking] = relationship(back_populates="participants", lazy="joined")
 
     __table_args__ = (UniqueConstraint("booking_id", "external_id"),)
+
+    @property
+    def adult(self) -> bool:
+        """Adults decide alone; everyone else with their guardian."""
+        return self.age_band is AgeBand.ADULT
+
+    @adult.setter
+    def adult(self, value: bool) -> None:  # the flag's meaning before age bands
+        self.age_band = AgeBand.ADULT if value else AgeBand.MINOR

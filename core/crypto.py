@@ -18,6 +18,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 NONCE_BYTES = 12
+SEALED_PREFIX = "cg1."  # a sealed text value: version 1, AES-256-GCM, nonce first
 
 
 def b64url(data: bytes) -> str:
@@ -75,3 +76,38 @@ class Keyring:
     @staticmethod
     def new_data_key() -> bytes:
         return AESGCM.generate_key(bit_length=256)
+
+
+def seal(key: bytes, plaintext: bytes, context: str) -> str:
+    """Encrypt a short value (a transcript line, a summary) under a data key, bound to
+    `context` (associated data, so a sealed value cannot be moved to another row)."""
+    nonce = secrets.token_bytes(NONCE_BYTES)
+    body = nonce + AESGCM(key).encrypt(nonce, plaintext, context.encode())
+    return SEALED_PREFIX + base64.b64encode(body).decode()
+
+
+def is_sealed(value: str) -> bool:
+    return value.startswith(SEALED_PREFIX)
+
+
+def unseal(key: bytes, sealed: str, context: str) -> bytes:
+    """The plaintext of `seal`; cryptography's InvalidTag for a wrong key or context."""
+    body = base64.b64decode(sealed[len(SEALED_PREFIX):])
+    return AESGCM(key).decrypt(body[:NONCE_BYTES], body[NONCE_BYTES:], context.encode())
+
+
+def split_key(key: bytes, parts: int) -> list[bytes]:
+    """n-of-n shares of `key` (XOR): every share is needed to rebuild it, and any n-1 of them
+    say nothing about it."""
+    shares = [secrets.token_bytes(len(key)) for _ in range(parts - 1)]
+    last = key
+    for share in shares:
+        last = bytes(a ^ b for a, b in zip(last, share, strict=True))
+    return [*shares, last]
+
+
+def join_key(shares: list[bytes]) -> bytes:
+    key = shares[0]
+    for share in shares[1:]:
+        key = bytes(a ^ b for a, b in zip(key, share, strict=True))
+    return key

@@ -36,6 +36,8 @@ class Topic(enum.StrEnum):
     JOB_PROGRESS = "job.progress"
     SUBJECT_ERASED = "subject.erased"
     SUBJECT_RESTRICTED = "subject.restricted"
+    LINK_REVOKED = "link.revoked"
+    PARTICIPANT_UPDATED = "participant.updated"
 
 
 class BusEvent(BaseModel):
@@ -210,13 +212,34 @@ class SubjectRestricted(BusEvent):
     restricted: bool
 
 
+class LinkRevoked(BusEvent):
+    """A join link was revoked: what it handed out ends at once on every node (tickets by
+    their credential generation, the call socket, the recording connection, event streams)."""
+
+    TOPIC = Topic.LINK_REVOKED
+
+    booking_id: uuid.UUID
+    participant_id: uuid.UUID
+
+
+class ParticipantUpdated(BusEvent):
+    """A person's display name or age band was corrected (rectification)."""
+
+    TOPIC = Topic.PARTICIPANT_UPDATED
+
+    booking_id: uuid.UUID
+    participant_id: uuid.UUID
+    display_name: str
+    age_band: str
+
+
 _BY_TOPIC: dict[str, type[BusEvent]] = {
     cls.TOPIC.value: cls
     for cls in (
         BookingCreated, BookingUpdated, BookingCancelled, BookingOpened, BookingStarted,
         BookingEnded, BookingClosed, ParticipantJoined,
         ParticipantLeft, ConsentChanged, NoticeChanged, JobProgress, SubjectErased,
-        SubjectRestricted,
+        SubjectRestricted, LinkRevoked, ParticipantUpdated,
     )
 }
 

@@ -31,6 +31,15 @@ class RecordingPolicy(enum.StrEnum):
     ALL_OR_NOTHING = "all_or_nothing"
 
 
+class RecordingAccess(enum.StrEnum):
+    """Who may read a booking's recordings, transcript and summary after the call."""
+
+    ADMINS = "admins"  # admin keys only
+    OWN = "own"  # each person their own files, transcript lines and the summaries they are in
+    HOST = "host"  # the host everything, each client their own
+    PARTICIPANTS = "participants"  # everyone in the booking everything
+
+
 # A purpose that needs another one to make sense (a summary is made from a transcript).
 REQUIRES: dict[Purpose, frozenset[Purpose]] = {
     Purpose.AI_SUMMARY: frozenset({Purpose.TRANSCRIPTION}),

@@ -195,8 +195,19 @@ class Settings(BaseSettings):
         default=90, ge=1, description="Days a transcript and summary are kept."
     )
     agenda_retention_days: int = Field(default=30, ge=1, description="Days an agenda is kept.")
+    minimum_age: int = Field(
+        default=13, ge=0, le=18,
+        description="Nobody younger is booked (422); 13 refuses every child, as the booking "
+        "platforms' own policies do. Minors and children decide with their guardian.",
+    )
+    participant_access_days: int = Field(
+        default=7, ge=0, le=3650,
+        description="Days after a session's end during which its participants may still read "
+        "its recordings, transcript and summary through their join link (as the booking's "
+        "`recording_access` allows); admins read on until retention ends.",
+    )
     join_log_retention_days: int = Field(
-        default=90, ge=1, description="Days join and recording-access logs are kept."
+        default=90, ge=1, description="Days join, recording-download and read logs are kept."
     )
     booking_retention_days: int = Field(
         default=5 * 365 + 1, ge=1,

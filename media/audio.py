@@ -17,10 +17,10 @@ from sqlalchemy import select
 
 from core.audio import AudioSpan
 from core.bookings import Booking, Participant
+from core.datakeys import access_data_key
 from core.errors import Gone
 from core.runtime import Runtime
 from media.backends import open_store
-from media.keys import access_data_key
 from media.recordings import Recording, RecordingState, TrackKind
 from media.storage import Storage
 

@@ -17,6 +17,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
+from consent.access import Readable
 from core.accounts import Viewer, access_booking_data
 from core.bookings import Booking, Role
 from core.database import Base, UTCDateTime, enum_column
@@ -163,24 +164,25 @@ def access_recording_control(viewer: Viewer, booking_id: uuid.UUID) -> None:
         raise PermissionDenied("only the host starts and stops the recording")
 
 
-async def list_recordings(
-    session: AsyncSession, viewer: Viewer, booking_id: uuid.UUID
-) -> list[Recording]:
-    access_booking_recordings(viewer, booking_id)
+async def list_recordings(session: AsyncSession, readable: Readable) -> list[Recording]:
+    """The booking's recordings this reader may see (consent.access decides)."""
     query = (
         select(Recording)
-        .where(Recording.booking_id == booking_id)
+        .where(Recording.booking_id == readable.booking_id)
         .order_by(Recording.started_at, Recording.id)
     )
-    return list((await session.execute(query)).scalars())
+    return [row for row in (await session.execute(query)).scalars()
+            if readable.covers(row.participant_id)]
 
 
 async def access_recording(
-    session: AsyncSession, viewer: Viewer, booking_id: uuid.UUID, recording_id: uuid.UUID
+    session: AsyncSession, readable: Readable, recording_id: uuid.UUID
 ) -> Recording:
-    access_booking_recordings(viewer, booking_id)
+    """One recording this reader may see; another person's they may not is not found."""
     row = await session.get(Recording, recording_id)
-    if row is None or row.booking_id != booking_id:
+    if row is None or row.booking_id != readable.booking_id:
+        raise NotFound("no such recording")
+    if not readable.covers(row.participant_id):
         raise NotFound("no such recording")
     return row
 

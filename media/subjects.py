@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.batches import BATCH, delete_where, table_of
 from core.bookings import Booking, Participant
+from core.datakeys import DataKey, access_data_key
 from core.errors import Gone
 from core.purposes import Purpose
 from core.runtime import Runtime
@@ -35,7 +36,6 @@ from core.subjects import (
     Subject,
 )
 from media.backends import open_store
-from media.keys import DataKey, access_data_key
 from media.recordings import Recording, RecordingDownload, RecordingState, TrackKind
 from media.storage import Storage
 

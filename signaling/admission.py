@@ -32,7 +32,8 @@ from signaling.window import access_window
 
 _BOOKING = select(Booking.id, Booking.status, Booking.starts_at, Booking.ends_at)
 _PERSON = select(
-    Participant.booking_id, Participant.display_name, Participant.role, Participant.revoked_at
+    Participant.booking_id, Participant.display_name, Participant.role, Participant.revoked_at,
+    Participant.credential_generation,
 )
 
 
@@ -83,6 +84,8 @@ async def access_admission(
     if person is None or person.booking_id != booking.id:
         raise PermissionDenied("this ticket is for another room")
     if person.revoked_at is not None:
+        raise AuthenticationFailed("this join link was revoked")
+    if person.credential_generation != claims.generation:
         raise AuthenticationFailed("this join link was revoked")
     window = access_window(settings, booking.status, booking.starts_at, booking.ends_at, now)
     closes_at = window.closes_at

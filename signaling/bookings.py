@@ -18,19 +18,36 @@ from datetime import datetime
 from typing import Any
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
-from sqlalchemy import and_, exists, or_, select
+from sqlalchemy import JSON, ForeignKey, String, Uuid, and_, exists, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Mapped, mapped_column
 
 from core import outbox
 from core.accounts import Caller
-from core.bookings import Booking, BookingStatus, Participant, Role, RoomState
+from core.bookings import (
+    CHILD_BELOW,
+    AgeBand,
+    Booking,
+    BookingStatus,
+    Participant,
+    Role,
+    RoomState,
+)
 from core.bus import BusEvent, publish_all
 from core.crypto import b64url, sha256_hex
+from core.database import Base, UTCDateTime
 from core.errors import Conflict, FieldError, Gone, InvalidInput, NotFound
-from core.events import BookingCancelled, BookingChanged, BookingCreated, BookingUpdated
+from core.events import (
+    BookingCancelled,
+    BookingChanged,
+    BookingCreated,
+    BookingUpdated,
+    LinkRevoked,
+    ParticipantUpdated,
+)
 from core.outbox import do_write
-from core.purposes import REQUIRES, Purpose, RecordingPolicy
+from core.purposes import REQUIRES, Purpose, RecordingAccess, RecordingPolicy
 from core.runtime import Runtime
 from core.settings import MediaMode, Settings
 from signaling.attendance import LeaveHow, end_all_stays
@@ -47,7 +64,28 @@ class Person(BaseModel):
 
     external_id: str = Field(min_length=1, max_length=200, examples=["user-4711"])
     display_name: str = Field(min_length=1, max_length=200, examples=["Ada Lovelace"])
-    adult: bool = Field(description="Whether the person is an adult under the platform's rules.")
+    age_band: AgeBand | None = Field(
+        default=None,
+        description="`adult` (18+), `minor` (13-17) or `child` (under 13). Minors and children "
+        "decide with their guardian; nobody under `CALLGATE_MINIMUM_AGE` is booked. State "
+        "this, `age`, or the older `adult`.",
+    )
+    age: int | None = Field(
+        default=None, ge=0, le=130, description="Age in years; sets `age_band` when given."
+    )
+    adult: bool | None = Field(
+        default=None, description="Deprecated (use `age_band`): true = adult, false = minor."
+    )
+
+    def band(self) -> AgeBand | None:
+        """The age band the request states (consistency is `_age_errors`' job)."""
+        if self.age is not None:
+            return AgeBand.of_age(self.age)
+        if self.age_band is not None:
+            return self.age_band
+        if self.adult is not None:
+            return AgeBand.ADULT if self.adult else AgeBand.MINOR
+        return None
 
 
 class BookingRequest(BaseModel):
@@ -78,6 +116,14 @@ class BookingRequest(BaseModel):
         default_factory=list, description="What may be asked for consent; nothing else is."
     )
     recording_policy: RecordingPolicy = RecordingPolicy.PER_PARTICIPANT
+    recording_access: RecordingAccess = Field(
+        default=RecordingAccess.OWN,
+        description="Who may read the recordings, transcript and summary after the call: "
+        "`admins` (admin keys only), `own` (each person their own files, transcript lines and "
+        "the summaries they are in), `host` (the host everything, clients their own), "
+        "`participants` (everyone in the booking). Participants read through their join link "
+        "for a set number of days after the session (docs/privacy.md).",
+    )
     record_automatically: bool = False
 
 
@@ -99,10 +145,40 @@ def _window_errors(starts_at: datetime, ends_at: datetime, settings: Settings) -
     return []
 
 
+def age_errors(
+    loc: tuple[str | int, ...], band: AgeBand | None, stated: AgeBand | None, age: int | None,
+    adult: bool | None, settings: Settings,
+) -> list[FieldError]:
+    """What is wrong with a person's stated age: missing, contradicting itself, or below the
+    deployment's minimum age."""
+    if band is None:
+        return [FieldError((*loc, "age_band"), "state age_band (or age)")]
+    if stated is not None and stated is not band:
+        return [FieldError((*loc, "age_band"), f"age {age} is in the band {band.value}")]
+    if adult is not None and adult is not (band is AgeBand.ADULT):
+        return [FieldError((*loc, "adult"), f"contradicts the age band {band.value}")]
+    minimum = settings.minimum_age
+    if age is not None and age < minimum:
+        return [FieldError((*loc, "age"), f"nobody under {minimum} is booked here")]
+    if age is None and band is AgeBand.CHILD and minimum > 0:
+        why = "children are not booked here" if minimum >= CHILD_BELOW else "state the age"
+        return [FieldError((*loc, "age_band"), f"{why} (minimum age {minimum})")]
+    return []
+
+
+def _person_errors(
+    loc: tuple[str | int, ...], person: Person, settings: Settings
+) -> list[FieldError]:
+    return age_errors(loc, person.band(), person.age_band, person.age, person.adult, settings)
+
+
 def _people_errors(request: BookingRequest, settings: Settings) -> list[FieldError]:
-    errors: list[FieldError] = []
-    if not request.host.adult:
-        errors.append(FieldError(("body", "host", "adult"), "the host must be an adult"))
+    errors: list[FieldError] = _person_errors(("body", "host"), request.host, settings)
+    for index, client in enumerate(request.clients):
+        errors += _person_errors(("body", "clients", index), client, settings)
+    if not errors and request.host.band() is not AgeBand.ADULT:
+        field = "age_band" if request.host.age_band or request.host.age is not None else "adult"
+        errors.append(FieldError(("body", "host", field), "the host must be an adult"))
     if not 1 <= len(request.clients) <= settings.max_clients:
         errors.append(
             FieldError(("body", "clients"), f"book 1 to {settings.max_clients} clients")
@@ -180,6 +256,7 @@ def _new_booking(
         ends_at=request.ends_at,
         status=BookingStatus.SCHEDULED,
         recording_policy=request.recording_policy,
+        recording_access=request.recording_access,
         requested_purposes=[p.value for p in request.requested_purposes],
         record_automatically=request.record_automatically,
         room_name=f"cg-{secrets.token_urlsafe(ROOM_NAME_BYTES)}",
@@ -204,7 +281,8 @@ def _new_booking(
                 external_id=person.external_id,
                 display_name=person.display_name,
                 role=role,
-                adult=person.adult,
+                age_band=person.band(),
+                age=person.age,
                 credential_hash=credential_hash(join_credential(runtime.keys, pid, 0)),
                 credential_generation=0,
                 created_at=now,
@@ -389,8 +467,10 @@ async def do_revoke_participant(
     runtime: Runtime, booking_id: uuid.UUID, participant_id: uuid.UUID,
     *, rooms: Rooms | None = None,
 ) -> Participant:
-    """Give the participant a new join link; the old one stops working at once. With `rooms`
-    (livekit mode) the person is removed from the room and the old token kept out."""
+    """Give the participant a new join link; the old one stops working at once, and so does
+    everything it handed out (tickets, sockets, the recording connection, event streams:
+    `link.revoked`). With `rooms` (livekit mode) the person is removed from the room and the
+    old token kept out."""
     async with runtime.db.session() as session:
         participant = await access_booking_participant(session, booking_id, participant_id)
         participant.credential_generation += 1
@@ -401,8 +481,100 @@ async def do_revoke_participant(
         do_write(session, outbox.LinkRevoked(
             booking_id, participant.id, participant.external_id, participant.role.value, now
         ), now)
+    await publish_all(
+        runtime.bus, [LinkRevoked(booking_id=booking_id, participant_id=participant_id)]
+    )
     if rooms is not None:
         await rooms.revoke(booking_id, participant_id, Removal.REVOKED)
+    return participant
+
+
+class ParticipantCorrection(BaseModel):
+    """A correction of what the platform stated about a person (GDPR art. 16)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    display_name: str | None = Field(default=None, min_length=1, max_length=200)
+    age_band: AgeBand | None = None
+    age: int | None = Field(default=None, ge=0, le=130)
+
+
+class Correction(Base):
+    """One rectification: when, by which key, which fields (their old values are not kept:
+    they were wrong, and are the person's data)."""
+
+    __tablename__ = "participant_corrections"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    at: Mapped[datetime] = mapped_column(UTCDateTime())
+    booking_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("bookings.id", ondelete="CASCADE"), index=True
+    )
+    participant_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("participants.id", ondelete="CASCADE"), index=True
+    )
+    api_key_id: Mapped[str] = mapped_column(String(24))
+    fields: Mapped[list[str]] = mapped_column(JSON)
+
+    def view(self) -> dict[str, Any]:
+        return {"at": self.at.isoformat(), "booking_id": str(self.booking_id),
+                "participant_id": str(self.participant_id), "api_key_id": self.api_key_id,
+                "fields": list(self.fields)}
+
+
+def _corrected_age(
+    participant: Participant, request: ParticipantCorrection, settings: Settings
+) -> tuple[AgeBand, int | None]:
+    """The band and age after the correction, or InvalidInput."""
+    band, age = participant.age_band, participant.age
+    if request.age is not None:
+        band, age = AgeBand.of_age(request.age), request.age
+    elif request.age_band is not None:
+        band = request.age_band
+        if age is not None and AgeBand.of_age(age) is not band:
+            age = None  # the old age contradicts the corrected band
+    errors = age_errors(("body",), band, request.age_band, age, None, settings)
+    if not errors and participant.role is Role.HOST and band is not AgeBand.ADULT:
+        errors.append(FieldError(("body", "age_band"), "the host must be an adult"))
+    if errors:
+        raise InvalidInput(f"{errors[0].loc[-1]}: {errors[0].msg}", errors=errors)
+    return band, age
+
+
+async def do_correct_participant(
+    runtime: Runtime, caller: Caller, booking_id: uuid.UUID, participant_id: uuid.UUID,
+    request: ParticipantCorrection,
+) -> Participant:
+    """Correct a person's display name or age: logged, pushed to the pages at once
+    (`participant.updated`), in every invite and join from now on. Nothing else changes: the
+    link, the consent given, the role. A band change makes the gate re-read the booking, so
+    the guardian rule follows it."""
+    if request.display_name is None and request.age_band is None and request.age is None:
+        raise InvalidInput.field(("body",), "give display_name, age_band or age")
+    async with runtime.db.session() as session:
+        participant = await access_booking_participant(session, booking_id, participant_id)
+        if participant.revoked_at is not None:
+            raise Gone("this person was erased")
+        band, age = _corrected_age(participant, request, runtime.settings)
+        name = request.display_name or participant.display_name
+        fields = [
+            field for field, old, new in (
+                ("display_name", participant.display_name, name),
+                ("age_band", participant.age_band, band), ("age", participant.age, age),
+            ) if old != new
+        ]
+        participant.display_name, participant.age_band, participant.age = name, band, age
+        if fields:
+            session.add(Correction(
+                at=runtime.clock.now(), booking_id=booking_id, participant_id=participant_id,
+                api_key_id=caller.key_id, fields=fields,
+            ))
+    if fields:
+        event = ParticipantUpdated(
+            booking_id=booking_id, participant_id=participant_id, display_name=name,
+            age_band=band.value,
+        )
+        await publish_all(runtime.bus, [event])
     return participant
 
 

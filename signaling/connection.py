@@ -26,6 +26,8 @@ BYE_CLOSE = {
     ByeReason.REMOVED: CloseCode.FORBIDDEN,
     ByeReason.REPLACED: CloseCode.REPLACED,
     ByeReason.IDLE: CloseCode.GOING_AWAY,
+    ByeReason.REVOKED: CloseCode.BAD_TICKET,
+    ByeReason.ERASED: CloseCode.CANCELLED,
 }
 
 

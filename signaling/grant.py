@@ -131,7 +131,9 @@ def _builtin(runtime: Runtime, row: JoinRow, closes_at: datetime, now: datetime)
     expires = min(now + timedelta(seconds=settings.ticket_ttl_s), closes_at)
     return {
         "ws_url": f"{ws_base(settings)}/v1/rooms/{row.room_name}/ws",
-        "ticket": issue_ticket(runtime.keys, participant_id, row.booking_id, expires),
+        "ticket": issue_ticket(
+            runtime.keys, participant_id, row.booking_id, row.credential_generation, expires
+        ),
         "ticket_expires_at": expires,
         "ice_servers": [
             {"urls": server["urls"], "username": server.get("username"),

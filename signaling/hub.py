@@ -27,10 +27,13 @@ import structlog
 from core.bus import BusEvent, Subscription, Topic, publish_all
 from core.events import (
     BookingCancelled,
+    BookingUpdated,
     ConsentChanged,
     NoticeChanged,
+    LinkRevoked,
     ParticipantJoined,
     ParticipantLeft,
+    ParticipantUpdated,
     RecordingSwitched,
     RoomFrame,
     SubjectErased,
@@ -51,6 +54,7 @@ from signaling.protocol import (
     Peer,
     PeerJoined,
     PeerLeft,
+    PeerUpdated,
     Pong,
     RecordingState,
     Relay,
@@ -105,7 +109,8 @@ class Hub:
     async def __aenter__(self) -> Hub:
         topics: list[str] = [
             Topic.CONSENT_CHANGED, Topic.RECORDING_CHANGED, Topic.BOOKING_CANCELLED,
-            Topic.SUBJECT_ERASED, Topic.NOTICE_CHANGED,
+            Topic.SUBJECT_ERASED, Topic.NOTICE_CHANGED, Topic.LINK_REVOKED,
+            Topic.BOOKING_UPDATED, Topic.PARTICIPANT_UPDATED,
         ]
         if self.fanout.shared:
             topics += [Topic.ROOM.value, node_topic(self.node_id)]
@@ -123,6 +128,8 @@ class Hub:
                 conn.finish(CloseCode.GOING_AWAY, "server shutting down")
             for handle in room.leaving.values():
                 handle.cancel()
+            if room.deadline is not None:
+                room.deadline.cancel()
             with contextlib.suppress(Exception):
                 for pid in list(room.local):
                     await self.fanout.absent(room.name, pid)
@@ -153,6 +160,7 @@ class Hub:
             room.recording.update((state.who, state) for state in recording)
             self.rooms[room_name] = room
             self._by_booking[booking_id] = room_name
+            self._set_deadline(room, closes_at)
             for pid, presence in (await self.fanout.members(room_name)).items():
                 room.peers.setdefault(pid, presence.peer)
                 room.nodes.setdefault(pid, presence.node)
@@ -263,6 +271,27 @@ class Hub:
         if not room.local and not room.leaving and self.rooms.get(room.name) is room:
             del self.rooms[room.name]
             self._by_booking.pop(room.booking_id, None)
+            if room.deadline is not None:
+                room.deadline.cancel()
+
+    def _set_deadline(self, room: Room, closes_at: datetime) -> None:
+        """End the room at the window's close to the millisecond, not at the next sweep (the
+        sweep still ends it if the clock jumps, as a test's manual clock does)."""
+        if room.deadline is not None:
+            room.deadline.cancel()
+        room.closes_at = closes_at
+        delay = (closes_at - self._runtime.clock.now()).total_seconds()
+        name = room.name
+
+        def due() -> None:
+            if self.rooms.get(name) is not room:
+                return
+            if self._runtime.clock.now() >= room.closes_at:
+                self._spawn(self.end_room(name, ByeReason.WINDOW_CLOSED))
+            else:  # the loop's timer ran a little ahead of the wall clock: wait the rest
+                self._set_deadline(room, room.closes_at)
+
+        room.deadline = asyncio.get_running_loop().call_later(max(delay, 0.0), due)
 
     async def end_room(self, room_name: str, reason: ByeReason) -> None:
         """Say `bye` to every socket of the room on this node and close them."""
@@ -270,6 +299,8 @@ class Hub:
         if room is None:
             return
         self._by_booking.pop(room.booking_id, None)
+        if room.deadline is not None:
+            room.deadline.cancel()
         for handle in room.leaving.values():
             handle.cancel()
         for pid, conn in list(room.local.items()):
@@ -277,12 +308,14 @@ class Hub:
             with contextlib.suppress(Exception):
                 await self.fanout.absent(room.name, pid)
 
-    async def remove(self, booking_id: str, participant_id: str) -> None:
-        """Put one person out of the room (`bye` removed)."""
+    async def remove(
+        self, booking_id: str, participant_id: str, reason: ByeReason = ByeReason.REMOVED
+    ) -> None:
+        """Put one person out of the room (`bye` with `reason`)."""
         room = self.rooms.get(self._by_booking.get(booking_id, ""))
         conn = room.local.get(participant_id) if room else None
         if conn is not None:
-            conn.finish(ByeReason.REMOVED)
+            conn.finish(reason)
 
     # messages from the browser
 
@@ -348,7 +381,7 @@ class Hub:
             return
         if not isinstance(
             event, BookingCancelled | ConsentChanged | RecordingSwitched | TrackRecording
-            | SubjectErased
+            | SubjectErased | LinkRevoked | ParticipantUpdated | BookingUpdated
         ):
             return
         room = self.rooms.get(self._by_booking.get(str(event.booking_id), ""))
@@ -360,9 +393,26 @@ class Hub:
             room.apply_consent(event)
         elif isinstance(event, RecordingSwitched | TrackRecording):
             room.apply_recording(event)
-        else:
+        elif isinstance(event, SubjectErased):
             # Erasure ended their links; an open call must not outlive them.
-            await self.remove(room.booking_id, str(event.subject_id))
+            await self.remove(room.booking_id, str(event.subject_id), ByeReason.ERASED)
+        elif isinstance(event, LinkRevoked):
+            await self.remove(room.booking_id, str(event.participant_id), ByeReason.REVOKED)
+        elif isinstance(event, ParticipantUpdated):  # a name corrected: every page shows it
+            self._rename(room, str(event.participant_id), event.display_name)
+        else:  # rescheduled: the window end moved
+            self._set_deadline(room, event.ends_at + self._runtime.settings.join_grace)
+
+    def _rename(self, room: Room, pid: str, name: str) -> None:
+        peer = room.peers.get(pid)
+        if peer is None or peer.name == name:
+            return
+        renamed = peer.model_copy(update={"name": name})
+        room.peers[pid] = renamed
+        conn = room.local.get(pid)
+        if conn is not None:
+            conn.peer = renamed
+        room.broadcast(PeerUpdated(peer=renamed))
 
     def _on_room_event(self, data: dict[str, Any], node: str) -> None:
         room = self.rooms.get(str(data.get("room")))

@@ -27,11 +27,11 @@ class CloseCode(enum.IntEnum):
     TOO_BIG = 1009  # a frame over MAX_FRAME_BYTES
     SERVER_ERROR = 1011
     TRY_AGAIN = 1013  # presence store unreachable
-    BAD_TICKET = 4401  # missing, forged, expired or already used ticket
+    BAD_TICKET = 4401  # missing, forged, expired or already used ticket; the link revoked
     FORBIDDEN = 4403  # foreign Origin, ticket for another room, outside the join window
     NO_ROOM = 4404  # no such room
     REPLACED = 4409  # the same person connected again elsewhere
-    CANCELLED = 4410  # booking cancelled
+    CANCELLED = 4410  # booking cancelled, or the person erased
 
 
 class ByeReason(enum.StrEnum):
@@ -40,6 +40,8 @@ class ByeReason(enum.StrEnum):
     REMOVED = "removed"
     REPLACED = "replaced"
     IDLE = "idle"
+    REVOKED = "revoked"  # the person's join link was revoked
+    ERASED = "erased"  # the person was erased
 
 
 class ErrorCode(enum.StrEnum):
@@ -102,6 +104,11 @@ class PeerJoined(_Message):
     peer: Peer
 
 
+class PeerUpdated(_Message):
+    type: Literal["peer-updated"] = "peer-updated"
+    peer: Peer
+
+
 class PeerLeft(_Message):
     type: Literal["peer-left"] = "peer-left"
     id: str
@@ -160,9 +167,8 @@ class Pong(_Message):
 
 
 ServerMessage = Annotated[
-    Welcome | PeerJoined | PeerLeft | Signal | Consent | Recording | RecordingSwitch
-    | NoticeChanged | Error
-    | Bye | Pong,
+    Welcome | PeerJoined | PeerUpdated | PeerLeft | Signal | Consent | Recording
+    | RecordingSwitch | NoticeChanged | Error | Bye | Pong,
     Field(discriminator="type"),
 ]
 server_messages: TypeAdapter[ServerMessage] = TypeAdapter(ServerMessage)

@@ -39,6 +39,7 @@ class Room:
     leaving: dict[str, asyncio.TimerHandle] = field(default_factory=dict)
     consent: dict[tuple[str, str], Decision] = field(default_factory=dict)
     recording: dict[str, RecordingState] = field(default_factory=dict)
+    deadline: asyncio.TimerHandle | None = None  # fires at `closes_at` (the sweep backs it up)
 
     def broadcast(self, message: _Message, *, exclude: str | None = None) -> None:
         text = encode(message)

@@ -33,6 +33,7 @@ from core.subjects import (
     Subject,
 )
 from signaling.attendance import Stay
+from signaling.bookings import Correction
 from signaling.tickets import UsedTicket
 
 
@@ -46,6 +47,7 @@ class SignalingSubjects:
         yield JsonLines("bookings.jsonl", self._bookings(subject))
         yield JsonLines("joins.jsonl", self._joins(subject))
         yield JsonLines("attendance.jsonl", self._attendance(subject))
+        yield JsonLines("corrections.jsonl", self._corrections(subject))
 
     async def _attendance(self, subject: Subject) -> AsyncIterator[dict[str, Any]]:
         query = (
@@ -62,6 +64,16 @@ class SignalingSubjects:
                 "left_at": stay.left_at.isoformat() if stay.left_at else None,
                 "how": stay.left_how.value if stay.left_how else None,
             }
+
+    async def _corrections(self, subject: Subject) -> AsyncIterator[dict[str, Any]]:
+        query = (
+            select(Correction).where(Correction.participant_id.in_(subject.participant_ids))
+            .order_by(Correction.at)
+        )
+        async with self._rt.db.session() as session:
+            rows = list((await session.execute(query)).scalars())
+        for row in rows:
+            yield row.view()
 
     async def _bookings(self, subject: Subject) -> AsyncIterator[dict[str, Any]]:
         ids = list(subject.booking_ids)
@@ -92,7 +104,8 @@ class SignalingSubjects:
                     "external_id": participant.external_id,
                     "display_name": participant.display_name,
                     "role": participant.role.value,
-                    "adult": participant.adult,
+                    "age_band": participant.age_band.value,
+                    "age": participant.age,
                     "created_at": participant.created_at.isoformat(),
                     "join_link_revoked_at": (
                         participant.revoked_at.isoformat() if participant.revoked_at else None

@@ -1,7 +1,9 @@
 """Single-use signaling tickets: what `POST /v1/join` hands out to open the WebSocket.
 
-A ticket is self-contained (participant, booking, expiry, nonce, HMAC), so issuing one costs
-no database write; redeeming it records its nonce, so a second use is refused on every node.
+A ticket is self-contained (participant, booking, the join link's credential generation,
+expiry, nonce, HMAC), so issuing one costs no database write; redeeming it records its nonce,
+so a second use is refused on every node. Admission compares the generation with the
+participant's current one, so revoking the link voids every ticket issued under it.
 """
 
 from __future__ import annotations
@@ -35,15 +37,18 @@ class UsedTicket(Base):
 class TicketClaims:
     participant_id: uuid.UUID
     booking_id: uuid.UUID
+    generation: int  # the join link's credential generation the ticket was issued under
     expires_at: datetime
     nonce: str
 
 
 def issue_ticket(
-    keys: Keyring, participant_id: uuid.UUID, booking_id: uuid.UUID, expires_at: datetime
+    keys: Keyring, participant_id: uuid.UUID, booking_id: uuid.UUID, generation: int,
+    expires_at: datetime,
 ) -> str:
     nonce = secrets.token_hex(16)
-    body = f"{participant_id}.{booking_id}.{int(expires_at.timestamp())}.{nonce}"
+    expiry = int(expires_at.timestamp())
+    body = f"{participant_id}.{booking_id}.{generation}.{expiry}.{nonce}"
     mac = b64url(keys.derive("signaling-ticket", body))
     return f"{b64url(body.encode())}.{mac}"
 
@@ -59,9 +64,9 @@ def read_ticket(keys: Keyring, ticket: str, now: datetime) -> TicketClaims:
     if not hmac.compare_digest(mac, b64url(keys.derive("signaling-ticket", body))):
         raise invalid
     try:
-        participant, booking, expiry, nonce = body.split(".")
+        participant, booking, generation, expiry, nonce = body.split(".")
         claims = TicketClaims(
-            uuid.UUID(participant), uuid.UUID(booking),
+            uuid.UUID(participant), uuid.UUID(booking), int(generation),
             datetime.fromtimestamp(int(expiry), UTC), nonce,
         )
     except ValueError:

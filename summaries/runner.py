@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any, cast
 
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -44,6 +45,7 @@ from summaries.payloads import (
 )
 from summaries.provider import OpenAIProvider, ProviderError
 from summaries.register import Outcome, do_register
+from summaries.sealing import Sealer
 
 log = structlog.get_logger(__name__)
 
@@ -134,11 +136,15 @@ class JobRunner:
             transcript = await outputs.get_latest_transcript(session, booking.id)
             if transcript is None:
                 raise NotPermitted("there is no transcript to summarize")
-            return [
-                Utterance(s.subject_id, s.label, s.start_ms, s.end_ms, s.text)
-                for s in transcript.segments
-                if s.subject_id not in job.excluded
-            ]
+            sealer = Sealer(session, self._rt.keys, self._rt.clock.now())
+            utterances = []
+            for s in transcript.segments:
+                if s.subject_id in job.excluded:
+                    continue
+                text = await sealer.open_line(transcript.id, s.subject_id, s.text)
+                if text is not None:  # (None: the speaker was erased meanwhile)
+                    utterances.append(Utterance(s.subject_id, s.label, s.start_ms, s.end_ms, text))
+            return utterances
 
     async def _progress(self, job: Job, progress: int) -> None:
         async with self._rt.db.session() as session:
@@ -281,8 +287,9 @@ class JobRunner:
         days = self._rt.settings.summary_retention_days
         entry_ids = [str(e) for e in payload.entry_ids]
         subjects = [str(s) for s in payload.subjects]
+        output_id = uuid.uuid4()
         common = {
-            "id": uuid.uuid4(), "booking_id": booking.id, "job_id": job.id,
+            "id": output_id, "booking_id": booking.id, "job_id": job.id,
             "purpose": payload.purpose, "language": booking.language, "created_at": now,
         }
         if job.kind is JobKind.AGENDA:
@@ -293,10 +300,12 @@ class JobRunner:
             )
             session.add(row)
             return _ready(session, job, booking, row.id, now)
+        sealer = Sealer(session, self._rt.keys, now)
         if job.kind is JobKind.SUMMARY:
+            body = cast("dict[str, Any]", result)
             row = outputs.Summary(
-                **common, body=result, subjects=subjects, entry_ids=entry_ids,
-                retain_until=now + timedelta(days=days),
+                **common, body=await sealer.seal_summary(output_id, subjects, body),
+                subjects=subjects, entry_ids=entry_ids, retain_until=now + timedelta(days=days),
             )
             session.add(row)
             return _ready(session, job, booking, row.id, now)
@@ -305,11 +314,13 @@ class JobRunner:
         session.add(transcript)
         for position, (piece, text) in enumerate(zip(payload.pieces, texts, strict=True)):
             assert piece.subject_id is not None  # noqa: S101 (audio pieces always have one)
+            sealed = await sealer.seal_line(transcript.id, piece.subject_id, text)
             session.add(
                 outputs.Segment(
                     id=uuid.uuid4(), transcript_id=transcript.id, position=position,
                     subject_id=piece.subject_id, label=piece.label, start_ms=piece.start_ms,
-                    end_ms=piece.end_ms, text=text, entry_ids=[str(e) for e in piece.entry_ids],
+                    end_ms=piece.end_ms, text=sealed,
+                    entry_ids=[str(e) for e in piece.entry_ids],
                 )
             )
         follow = JobKind.SUMMARY if Purpose.AI_SUMMARY in booking.purposes else None

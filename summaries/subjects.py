@@ -24,6 +24,7 @@ from core.runtime import Runtime
 from core.subjects import Category, Cleanup, Cutoff, Erasure, JsonLines, Part, Subject
 from summaries.outputs import Agenda, Segment, Summary, Transcript
 from summaries.register import Outcome, RegisterEntry, do_register
+from summaries.sealing import Sealer
 
 SCRUBBED = "[erased]"
 
@@ -54,7 +55,12 @@ class SummariesSubjects:
         )
         async with self._rt.db.session() as session:
             rows = list((await session.execute(query)).all())
-        for segment, booking_id, language in rows:
+            sealer = Sealer(session, self._rt.keys, self._rt.clock.now())
+            texts = [
+                await sealer.open_line(segment.transcript_id, segment.subject_id, segment.text)
+                for segment, _, _ in rows
+            ]
+        for (segment, booking_id, language), text in zip(rows, texts, strict=True):
             yield {
                 "booking_id": str(booking_id),
                 "transcript_id": str(segment.transcript_id),
@@ -63,7 +69,7 @@ class SummariesSubjects:
                 "participant_id": str(segment.subject_id),
                 "start_ms": segment.start_ms,
                 "end_ms": segment.end_ms,
-                "text": segment.text,
+                "text": text,
                 "consent_entry_ids": list(segment.entry_ids),
             }
 
@@ -74,8 +80,13 @@ class SummariesSubjects:
             query = select(model).where(model.booking_id.in_(subject.booking_ids))
             found = cast("list[Summary | Agenda]", list((await session.execute(query)).scalars()))
             rows = [r for r in found if _names_in(r.subjects, subject.participant_ids)]
-        for row in rows:
-            content = row.body if isinstance(row, Summary) else {"items": row.items}
+            sealer = Sealer(session, self._rt.keys, self._rt.clock.now())
+            contents = [
+                await sealer.open_summary(r.id, r.body) if isinstance(r, Summary)
+                else {"items": r.items}
+                for r in rows
+            ]
+        for row, content in zip(rows, contents, strict=True):
             yield {
                 "id": str(row.id),
                 "booking_id": str(row.booking_id),
@@ -199,10 +210,16 @@ class SummariesSubjects:
             .where(Transcript.booking_id.in_(subject.booking_ids))
         )
         scrubbed = 0
+        sealer = Sealer(session, self._rt.keys, self._rt.clock.now())
         for segment in (await session.execute(query)).scalars():
-            text = pattern.sub(SCRUBBED, segment.text)
-            if text != segment.text:
-                segment.text = text
+            said = await sealer.open_line(segment.transcript_id, segment.subject_id, segment.text)
+            if said is None:
+                continue
+            text = pattern.sub(SCRUBBED, said)
+            if text != said:
+                segment.text = await sealer.seal_line(
+                    segment.transcript_id, segment.subject_id, text
+                )
                 scrubbed += 1
         return scrubbed
 

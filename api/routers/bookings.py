@@ -12,8 +12,8 @@ from pydantic import AwareDatetime, BaseModel, Field
 from api import problems
 from api.deps import RoomsDep, RuntimeDep, SchedulerCaller, require
 from core.accounts import Caller, Scope
-from core.bookings import Booking, BookingStatus, Participant, Role, RoomState
-from core.purposes import RecordingPolicy
+from core.bookings import AgeBand, Booking, BookingStatus, Participant, Role, RoomState
+from core.purposes import RecordingAccess, RecordingPolicy
 from core.runtime import Runtime
 from signaling import bookings as service
 from signaling.attendance import LeaveHow, get_attendance
@@ -29,6 +29,7 @@ async def no_store(response: Response) -> None:
 router = APIRouter(
     prefix="/v1/bookings", tags=["bookings (scheduler)"], dependencies=[Depends(no_store)]
 )
+CorrectorCaller = Annotated[Caller, Depends(require(Scope.SCHEDULER, Scope.ADMIN))]
 
 EXAMPLE = {
     "title": "Mentoring session",
@@ -36,8 +37,10 @@ EXAMPLE = {
     "language": "en",
     "starts_at": "2030-05-04T09:00:00+02:00",
     "ends_at": "2030-05-04T10:00:00+02:00",
-    "host": {"external_id": "mentor-17", "display_name": "Ada Lovelace", "adult": True},
-    "clients": [{"external_id": "user-4711", "display_name": "Charles Babbage", "adult": True}],
+    "host": {"external_id": "mentor-17", "display_name": "Ada Lovelace", "age_band": "adult"},
+    "clients": [
+        {"external_id": "user-4711", "display_name": "Charles Babbage", "age_band": "adult"}
+    ],
     "requested_purposes": ["recording.audio", "transcription", "ai.summary"],
     "recording_policy": "per_participant",
     "record_automatically": False,
@@ -56,7 +59,9 @@ class ParticipantOut(BaseModel):
     external_id: str
     display_name: str
     role: Role
-    adult: bool
+    age_band: AgeBand
+    age: int | None
+    adult: bool = Field(description="Deprecated: `age_band` is `adult`.")
     join_url: str
     invite_url: str
     token_url: str
@@ -79,6 +84,7 @@ class BookingOut(BaseModel):
     )
     requested_purposes: list[str]
     recording_policy: RecordingPolicy
+    recording_access: RecordingAccess
     record_automatically: bool
     sequence: int
     created_at: datetime
@@ -104,6 +110,8 @@ def participant_out(runtime: Runtime, booking: Booking, person: Participant) -> 
         external_id=person.external_id,
         display_name=person.display_name,
         role=person.role,
+        age_band=person.age_band,
+        age=person.age,
         adult=person.adult,
         join_url=service.join_link(runtime, person),
         invite_url=f"{base}/invite.ics",
@@ -123,6 +131,7 @@ def booking_out(runtime: Runtime, booking: Booking) -> BookingOut:
         status=booking.status,
         requested_purposes=list(booking.requested_purposes),
         recording_policy=booking.recording_policy,
+        recording_access=booking.recording_access,
         record_automatically=booking.record_automatically,
         sequence=booking.sequence,
         created_at=booking.created_at,
@@ -304,12 +313,37 @@ async def participant_token(
     return await do_participant_token(runtime, booking_id, participant_id)
 
 
+@router.patch(
+    "/{booking_id}/participants/{participant_id}",
+    summary="Correct a participant's display name or age (rectification)",
+    description="Schedulers and admins. `display_name`, `age_band` and/or `age`; the "
+    "correction is logged (which fields, when, by which key), shown at once on the open call "
+    "pages (`peer-updated`) and in every invite and join from now on; the join link, role and "
+    "consent stay as they are. An age band change re-applies the guardian rule; the host "
+    "stays an adult, and nobody goes under the minimum age (422). An erased person: 410.",
+    responses=problems.responses(401, 403, 404, 410, 422),
+)
+async def correct_participant(
+    runtime: RuntimeDep,
+    caller: CorrectorCaller,
+    booking_id: BookingId,
+    participant_id: ParticipantId,
+    body: service.ParticipantCorrection,
+) -> ParticipantOut:
+    await service.do_correct_participant(runtime, caller, booking_id, participant_id, body)
+    async with runtime.db.session() as session:
+        person = await service.access_booking_participant(session, booking_id, participant_id)
+    return participant_out(runtime, person.booking, person)
+
+
 @router.post(
     "/{booking_id}/participants/{participant_id}/revoke",
     summary="Replace a join link",
     description="Issues the participant a new join link; the old one answers 404 at once, "
-    "exactly like a link that never existed. In livekit mode the person is also removed from "
-    "the room, and a join with a token of the old link is undone at once.",
+    "exactly like a link that never existed, and everything it handed out ends at once on "
+    "every node: unused signaling tickets (4401), the open call socket (`bye` `revoked`, "
+    "4401), the recording connection and job-progress streams. In livekit mode the person is "
+    "also removed from the room, and a join with a token of the old link is undone at once.",
     responses=problems.responses(401, 403, 404, 422),
 )
 async def revoke_link(

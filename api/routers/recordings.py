@@ -11,13 +11,17 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Header
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, Field
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.deps import ParticipantDep, RecorderDep, RuntimeDep, ViewerDep
 from api.problems import problem, responses
 from api.schemas import RecordingSwitch
+from consent.access import DataKind, Readable, access_session_data, do_log_read
+from core.accounts import Viewer
 from core.bookings import BookingStatus, Participant
+from core.datakeys import access_data_key
 from core.errors import Conflict, Gone, InvalidInput, OutsideJoinWindow
-from media.keys import access_data_key
+from core.runtime import Runtime
 from media.recordings import (
     Recording,
     RecordingState,
@@ -144,18 +148,30 @@ async def post_control(
 
 @router.get(
     "/v1/bookings/{booking_id}/recordings",
-    summary="A booking's recordings (its participants, or an admin)",
+    summary="A booking's recordings (its participants, as `recording_access` allows; admins)",
+    description="A participant sees, through their join link, what the booking's "
+    "`recording_access` gives them (`own`: their own files), until `participant_access_days` "
+    "after the session, and nothing while their processing is restricted (403).",
     responses=responses(401, 403, 404),
 )
 async def get_recordings(
     booking_id: uuid.UUID, runtime: RuntimeDep, recorder: RecorderDep, viewer: ViewerDep
 ) -> RecordingList:
     async with runtime.db.session() as session:
-        rows = await list_recordings(session, viewer, booking_id)
+        readable = await _readable(session, runtime, viewer, booking_id)
+        rows = await list_recordings(session, readable)
     return RecordingList(
         booking_id=booking_id,
         recording=await recorder.recording_on(booking_id),
         recordings=[RecordingView.of(row) for row in rows],
+    )
+
+
+async def _readable(
+    session: AsyncSession, runtime: Runtime, viewer: Viewer, booking_id: uuid.UUID
+) -> Readable:
+    return await access_session_data(
+        session, runtime.settings, runtime.clock.now(), booking_id, viewer
     )
 
 
@@ -182,7 +198,8 @@ def _byte_range(header: str | None, size: int) -> tuple[int, int] | None:
 @router.get(
     "/v1/bookings/{booking_id}/recordings/{recording_id}",
     summary="Download one recording, decrypted on the fly (HTTP Range supported)",
-    description="Every download is logged with who fetched it and which range.",
+    description="Every download is logged with who fetched it, which range and how many "
+    "bytes (`GET /v1/admin/reads`). Who may download: as for the list.",
     response_class=StreamingResponse,
     responses={
         200: {"content": {"audio/ogg": {}, "video/webm": {}}},
@@ -200,7 +217,8 @@ async def download(
 ) -> Response:
     now = runtime.clock.now()
     async with runtime.db.session() as session:
-        row = await access_recording(session, viewer, booking_id, recording_id)
+        readable = await _readable(session, runtime, viewer, booking_id)
+        row = await access_recording(session, readable, recording_id)
         if row.state is RecordingState.RECORDING:
             raise Conflict("this recording is still being written")
         owner = await session.get(Participant, row.participant_id)
@@ -217,7 +235,10 @@ async def download(
             )
         logged = f"bytes={byte_range[0]}-{byte_range[1] - 1}" if byte_range else None
         await do_log_download(session, viewer, row, logged, now)
-    start, end = byte_range or (0, row.size)
+        start, end = byte_range or (0, row.size)
+        key_id = viewer.caller.key_id if viewer.caller is not None else None
+        do_log_read(session, readable, DataKind.RECORDING, row.id, [row.participant_id],
+                    end - start, now, api_key_id=key_id)
     headers = {"Accept-Ranges": "bytes", "Content-Length": str(end - start)}
     if byte_range:
         headers["Content-Range"] = f"bytes {start}-{end - 1}/{row.size}"

@@ -11,28 +11,46 @@ import asyncio
 import contextlib
 import json
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
-from fastapi.responses import FileResponse, HTMLResponse, StreamingResponse
+from fastapi.responses import FileResponse, HTMLResponse, Response, StreamingResponse
 from pydantic import AwareDatetime, BaseModel
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from api.deps import AiJobsDep, ReviewerCaller, RuntimeDep, ViewerDep
+from api.deps import AdminCaller, AiJobsDep, ReviewerCaller, RuntimeDep, ViewerDep
 from api.problems import responses
-from api.schemas import AgendaView, JobList, JobView, RegisterPage, SummaryView, TranscriptView
-from core.accounts import access_booking_data
+from api.schemas import (
+    AgendaView,
+    JobList,
+    JobView,
+    ReadLog,
+    RegisterPage,
+    SummaryView,
+    TranscriptView,
+)
+from consent.access import DataKind, Readable, access_session_data, do_log_read, get_reads
+from core.accounts import Viewer, access_booking_data
 from core.bookings import Booking
-from core.bus import Topic
+from core.bus import BusEvent, Topic
 from core.errors import NotFound
-from core.events import JobProgress
+from core.events import (
+    BookingCancelled,
+    JobProgress,
+    LinkRevoked,
+    SubjectErased,
+    SubjectRestricted,
+)
 from core.runtime import Runtime
 from summaries import outputs
 from summaries.jobs import JobKind, get_jobs
 from summaries.provider import AiUnavailable
 from summaries.register import get_register
+from summaries.sealing import Sealer
 from summaries.service import AiJobs
 
 router = APIRouter(tags=["ai"])
@@ -55,7 +73,12 @@ class Reader:
     """Who reads a booking's AI data: one of its participants, or an admin."""
 
     booking_id: uuid.UUID
-    participant_id: uuid.UUID | None
+    viewer: Viewer
+
+    @property
+    def participant_id(self) -> uuid.UUID | None:
+        participant = self.viewer.participant
+        return participant.id if participant is not None else None
 
 
 async def booking_reader(
@@ -64,11 +87,11 @@ async def booking_reader(
     """The booking's participants and admins get in; anyone else sees 404 (or 401/403)."""
     access_booking_data(viewer, booking_id)
     if viewer.participant is not None:
-        return Reader(booking_id, viewer.participant.id)
+        return Reader(booking_id, viewer)
     async with runtime.db.session() as session:
         if await session.get(Booking, booking_id) is None:
             raise NotFound(f"no booking {booking_id}")
-    return Reader(booking_id, None)
+    return Reader(booking_id, viewer)
 
 
 ReaderDep = Annotated[Reader, Depends(booking_reader)]
@@ -122,10 +145,40 @@ def _sse(event: str, data: dict[str, Any]) -> str:
     return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
 
 
-async def _job_stream(runtime: Runtime, booking_id: uuid.UUID) -> AsyncIterator[str]:
+# What ends a participant's stream at once: their access through the link ended.
+_ENDS = {
+    Topic.LINK_REVOKED.value: "revoked",
+    Topic.SUBJECT_ERASED.value: "erased",
+    Topic.SUBJECT_RESTRICTED.value: "restricted",
+    Topic.BOOKING_CANCELLED.value: "booking_cancelled",
+}
+
+
+def _ends_access(event: BusEvent, reader: Reader) -> str | None:
+    """The reason this event ends the reader's stream, if it does (admins read on)."""
+    if reader.participant_id is None:
+        return None
+    if isinstance(event, SubjectRestricted) and not event.restricted:
+        return None
+    if isinstance(event, LinkRevoked):
+        who = event.participant_id
+    elif isinstance(event, SubjectErased | SubjectRestricted):
+        who = event.subject_id
+    elif isinstance(event, BookingCancelled):
+        who = reader.participant_id
+    else:
+        return None
+    if who != reader.participant_id:
+        return None
+    return _ENDS[event.topic]
+
+
+async def _job_stream(runtime: Runtime, reader: Reader) -> AsyncIterator[str]:
     """Current jobs, then each change, until none is queued or running (the page reconnects
-    for later ones). The database is re-read on every quiet interval, since bus delivery is
-    at-most-once."""
+    for later ones), or until the reader's access ends (`event: ended` with the reason; a
+    reconnect is then refused). The database is re-read on every quiet interval, since bus
+    delivery is at-most-once."""
+    booking_id = reader.booking_id
     seen: dict[str, dict[str, Any]] = {}
 
     async def snapshot() -> list[dict[str, Any]]:
@@ -143,12 +196,12 @@ async def _job_stream(runtime: Runtime, booking_id: uuid.UUID) -> AsyncIterator[
     def pending() -> bool:
         return any(v["status"] in ("queued", "running") for v in seen.values())
 
-    queue: asyncio.Queue[JobProgress] = asyncio.Queue()
-    async with runtime.bus.subscribe(Topic.JOB_PROGRESS.value) as subscription:
+    queue: asyncio.Queue[BusEvent] = asyncio.Queue()
+    async with runtime.bus.subscribe(Topic.JOB_PROGRESS.value, *_ENDS) as subscription:
 
         async def pump() -> None:
             async for event in subscription:
-                if isinstance(event, JobProgress) and event.booking_id == booking_id:
+                if getattr(event, "booking_id", None) == booking_id:
                     queue.put_nowait(event)
 
         task = asyncio.create_task(pump())
@@ -164,9 +217,16 @@ async def _job_stream(runtime: Runtime, booking_id: uuid.UUID) -> AsyncIterator[
                         break
                 try:
                     event = await asyncio.wait_for(queue.get(), KEEPALIVE_S)
-                    chunks = fresh([event.job])
                 except TimeoutError:
                     chunks = [": keepalive\n\n", *fresh(await snapshot())]
+                else:
+                    if not isinstance(event, JobProgress):
+                        reason = _ends_access(event, reader)
+                        if reason is not None:
+                            yield _sse("ended", {"reason": reason})
+                            return
+                        continue
+                    chunks = fresh([event.job])
                 for chunk in chunks:
                     yield chunk
             yield _sse("idle", {"booking_id": str(booking_id)})
@@ -180,13 +240,15 @@ async def _job_stream(runtime: Runtime, booking_id: uuid.UUID) -> AsyncIterator[
     "/v1/bookings/{booking_id}/jobs/events",
     summary="Server-sent events: job progress and results of this booking",
     description="`event: job` with the job (as in the list) at once for every job and on "
-    "every change; `event: idle` and the end of the stream once no job is queued or running.",
+    "every change; `event: idle` and the end of the stream once no job is queued or running; "
+    "`event: ended` with a `reason` (`revoked`, `erased`, `restricted`, `booking_cancelled`) "
+    "and the end of the stream when a participant's access ends.",
     responses=responses(401, 403, 404),
     response_class=StreamingResponse,
 )
 async def job_events(runtime: RuntimeDep, reader: ReaderDep) -> StreamingResponse:
     return StreamingResponse(
-        _job_stream(runtime, reader.booking_id),
+        _job_stream(runtime, reader),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )
@@ -209,14 +271,26 @@ def _meta(row: outputs.Summary | outputs.Agenda | outputs.Transcript) -> dict[st
     response_model=SummaryView,
     response_model_exclude_unset=True,
     summary="The session's summary: summary, decisions, action items with owners",
+    description="Participants read it through their join link as the booking's "
+    "`recording_access` allows (`own` and `host` clients: only a summary made from their own "
+    "words), until `participant_access_days` after the session and not while restricted "
+    "(403). Every read is logged.",
     responses=responses(401, 403, 404),
 )
-async def get_summary(runtime: RuntimeDep, reader: ReaderDep) -> dict[str, Any]:
+async def get_summary(runtime: RuntimeDep, reader: ReaderDep) -> Response:
+    now = runtime.clock.now()
     async with runtime.db.session() as session:
-        row = await outputs.get_latest_summary(session, reader.booking_id, runtime.clock.now())
-    if row is None:
-        raise NotFound("this booking has no summary")
-    return {**_meta(row), **row.body, "speakers": len(row.subjects)}
+        readable = await _readable(session, runtime, reader)
+        row = await outputs.get_latest_summary(session, reader.booking_id, now)
+        if row is None or not readable.covers_any(row.subjects):
+            raise NotFound("this booking has no summary")
+        body = await Sealer(session, runtime.keys, now).open_summary(row.id, row.body)
+        if body is None:  # a speaker's key was destroyed (erased)
+            raise NotFound("this booking has no summary")
+        document = {**_meta(row), **body, "speakers": len(row.subjects)}
+        return _logged(
+            session, reader, readable, DataKind.SUMMARY, row.id, row.subjects, document, now
+        )
 
 
 @router.get(
@@ -239,19 +313,55 @@ async def get_agenda(runtime: RuntimeDep, reader: ReaderDep) -> dict[str, Any]:
     response_model=TranscriptView,
     response_model_exclude_unset=True,
     summary="The transcript: consented speakers' segments with pseudonymous labels",
+    description="Only the segments the reader may see under the booking's `recording_access` "
+    "(`own`: their own lines); access ends as for the summary. Every read is logged.",
     responses=responses(401, 403, 404),
 )
-async def get_transcript(runtime: RuntimeDep, reader: ReaderDep) -> dict[str, Any]:
+async def get_transcript(runtime: RuntimeDep, reader: ReaderDep) -> Response:
     now = runtime.clock.now()
     async with runtime.db.session() as session:
+        readable = await _readable(session, runtime, reader)
         row = await outputs.get_latest_transcript(session, reader.booking_id)
         if row is None or row.retain_until <= now:
             raise NotFound("this booking has no transcript")
-        segments = [
-            {"speaker": s.label, "start_ms": s.start_ms, "end_ms": s.end_ms, "text": s.text}
-            for s in row.segments
-        ]
-    return {**_meta(row), "segments": segments}
+        sealer = Sealer(session, runtime.keys, now)
+        mine, segments = [], []
+        for s in row.segments:
+            if not readable.covers(s.subject_id):
+                continue
+            text = await sealer.open_line(row.id, s.subject_id, s.text)
+            if text is None:  # the speaker's key was destroyed (erased)
+                continue
+            mine.append(s)
+            segments.append(
+                {"speaker": s.label, "start_ms": s.start_ms, "end_ms": s.end_ms, "text": text}
+            )
+        if not mine:
+            raise NotFound("this booking has no transcript")
+        document = {**_meta(row), "segments": segments}
+        whose = [s.subject_id for s in mine]
+        return _logged(
+            session, reader, readable, DataKind.TRANSCRIPT, row.id, whose, document, now
+        )
+
+
+async def _readable(session: AsyncSession, runtime: Runtime, reader: Reader) -> Readable:
+    return await access_session_data(
+        session, runtime.settings, runtime.clock.now(), reader.booking_id, reader.viewer
+    )
+
+
+def _logged(
+    session: AsyncSession, reader: Reader, readable: Readable, kind: DataKind,
+    item_id: uuid.UUID, subjects: Iterable[uuid.UUID | str], document: dict[str, Any],
+    now: datetime,
+) -> Response:
+    """The answer, its read logged with the exact number of bytes sent, before it is sent."""
+    body = json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()
+    caller = reader.viewer.caller
+    key_id = caller.key_id if caller is not None else None
+    do_log_read(session, readable, kind, item_id, subjects, len(body), now, api_key_id=key_id)
+    return Response(body, media_type="application/json")
 
 
 @router.get(
@@ -273,6 +383,27 @@ async def list_processing(
     async with runtime.db.session() as session:
         rows = await get_register(session, booking_id=booking_id, limit=limit, before=before)
     return {"entries": [row.view() for row in rows]}
+
+
+@router.get(
+    "/v1/admin/reads",
+    response_model=ReadLog,
+    response_model_exclude_unset=True,
+    summary="The read log: every read of a recording, transcript or summary, newest first",
+    description="Who read (a participant id, or an API key id), what (kind and id), when, how "
+    "many bytes were sent, and whose data it held (participant ids). Admins only.",
+    responses=responses(401, 403, 422),
+)
+async def list_reads(
+    runtime: RuntimeDep,
+    caller: AdminCaller,
+    booking_id: Annotated[uuid.UUID | None, Query(description="Only this booking.")] = None,
+    before: Annotated[AwareDatetime | None, Query(description="Reads before this time.")] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+) -> dict[str, Any]:
+    async with runtime.db.session() as session:
+        rows = await get_reads(session, booking_id=booking_id, before=before, limit=limit)
+    return {"reads": [row.view() for row in rows]}
 
 
 @pages.get("/summary/{credential}", response_class=HTMLResponse)

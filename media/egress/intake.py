@@ -16,10 +16,10 @@ from livekit.protocol import egress as lk_egress
 from sqlalchemy import select
 
 from core.bookings import Participant
+from core.datakeys import access_data_key
 from core.errors import Gone
 from core.runtime import Runtime
 from media.egress.records import EgressRecord
-from media.keys import access_data_key
 from media.recordings import Recording, RecordingState, do_mark_ready
 from media.storage import Storage
 

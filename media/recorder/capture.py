@@ -11,6 +11,7 @@ import time
 import uuid
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Protocol
 
 from aiortc import RTCPeerConnection
@@ -40,6 +41,7 @@ class PeerSession:
     data_key: bytes
     pc: RTCPeerConnection
     captures: list[TrackCapture] = field(default_factory=list)
+    closes_at: datetime | None = None  # the join window's end: the connection ends with it
 
     def close_spans(self) -> None:
         for capture in self.captures:

@@ -22,14 +22,20 @@ from aiortc.mediastreams import MediaStreamTrack
 
 from core.bookings import Participant
 from core.bus import BusEvent, Topic
-from core.events import SubjectErased, TrackRecording
+from core.datakeys import access_data_key
+from core.events import (
+    BookingCancelled,
+    BookingUpdated,
+    LinkRevoked,
+    SubjectErased,
+    TrackRecording,
+)
 from core.purposes import Purpose
 from core.runtime import Runtime
 from core.subjects import Cleanup
 from media.backends import open_store
 from media.control import RecordingSwitch
 from media.gate import GateSource, gate_confirmed
-from media.keys import access_data_key
 from media.recorder.capture import CaptureState, PeerSession, TrackCapture
 from media.recorder.grants import GrantEntries
 from media.recorder.recovery import STALE_AFTER_S, Recovery
@@ -174,6 +180,8 @@ class Recorder:
         servers = [RTCIceServer(urls=url) for url in settings.stun_urls]
         pc = RTCPeerConnection(RTCConfiguration(iceServers=servers or None))
         peer = PeerSession(participant.booking_id, participant.id, data_key, pc)
+        booking = participant.booking
+        peer.closes_at = booking.join_window(settings.join_lead, settings.join_grace)[1]
 
         @pc.on("track")
         def on_track(track: MediaStreamTrack) -> None:
@@ -246,11 +254,18 @@ class Recorder:
     async def _run_ticks(self) -> None:
         while True:
             await asyncio.sleep(TICK_S)
+            now = self._runtime.clock.now()
             for peer in list(self._peers.values()):
+                if peer.closes_at is not None and now >= peer.closes_at:
+                    await self._drop(peer)  # the join window closed
+                    continue
                 peer.evaluate()
 
     async def _run_events(self) -> None:
-        topics = (Topic.CONSENT_CHANGED, Topic.RECORDING_CHANGED, Topic.SUBJECT_ERASED)
+        topics = (
+            Topic.CONSENT_CHANGED, Topic.RECORDING_CHANGED, Topic.SUBJECT_ERASED,
+            Topic.LINK_REVOKED, Topic.BOOKING_CANCELLED, Topic.BOOKING_UPDATED,
+        )
         while True:
             try:
                 async with self._runtime.bus.subscribe(*topics) as events:
@@ -265,11 +280,29 @@ class Recorder:
     async def _on_event(self, event: BusEvent) -> None:
         if isinstance(event, SubjectErased):
             await self._erased(event.subject_id)
+        elif isinstance(event, LinkRevoked | BookingCancelled):
+            await self._access_ended(event)
+        elif isinstance(event, BookingUpdated):
+            self._rescheduled(event)
         elif self.grants.on_event(event):
             for peer in list(self._peers.values()):
                 peer.evaluate()
         else:
             self.switch.on_event(event)
+
+    async def _access_ended(self, event: LinkRevoked | BookingCancelled) -> None:
+        """A revoked link or a cancelled booking: the connections it admitted close (what
+        was written stays, under the person's consent)."""
+        person = event.participant_id if isinstance(event, LinkRevoked) else None
+        for peer in list(self._peers.values()):
+            if peer.booking_id == event.booking_id and person in (None, peer.subject_id):
+                await self._drop(peer)
+
+    def _rescheduled(self, event: BookingUpdated) -> None:
+        """The window moved: the connections end with the new window."""
+        for peer in self._peers.values():
+            if peer.booking_id == event.booking_id:
+                peer.closes_at = event.ends_at + self._runtime.settings.join_grace
 
     async def _erased(self, subject_id: uuid.UUID) -> None:
         """A person erased while their page is connected: close their connection and spans,

@@ -13,8 +13,8 @@ from datetime import timedelta
 from sqlalchemy import select
 
 from core.bookings import Participant
+from core.datakeys import access_data_key
 from core.runtime import Runtime
-from media.keys import access_data_key
 from media.recordings import Recording, RecordingState
 from media.storage import Storage
 

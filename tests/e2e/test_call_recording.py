@@ -11,6 +11,7 @@ import httpx
 import pytest
 from playwright.async_api import Browser, Page, expect
 
+from core.purposes import RecordingAccess
 from tests.e2e.test_call_page import choose, open_join, seed
 from tests.support.liveserver import LiveServer
 from tests.support.signaling import Person
@@ -60,7 +61,7 @@ async def join(page: Page) -> None:
 async def test_page_sends_only_consented_tracks_and_a_withdrawal_ends_the_file(
     browser: Browser, live_server: LiveServer
 ) -> None:
-    seeded = await seed(live_server)
+    seeded = await seed(live_server, access=RecordingAccess.PARTICIPANTS)
     host_person, client_person = seeded.host, seeded.client
     host = await open_join(browser, live_server, host_person)
     client = await open_join(browser, live_server, client_person)
@@ -158,7 +159,7 @@ async def test_a_booking_recorded_automatically_starts_without_the_button(
     from core.bookings import Booking
     from core.database import Database
 
-    seeded = await seed(live_server)
+    seeded = await seed(live_server, access=RecordingAccess.PARTICIPANTS)
     db = Database(live_server.settings.database_url)
     try:
         async with db.session() as session:

@@ -80,6 +80,7 @@ async def three_people(
     session = await book_session(
         client, keys, soon(clock.now()), purposes=REC,
         names=("Ada Lovelace", "Grace Hopper", "Linus Secret"), recording_policy=policy,
+        recording_access="participants",  # each reads everyone's outputs (test_session_access)
     )
     audio = {i: tone(300 + 150 * i) for i in range(3)}
     for i, person in enumerate(session.people):

@@ -14,8 +14,8 @@ import pytest
 from core.accounts import Scope
 from core.bookings import Participant
 from core.clock import ManualClock
+from core.datakeys import access_data_key, do_destroy_data_key
 from core.runtime import Runtime
-from media.keys import access_data_key, do_destroy_data_key
 from media.recordings import Recording, RecordingState, TrackKind
 from media.storage import RecordingStore
 from tests.standins.openai import OpenAIStandIn
@@ -68,6 +68,7 @@ async def test_transcribes_consented_recordings_only(
     session = await book_session(
         client, api_keys, soon(clock.now()), purposes=("recording.audio", "transcription"),
         names=("Ada Lovelace", "Grace Hopper", "Linus Secret", "Erin Erased"),
+        recording_access="participants",  # each reads everyone's lines (test_session_access)
     )
     ada, grace, linus, erin = session.people
     for person in (ada, grace, erin):

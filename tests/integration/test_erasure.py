@@ -19,8 +19,8 @@ from sqlalchemy import inspect, select, table, text
 from consent.ledger import Entry
 from core.accounts import Scope
 from core.bookings import Participant
+from core.datakeys import access_data_key
 from core.runtime import Runtime
-from media.keys import access_data_key
 from media.recordings import TrackKind
 from media.storage import IntegrityError, decrypt
 from privacy.records import WithdrawalRecord

@@ -32,6 +32,7 @@ from core.accounts import Scope
 from core.bus import Topic
 from core.clock import SystemClock
 from core.events import TrackRecording
+from core.purposes import RecordingAccess
 from core.runtime import Runtime
 from core.settings import Settings
 from media.recorder import Recorder
@@ -162,7 +163,9 @@ async def test_each_person_is_recorded_exactly_as_they_consented(
     pages: list[RTCPeerConnection],
     tmp_path: Path,
 ) -> None:
-    seeded = await seed_booking(runtime, RECORDING)
+    seeded = await seed_booking(  # everyone reads every recording here
+        runtime, RECORDING, access=RecordingAccess.PARTICIPANTS
+    )
     host, guest = seeded.people
     await decide(client, host, Purpose.RECORDING_AUDIO, "granted")  # audio only
     await decide(client, guest, Purpose.RECORDING_AUDIO, "granted")
@@ -374,7 +377,9 @@ async def test_erasure_mid_call_ends_the_recording_and_leaves_nothing(
     pages: list[RTCPeerConnection],
     api_keys: dict[Scope, str],
 ) -> None:
-    seeded = await seed_booking(runtime, RECORDING)
+    seeded = await seed_booking(  # everyone reads every recording here
+        runtime, RECORDING, access=RecordingAccess.PARTICIPANTS
+    )
     host, guest = seeded.people
     for purpose in RECORDING:
         await decide(client, guest, purpose, "granted")

@@ -36,10 +36,10 @@ from consent.purposes import Purpose
 from core.accounts import Scope
 from core.clock import ManualClock
 from core.crypto import Keyring
+from core.datakeys import access_data_key
 from core.runtime import Runtime
 from core.settings import Settings
 from media.audio import RecordedAudio
-from media.keys import access_data_key
 from media.objectstore import ObjectStore
 from media.ogg import OggOpusWriter
 from media.recorder import Recorder

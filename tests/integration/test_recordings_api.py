@@ -15,9 +15,10 @@ from sqlalchemy import select
 
 from consent.purposes import Purpose
 from core.accounts import Scope
+from core.datakeys import access_data_key, do_destroy_data_key
+from core.purposes import RecordingAccess
 from core.runtime import Runtime
 from media.backends import open_store
-from media.keys import access_data_key, do_destroy_data_key
 from media.ogg import OggOpusWriter
 from media.recordings import Recording, RecordingDownload, RecordingState, TrackKind
 from tests.support.bookings import bearer
@@ -37,7 +38,11 @@ async def store_recording(
 ) -> Stored:
     """A booking with one finished audio recording of one of its people, as the recorder
     leaves it: an encrypted Ogg file and its row."""
-    seeded = await seed_booking(runtime, [Purpose.RECORDING_AUDIO])
+    # Everyone of the booking reads every recording here; who reads what under each
+    # `recording_access` is test_session_access.py's.
+    seeded = await seed_booking(
+        runtime, [Purpose.RECORDING_AUDIO], access=RecordingAccess.PARTICIPANTS
+    )
     person = seeded.people[person_index]
     store = open_store(runtime.settings)  # the store the app's recorder writes to
     now = runtime.clock.now()

@@ -20,9 +20,9 @@ from consent.ledger import Entry
 from core.accounts import Scope
 from core.bookings import Booking, Participant
 from core.clock import ManualClock
+from core.datakeys import DataKey
 from core.runtime import Runtime
 from core.settings import Settings
-from media.keys import DataKey
 from media.recordings import Recording
 from privacy.records import RetentionRun, Trigger
 from signaling.tickets import UsedTicket

@@ -11,6 +11,7 @@ from datetime import datetime, timedelta
 
 from consent.purposes import Purpose, RecordingPolicy
 from core.bookings import Booking, BookingStatus, Participant, Role, RoomState
+from core.purposes import RecordingAccess
 from core.runtime import Runtime
 from signaling.credentials import credential_hash, join_credential
 
@@ -42,6 +43,7 @@ async def seed_booking(
     starts_at: datetime | None = None,
     language: str = "en",
     status: BookingStatus = BookingStatus.SCHEDULED,
+    access: RecordingAccess = RecordingAccess.OWN,
 ) -> Seeded:
     now = runtime.clock.now()
     start = starts_at or now + timedelta(minutes=5)
@@ -53,6 +55,7 @@ async def seed_booking(
         ends_at=start + timedelta(hours=1),
         status=status,
         recording_policy=policy,
+        recording_access=access,
         requested_purposes=[p.value for p in purposes],
         record_automatically=False,
         room_name=secrets.token_hex(16),

@@ -13,9 +13,9 @@ from typing import Any
 import httpx
 
 from core.accounts import Scope
+from core.datakeys import access_data_key
 from core.purposes import Purpose
 from core.runtime import Runtime
-from media.keys import access_data_key
 from media.recordings import Recording, RecordingState, TrackKind
 from media.storage import RecordingStore
 from summaries.outputs import Segment, Summary, Transcript

@@ -21,7 +21,7 @@ from websockets.typing import Origin
 from core.bookings import Booking, BookingStatus, Participant, Role, RoomState
 from core.crypto import Keyring
 from core.database import Database
-from core.purposes import Purpose, RecordingPolicy
+from core.purposes import Purpose, RecordingAccess, RecordingPolicy
 from signaling.credentials import credential_hash, join_credential
 from signaling.tickets import issue_ticket
 from tests.support.waiting import DEADLINE_S
@@ -53,10 +53,13 @@ async def seed_booking(
     db: Database, keys: Keyring, now: datetime, *, starts_in: timedelta = timedelta(0),
     length: timedelta = timedelta(hours=1), clients: int = 1,
     purposes: tuple[Purpose, ...] = (Purpose.RECORDING_AUDIO, Purpose.RECORDING_VIDEO),
+    access: RecordingAccess = RecordingAccess.OWN,
 ) -> Seeded:
     """A scheduled booking starting `starts_in` from `now`, with a host and `clients`."""
     async with db.session() as session:
-        return await add_booking(session, keys, now, now + starts_in, length, clients, purposes)
+        return await add_booking(
+            session, keys, now, now + starts_in, length, clients, purposes, access=access
+        )
 
 
 async def seed_bookings(db: Database, keys: Keyring, now: datetime, count: int) -> list[Seeded]:
@@ -72,6 +75,7 @@ async def seed_bookings(db: Database, keys: Keyring, now: datetime, count: int) 
 async def add_booking(
     session: AsyncSession, keys: Keyring, now: datetime, starts_at: datetime,
     length: timedelta, clients: int, purposes: tuple[Purpose, ...],
+    access: RecordingAccess = RecordingAccess.OWN,
 ) -> Seeded:
     booking_id = uuid.uuid4()
     room = secrets.token_urlsafe(24)
@@ -80,7 +84,7 @@ async def add_booking(
         Booking(
             id=booking_id, title="Signaling test", language="en", starts_at=starts_at,
             ends_at=starts_at + length, status=BookingStatus.SCHEDULED,
-            recording_policy=RecordingPolicy.PER_PARTICIPANT,
+            recording_policy=RecordingPolicy.PER_PARTICIPANT, recording_access=access,
             requested_purposes=[p.value for p in purposes], record_automatically=False,
             room_name=room, room_state=RoomState.NOT_NEEDED, created_by="test",
             created_at=now, updated_at=now,
@@ -104,7 +108,7 @@ async def add_booking(
 
 
 def ticket_for(keys: Keyring, seeded: Seeded, person: Person, now: datetime) -> str:
-    return issue_ticket(keys, person.id, seeded.booking_id, now + timedelta(seconds=60))
+    return issue_ticket(keys, person.id, seeded.booking_id, 0, now + timedelta(seconds=60))
 
 
 async def open_socket(

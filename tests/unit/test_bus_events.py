@@ -23,8 +23,10 @@ from core.events import (
     ConsentChanged,
     JobProgress,
     NoticeChanged,
+    LinkRevoked,
     ParticipantJoined,
     ParticipantLeft,
+    ParticipantUpdated,
     RecordingSwitched,
     RoomFrame,
     SubjectErased,
@@ -61,6 +63,10 @@ EVENTS: list[BusEvent] = [
     NoticeChanged(
         purpose=Purpose.RECORDING_AUDIO, language="en", notice_id=uuid.uuid4(), version=2,
         booking_ids=[BOOKING],
+    ),
+    LinkRevoked(booking_id=BOOKING, participant_id=PERSON),
+    ParticipantUpdated(
+        booking_id=BOOKING, participant_id=PERSON, display_name="Ada", age_band="minor"
     ),
 ]
 

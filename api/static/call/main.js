@@ -81,6 +81,10 @@ function onMessage(message) {
       tile(message.peer.id);
       say(`${message.peer.name} joined.`, "call-status");
       break;
+    case "peer-updated": // a name corrected by the platform
+      state.names.set(message.peer.id, message.peer.name);
+      tile(message.peer.id);
+      break;
     case "peer-left":
       say(`${state.names.get(message.id) || "Someone"} left.`, "call-status");
       closePeer(message.id);
@@ -121,6 +125,8 @@ function byeText(reason) {
     window_closed: "The booked time is over.",
     booking_cancelled: "The session was cancelled.",
     removed: "You were removed from the session.",
+    revoked: "This join link was replaced; use the new link you were sent.",
+    erased: "Your data was erased at your request; the call has ended for you.",
     replaced: "You joined from another tab or device; this one was closed.",
     idle: "The connection was idle for too long.",
   }[reason] || "The call ended.";

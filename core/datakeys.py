@@ -1,4 +1,5 @@
-"""Per-person data keys: each person's recordings are encrypted under their own key.
+"""Per-person data keys: each person's recordings, transcript lines and summary shares are
+encrypted under their own key (media and summaries both use them).
 
 The key is stored only wrapped by the master key (`core.crypto.Keyring.wrap`), bound to the
 person's external id. Erasing a person destroys the wrapped key (crypto-shredding): their files
