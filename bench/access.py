@@ -31,8 +31,8 @@ from core.purposes import Purpose
 from core.runtime import build_keyring
 from core.settings import Settings
 from tests import support
-from tests.liveserver import LiveServer, start_server
-from tests.signaling_support import Seeded, add_booking, open_socket, receive, ticket_for
+from tests.support.liveserver import LiveServer, start_server
+from tests.support.signaling import Seeded, add_booking, open_socket, receive, ticket_for
 
 COUNT = 50  # bookings per cause
 ORIGIN = "https://bench.callgate.test"

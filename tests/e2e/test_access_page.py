@@ -11,7 +11,7 @@ from playwright.async_api import Browser, expect
 from core.accounts import Scope, do_create_key
 from core.database import Database
 from tests.e2e.test_call_page import choose, open_join, seed
-from tests.liveserver import LiveServer
+from tests.support.liveserver import LiveServer
 
 
 async def _scheduler_key(server: LiveServer) -> dict[str, str]:

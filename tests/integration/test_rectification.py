@@ -19,13 +19,13 @@ from consent.live import LiveGate
 from core.accounts import Scope
 from core.purposes import Purpose
 from core.runtime import Runtime
-from tests.booking_support import booking_body
-from tests.conftest import bearer
-from tests.consent_support import decide
-from tests.integration.privacy_support import Person, book, person
-from tests.integration.test_minors import eventually, guardian
+from tests.integration.test_minors import guardian
 from tests.integration.test_signaling import ORIGIN, ws_base
-from tests.signaling_support import open_socket, receive, receive_type
+from tests.support.bookings import bearer, booking_body
+from tests.support.consent import decide
+from tests.support.privacy import Person, book, person
+from tests.support.signaling import open_socket, receive, receive_type
+from tests.support.waiting import eventually
 
 __all__ = ["ws_base"]  # the fixture: the app served by a real uvicorn
 

@@ -34,10 +34,10 @@ from media.recorder import Recorder
 from signaling.hub import Hub
 from summaries.jobs import Job, JobKind, JobStatus
 from tests import support
-from tests.conftest import bearer
-from tests.liveserver import free_port
-from tests.recording_support import offer_to_recorder
-from tests.signaling_support import Seeded, open_socket, receive, seed_booking
+from tests.support.bookings import bearer
+from tests.support.liveserver import free_port
+from tests.support.recording import offer_to_recorder
+from tests.support.signaling import Seeded, open_socket, receive, seed_booking
 
 pytestmark = pytest.mark.redis
 

@@ -19,9 +19,9 @@ from core.accounts import Scope
 from core.clock import ManualClock
 from core.runtime import Runtime
 from summaries.sealing import Sealer
-from tests.conftest import bearer
-from tests.integration.ai_support import Recordings, book_session, grant, settle, soon, tone
 from tests.standins.openai import OpenAIStandIn
+from tests.support.ai import Recordings, book_session, grant, settle, soon, tone
+from tests.support.bookings import bearer
 
 PURPOSES = ("recording.audio", "transcription", "ai.summary")
 SAID = ["the launch moves to March", "my phone number is private"]

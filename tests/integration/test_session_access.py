@@ -23,8 +23,8 @@ from core.runtime import Runtime
 from media.recorder import Recorder
 from media.recordings import Recording, RecordingState, TrackKind
 from summaries.outputs import Segment, Summary, Transcript
-from tests.conftest import bearer
-from tests.integration.consent_bookings import Person, Seeded, seed_booking
+from tests.support.bookings import bearer
+from tests.support.consent_bookings import Person, Seeded, seed_booking
 
 PURPOSES = [Purpose.RECORDING_AUDIO, Purpose.TRANSCRIPTION, Purpose.AI_SUMMARY]
 
