@@ -11,9 +11,10 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
 from fastapi import FastAPI
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api import problems
+from api.limits import BodyLimit, ForwardedClient
 from api.observability import Metrics, RequestContext
 from api.routers import admin_consent, admin_page, health, pages, ws
 from api.routers import bookings as bookings_router
@@ -43,11 +44,19 @@ problems list every bad field under `errors`.
 
 
 class CallgateApp(FastAPI):
-    """FastAPI, with `POST /v1/join` answered ahead of it (api/routers/join.py)."""
+    """FastAPI, with `POST /v1/join` answered ahead of it (api/routers/join.py), and the limits
+    of api/limits.py in front of both."""
 
     join: join_router.JoinFastPath | None = None
+    entry: ASGIApp | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.entry is not None:
+            await self.entry(scope, receive, send)
+        else:
+            await self.dispatch(scope, receive, send)
+
+    async def dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.join is not None and join_router.is_join(scope) and not self.root_path:
             await self.join(scope, receive, send)
         else:
@@ -104,4 +113,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
     app.webhooks.include_router(webhooks_router.webhooks)
     app.add_middleware(RequestContext, metrics=metrics)
     app.join = join_router.JoinFastPath(app, app.call_fastapi, metrics)
+    app.entry = ForwardedClient(
+        BodyLimit(app.dispatch, settings.max_body_bytes), settings.trusted_proxies
+    )
     return app

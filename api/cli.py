@@ -16,6 +16,7 @@ import typer
 from core.accounts import Scope, do_create_key, do_revoke_key
 from core.clock import SystemClock
 from core.database import Database
+from core.errors import CallgateError
 from core.migrate import upgrade
 from core.settings import Settings
 
@@ -37,7 +38,8 @@ def serve(
 
     uvicorn.run(
         "api.app:create_app", factory=True, host=host, port=port, workers=workers,
-        log_level="warning", proxy_headers=True,
+        # X-Forwarded-For is read by the app itself, only from `trusted_proxies` (api/limits.py).
+        log_level="warning", proxy_headers=False,
         # uvloop and httptools (C) rather than whatever "auto" finds; no uvicorn access log:
         # the app logs every request itself (JSON, with its request id and route).
         loop="uvloop", http="httptools", access_log=False,
@@ -57,7 +59,7 @@ def migrate() -> None:
 
 @keys.command("create")
 def keys_create(
-    scope: Annotated[Scope, typer.Option(help="scheduler, admin or auditor.")],
+    scope: Annotated[Scope, typer.Option(help="scheduler, admin, auditor or metrics.")],
     label: Annotated[str, typer.Option(help="What the key is for.")] = "",
 ) -> None:
     """Create an API key and print it (the only time it is shown)."""
@@ -75,19 +77,46 @@ def keys_create(
 
 
 @keys.command("revoke")
-def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key id (cg_<id>_...).")]) -> None:
+def keys_revoke(
+    key: Annotated[str, typer.Argument(help="The key id (16 hex digits) or the whole key.")],
+) -> None:
     """Revoke an API key at once."""
 
-    async def run() -> None:
+    async def run() -> str:
         db = Database(Settings().database_url)
         try:
             async with db.session() as session:
-                await do_revoke_key(session, key_id, SystemClock().now())
+                return (await do_revoke_key(session, key, SystemClock().now())).id
         finally:
             await db.close()
 
-    asyncio.run(run())
+    try:
+        key_id = asyncio.run(run())
+    except CallgateError as exc:
+        typer.echo(f"error: {exc.detail}", err=True)
+        raise typer.Exit(1) from None
     typer.echo(f"revoked {key_id}")
+
+
+@keys.command("rotate-master")
+def keys_rotate_master() -> None:
+    """Re-wrap every person's data key under the current master key (CALLGATE_MASTER_KEY),
+    unwrapping with CALLGATE_PREVIOUS_MASTER_KEYS; safe to run again after an interruption.
+    Once it reports 0 left, the previous master keys can be removed."""
+    from core.datakeys import do_rewrap_data_keys
+    from core.runtime import build_keyring
+
+    settings = Settings()
+
+    async def run() -> str:
+        db = Database(settings.database_url)
+        try:
+            done = await do_rewrap_data_keys(db, build_keyring(settings))
+        finally:
+            await db.close()
+        return f"re-wrapped {done.rewrapped} data keys ({done.current} were already current)"
+
+    typer.echo(asyncio.run(run()))
 
 
 @app.command()

@@ -17,7 +17,7 @@ from core.runtime import Runtime
 from media.egress import Egress
 from media.recorder import Recorder
 from privacy.service import Privacy
-from signaling.credentials import access_participant
+from signaling.credentials import access_participant_guarded
 from signaling.hub import Hub
 from signaling.join import JoinReader
 from signaling.livekit import Rooms
@@ -106,18 +106,28 @@ def require(*scopes: Scope) -> Callable[..., Awaitable[Caller]]:
 SchedulerCaller = Annotated[Caller, Depends(require(Scope.SCHEDULER))]
 AdminCaller = Annotated[Caller, Depends(require(Scope.ADMIN))]
 ReviewerCaller = Annotated[Caller, Depends(require(Scope.ADMIN, Scope.AUDITOR))]
+MetricsCaller = Annotated[Caller, Depends(require(Scope.METRICS, Scope.ADMIN))]
+
+
+def client_address(request: Request) -> str:
+    """The caller's address (the proxy's client only from `trusted_proxies`, api/limits.py)."""
+    return request.client.host if request.client is not None else "unknown"
+
+
+AddressDep = Annotated[str, Depends(client_address)]
 
 
 async def participant_from_credential(
     runtime: RuntimeDep,
+    address: AddressDep,
     x_join_credential: Annotated[
         str,
         Header(description="The credential from the person's join link (`/join/<credential>`)."),
     ],
 ) -> Participant:
-    """The participant calling a participant endpoint (404 for unknown or revoked links)."""
-    async with runtime.db.session() as session:
-        return await access_participant(session, x_join_credential)
+    """The participant calling a participant endpoint (404 for unknown or revoked links, 429
+    past the failure limit every credential-bearing endpoint shares)."""
+    return await access_participant_guarded(runtime, x_join_credential, address)
 
 
 ParticipantDep = Annotated[Participant, Depends(participant_from_credential)]
@@ -125,16 +135,18 @@ ParticipantDep = Annotated[Participant, Depends(participant_from_credential)]
 
 async def get_viewer(
     runtime: RuntimeDep,
+    address: AddressDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
     x_join_credential: Annotated[
         str | None, Header(description="A participant's join credential (instead of a key).")
     ] = None,
 ) -> Viewer:
-    """A participant by join credential, or an API caller by key (401 with neither); what
-    they may see is `core.accounts.access_booking_data`."""
+    """A participant by join credential (under the shared failure limit), or an API caller by
+    key (401 with neither); what they may see is `core.accounts.access_booking_data`."""
+    if x_join_credential is not None:
+        participant = await access_participant_guarded(runtime, x_join_credential, address)
+        return Viewer(participant=participant)
     async with runtime.db.session() as session:
-        if x_join_credential is not None:
-            return Viewer(participant=await access_participant(session, x_join_credential))
         if credentials is not None:
             return Viewer(caller=await access_caller(session, credentials.credentials))
     raise AuthenticationFailed("send X-Join-Credential or an admin API key")

@@ -14,6 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from core import errors
 
@@ -110,9 +111,38 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+_METHODS = ("DELETE", "GET", "HEAD", "PATCH", "POST", "PUT")
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method some route serves at this path (RFC 9110 §15.5.6), not just the first
+    route's: Starlette answers 405 from the first route whose path matched. Each method is
+    tried against the routes, so nested routers are covered too."""
+    allowed = [
+        method
+        for method in _METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] is Match.FULL
+            for route in request.app.router.routes
+        )
+    ]
+    return ", ".join(allowed)
+
+
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     if not isinstance(exc, StarletteHTTPException):
         raise exc
+    headers = dict(exc.headers or {})
+    if exc.status_code == 400:
+        # FastAPI's answer to a body it could not decode (e.g. not UTF-8): input problem, 422,
+        # the same as for JSON it could not parse.
+        return problem(
+            422, "Invalid input", "the request body is not valid JSON",
+            code=errors.InvalidInput.code, instance=request.url.path,
+            errors=[{"loc": ["body"], "msg": "not valid JSON", "type": "json_invalid"}],
+        )
+    if exc.status_code == 405:
+        headers["Allow"] = _allowed_methods(request)
     title = {404: "Not found", 405: "Method not allowed"}.get(exc.status_code, "Error")
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
     return problem(
@@ -121,7 +151,7 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
         str(exc.detail),
         code=code,
         instance=request.url.path,
-        headers=dict(exc.headers or {}),
+        headers=headers,
     )
 
 
@@ -138,6 +168,37 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected)
+    plain = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = problem_documents(plain())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def problem_documents(document: dict[str, Any]) -> dict[str, Any]:
+    """FastAPI documents its own 422 as `application/json` `HTTPValidationError`; what is
+    served is problem+json (see `_validation_error`). Say so, for every operation."""
+    for item in document.get("paths", {}).values():
+        for operation in item.values():
+            answers = operation.setdefault("responses", {})
+            for status, answer in answers.items():
+                content = answer.get("content", {})
+                if status == "422" and "application/json" in content:
+                    answer["content"] = PROBLEM_SCHEMA["content"]
+            headers = {p["name"].lower() for p in operation.get("parameters", ())
+                       if p.get("in") == "header"}
+            # Join credentials share one failure limit (api/deps.py), bodies one size limit.
+            extra = [429] if "x-join-credential" in headers else []
+            extra += [413] if "requestBody" in operation else []
+            for status, answer in responses(*extra).items():
+                answers.setdefault(str(status), answer)
+    schemas = document.get("components", {}).get("schemas", {})
+    for name in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(name, None)
+    return document
 
 
 # For the OpenAPI description of error responses.
@@ -170,6 +231,7 @@ def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
         409: "Conflict",
         410: "Gone (cancelled)",
         422: "Invalid input; `errors` names each field",
+        413: "The request body is over `max_body_bytes`",
         429: "Too many requests; see Retry-After",
         503: "A dependency is unavailable",
     }

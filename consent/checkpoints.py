@@ -50,16 +50,32 @@ class Checkpoint(Base):
 @dataclass(frozen=True)
 class Signer:
     """The deployment's checkpoint key (Ed25519, named by `key_id` in every checkpoint and
-    receipt so a later key can sit beside it) and the key that seals ledger entries."""
+    receipt so a later key can sit beside it), the key that seals ledger entries, and those
+    of previous server secrets (a rotated secret rotates both keys; checkpoints signed and
+    entries sealed before stay valid)."""
 
     private: Ed25519PrivateKey
     seal_key: bytes
+    previous_ids: tuple[str, ...] = ()
+    previous_seal_keys: tuple[bytes, ...] = ()
 
     @classmethod
     def from_keyring(cls, keys: Keyring) -> Signer:
         seed = keys.derive("consent-checkpoint-ed25519", "v1")
         seal = keys.derive("consent-entry-seal", "v1")[:32]
-        return cls(Ed25519PrivateKey.from_private_bytes(seed[:32]), seal)
+        older = [cls.from_keyring(old) for old in keys.previous()]
+        return cls(
+            Ed25519PrivateKey.from_private_bytes(seed[:32]), seal,
+            tuple(o.key_id for o in older), tuple(o.seal_key for o in older),
+        )
+
+    @property
+    def trusted_ids(self) -> tuple[str, ...]:
+        return (self.key_id, *self.previous_ids)
+
+    def rules(self, **kwargs: Any) -> WalkRules:
+        """What a walk of the chain checks, with every seal key this server trusts."""
+        return WalkRules(self.seal_key, previous_seal_keys=self.previous_seal_keys, **kwargs)
 
     @property
     def public_raw(self) -> bytes:
@@ -127,7 +143,7 @@ async def verify_since(db: Database, signer: Signer, last: Checkpoint | None) ->
     head; the whole chain when there is no checkpoint yet."""
     report = ChainReport()
     if last is None:
-        await walk_chain(db, report, WalkRules(signer.seal_key))
+        await walk_chain(db, report, signer.rules())
         return report
     if not signature_ok(last) or last.key_id != signer.key_id:
         report.fail(last.seq, "bad_checkpoint_signature", "the newest checkpoint is forged")
@@ -141,8 +157,8 @@ async def verify_since(db: Database, signer: Signer, last: Checkpoint | None) ->
             return report
         sealed = stored.entry_mac is not None
     report.head_seq, report.head_hash = last.seq, last.entry_hash
-    rules = WalkRules(
-        signer.seal_key, start_seq=last.seq + 1, start_prev=last.entry_hash, sealed=sealed
+    rules = signer.rules(
+        start_seq=last.seq + 1, start_prev=last.entry_hash, sealed=sealed
     )
     await walk_chain(db, report, rules)
     return report
@@ -187,7 +203,7 @@ async def verify(
         )
     marks: dict[int, str] = dict(witness or {})
     for checkpoint in checkpoints:
-        if not signature_ok(checkpoint) or checkpoint.key_id != signer.key_id:
+        if not signature_ok(checkpoint) or checkpoint.key_id not in signer.trusted_ids:
             report.fail(checkpoint.seq, "bad_checkpoint_signature",
                         f"checkpoint {checkpoint.id} is not signed by this server's key")
             return report
@@ -196,7 +212,7 @@ async def verify(
                         "a checkpoint disagrees with another or with a witnessed head")
             return report
     last = checkpoints[-1] if checkpoints else None
-    await walk_chain(db, report, WalkRules(signer.seal_key, marks=marks))
+    await walk_chain(db, report, signer.rules(marks=marks))
     reached = max(marks, default=0)
     if report.ok and report.head_seq < reached:
         report.fail(

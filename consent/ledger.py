@@ -394,6 +394,7 @@ class WalkRules:
 
     seal_key: bytes
     marks: Mapping[int, str] = field(default_factory=dict)
+    previous_seal_keys: tuple[bytes, ...] = ()
     start_seq: int = 1
     start_prev: str = GENESIS
     sealed: bool = False
@@ -470,7 +471,9 @@ async def walk_chain(db: Database, report: ChainReport, rules: WalkRules) -> Non
             # The database renders the next batch while this one is hashed.
             following = asyncio.ensure_future(fetch(batch[-1][0] + 1))
             await asyncio.sleep(0)  # let it send its query before the CPU work below
-            if not _walk_batch(report, batch, expected, prev, key, marks, sha256):
+            if not _walk_batch(
+                report, batch, expected, prev, key, marks, sha256, rules.previous_seal_keys
+            ):
                 # Let the query in flight finish: cancelling it mid-protocol would leave the
                 # pooled connection unusable.
                 with contextlib.suppress(Exception):
@@ -482,7 +485,7 @@ async def walk_chain(db: Database, report: ChainReport, rules: WalkRules) -> Non
 
 def _walk_batch(
     report: ChainReport, batch: list[Row], expected: int, prev: str, key: bytes,
-    marks: Mapping[int, str], sha256: Any,
+    marks: Mapping[int, str], sha256: Any, older: tuple[bytes, ...] = (),
 ) -> bool:
     """Check one batch (see walk_chain); False at the first bad entry. Written out, no call
     per entry: this is the hot path of the integrity watch."""
@@ -503,7 +506,7 @@ def _walk_batch(
                 report.fail(seq, "hash_mismatch", "the entry's content does not match its hash")
                 return False
             made = hashlib.blake2b(stored.encode(), key=key, digest_size=32).hexdigest()
-            if not hmac.compare_digest(made, mac):
+            if not hmac.compare_digest(made, mac) and not _older_seal(stored, mac, older):
                 report.fail(seq, "bad_seal", "the seal was not made by this server")
                 return False
         signed = marks.get(seq)
@@ -517,6 +520,11 @@ def _walk_batch(
 
 
 MARK_DIFFERS = "differs from a signed checkpoint or a witnessed head"
+
+
+def _older_seal(entry_hash: str, mac: str, older: tuple[bytes, ...]) -> bool:
+    """Sealed under the key of a previous server secret (kept after a rotation)."""
+    return any(hmac.compare_digest(seal(k, entry_hash), mac) for k in older)
 
 
 def _legacy_ok(report: ChainReport, seq: int, body: bytes, prev: str, stored: str) -> bool:

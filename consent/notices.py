@@ -128,7 +128,7 @@ async def do_publish_notice(
     body = text.text.strip() + "\n"
     if not text.text.strip():
         raise InvalidInput.field(("body", "text"), "a notice cannot be empty")
-    if len(body) > MAX_TEXT:
+    if len(body) > MAX_TEXT + 1:  # the text, plus the line break it is stored with
         raise InvalidInput.field(("body", "text"), f"at most {MAX_TEXT} characters")
     language = normalize_language(text.language)
     latest = await latest_notice(session, text.purpose, language)

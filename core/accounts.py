@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import hmac
+import re
 import secrets
 import uuid
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from core.bookings import Participant
 from core.database import Base, UTCDateTime, enum_column
-from core.errors import AuthenticationFailed, NotFound, PermissionDenied
+from core.errors import AuthenticationFailed, InvalidInput, NotFound, PermissionDenied
 
 KEY_PREFIX = "cg"
 
@@ -29,6 +30,7 @@ class Scope(enum.StrEnum):
     SCHEDULER = "scheduler"
     ADMIN = "admin"
     AUDITOR = "auditor"
+    METRICS = "metrics"  # reads /metrics and nothing else (a Prometheus scraper)
 
 
 class ApiKey(Base):
@@ -88,7 +90,23 @@ async def do_create_key(
     return row, f"{KEY_PREFIX}_{key_id}_{secret}"
 
 
-async def do_revoke_key(session: AsyncSession, key_id: str, now: datetime) -> ApiKey:
+_KEY_ID = re.compile(r"^[0-9a-f]{16}$")
+
+
+def key_id_of(value: str) -> str:
+    """The key id in `value`: a bare id, `cg_<id>` or a whole key `cg_<id>_<secret>`."""
+    parts = value.strip().split("_", 2)
+    key_id = parts[1] if len(parts) >= 2 and parts[0] == KEY_PREFIX else value.strip()
+    if not _KEY_ID.match(key_id):
+        raise InvalidInput.field(
+            ("key_id",), "give the key id (16 hex digits) or the whole key cg_<id>_<secret>"
+        )
+    return key_id
+
+
+async def do_revoke_key(session: AsyncSession, key: str, now: datetime) -> ApiKey:
+    """Revoke a key named by its id or by the whole key (see `key_id_of`)."""
+    key_id = key_id_of(key)
     row = await session.get(ApiKey, key_id)
     if row is None:
         raise NotFound(f"no API key {key_id!r}")

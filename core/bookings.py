@@ -26,6 +26,8 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 from core.database import Base, UTCDateTime, enum_column
 from core.purposes import Purpose, RecordingAccess, RecordingPolicy
 
+TOMBSTONE_PREFIX = "erased-"  # the external id an erased person's rows get instead
+
 
 class BookingStatus(enum.StrEnum):
     """The booking's lifecycle (signaling/lifecycle.py moves it on):
@@ -177,6 +179,10 @@ class Participant(Base):
     purpose_author: Mapped[bool] = mapped_column(Boolean, default=False)
 
     booking: Mapped[Booking] = relationship(back_populates="participants", lazy="joined")
+
+    @property
+    def erased(self) -> bool:
+        return self.external_id.startswith(TOMBSTONE_PREFIX)
 
     __table_args__ = (UniqueConstraint("booking_id", "external_id"),)
 

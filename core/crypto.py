@@ -4,6 +4,9 @@
 - The master key wraps per-person data keys (AES-256-GCM, NIST SP 800-38D); data is
   encrypted under the person's data key, so destroying that one wrapped key makes their
   data unreadable (crypto-shredding) without touching anyone else's.
+- Both rotate without downtime: previous secrets still verify what they made (tickets,
+  idempotency fingerprints, join links, checkpoint keys), previous master keys still unwrap
+  until `callgate keys rotate-master` has re-wrapped every data key under the current one.
 """
 
 from __future__ import annotations
@@ -13,8 +16,10 @@ import hashlib
 import hmac
 import os
 import secrets
+from collections.abc import Sequence
 from pathlib import Path
 
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 NONCE_BYTES = 12
@@ -34,11 +39,18 @@ def hmac_sha256(key: bytes, message: str) -> bytes:
     return hmac.new(key, message.encode(), hashlib.sha256).digest()
 
 
+def private_folder(path: Path) -> None:
+    """Make the folder exist with mode 0700 (only callgate's user reads its state)."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(path, 0o700)
+
+
 def load_or_create_key_file(path: Path, nbytes: int = 32) -> bytes:
     """A random key kept in `path` (mode 0600), made on first use: the embedded default."""
     if path.exists():
+        os.chmod(path, 0o600)  # whatever made it, or a umask of old, it is the key
         return base64.b64decode(path.read_text().strip())
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_folder(path.parent)
     key = secrets.token_bytes(nbytes)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as handle:
@@ -47,15 +59,29 @@ def load_or_create_key_file(path: Path, nbytes: int = 32) -> bytes:
 
 
 class Keyring:
-    """The server secret and the master key; never logged, never serialized."""
+    """The server secret and the master key (and the previous ones, still accepted while a
+    rotation runs); never logged, never serialized."""
 
-    def __init__(self, secret: bytes, master: bytes) -> None:
-        if len(secret) < 32:
-            raise ValueError("the server secret must have at least 32 bytes")
-        if len(master) != 32:
-            raise ValueError("the master key must be 32 bytes (AES-256)")
+    def __init__(
+        self,
+        secret: bytes,
+        master: bytes,
+        *,
+        previous_secrets: Sequence[bytes] = (),
+        previous_masters: Sequence[bytes] = (),
+    ) -> None:
+        for value in (secret, *previous_secrets):
+            if len(value) < 32:
+                raise ValueError("a server secret must have at least 32 bytes")
+        for value in (master, *previous_masters):
+            if len(value) != 32:
+                raise ValueError("a master key must be 32 bytes (AES-256)")
         self._secret = secret
         self._master = AESGCM(master)
+        self._previous_secrets = tuple(previous_secrets)
+        self._previous_masters = tuple(AESGCM(m) for m in previous_masters)
+        self._previous_master_bytes = tuple(previous_masters)
+        self._master_bytes = master
 
     def __repr__(self) -> str:
         return "Keyring(<redacted>)"
@@ -64,14 +90,43 @@ class Keyring:
         """A MAC of `message` under a key separated by `purpose` (domain separation)."""
         return hmac_sha256(self._secret, f"{purpose}\x00{message}")
 
+    def derivations(self, purpose: str, message: str) -> list[bytes]:
+        """`derive` under the current secret, then under each previous one (to verify)."""
+        return [
+            hmac_sha256(secret, f"{purpose}\x00{message}")
+            for secret in (self._secret, *self._previous_secrets)
+        ]
+
+    def previous(self) -> tuple[Keyring, ...]:
+        """A keyring per previous secret (their checkpoint keys stay trusted)."""
+        return tuple(Keyring(s, self._master_bytes) for s in self._previous_secrets)
+
     def wrap(self, data_key: bytes, context: str) -> bytes:
         """Encrypt a data key under the master key, bound to `context` (e.g. the subject)."""
         nonce = secrets.token_bytes(NONCE_BYTES)
         return nonce + self._master.encrypt(nonce, data_key, context.encode())
 
     def unwrap(self, wrapped: bytes, context: str) -> bytes:
+        """The data key, under the current master key or a previous one (InvalidTag if
+        under none)."""
+        return self.unwrap_current(wrapped, context) or self._unwrap_previous(wrapped, context)
+
+    def unwrap_current(self, wrapped: bytes, context: str) -> bytes | None:
+        """The data key if it is wrapped under the current master key, else None."""
         nonce, body = wrapped[:NONCE_BYTES], wrapped[NONCE_BYTES:]
-        return self._master.decrypt(nonce, body, context.encode())
+        try:
+            return self._master.decrypt(nonce, body, context.encode())
+        except InvalidTag:
+            return None
+
+    def _unwrap_previous(self, wrapped: bytes, context: str) -> bytes:
+        nonce, body = wrapped[:NONCE_BYTES], wrapped[NONCE_BYTES:]
+        for master in self._previous_masters:
+            try:
+                return master.decrypt(nonce, body, context.encode())
+            except InvalidTag:
+                continue
+        raise InvalidTag
 
     @staticmethod
     def new_data_key() -> bytes:

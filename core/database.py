@@ -6,7 +6,9 @@ never sees a naive datetime, whichever backend is below.
 
 from __future__ import annotations
 
+import asyncio
 import enum
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -77,6 +79,14 @@ def _sqlite_path(url: str) -> Path | None:
     return Path(path) if path and path != ":memory:" else None
 
 
+def private_file(path: Path) -> None:
+    """Make `path` exist with mode 0600 whatever the umask (SQLite gives its -wal and -shm
+    files the database file's mode)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    os.close(fd)
+    os.chmod(path, 0o600)
+
+
 def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
     """An engine for `url`; on SQLite with WAL, foreign keys and serialized writers."""
     if not is_sqlite(url):
@@ -87,6 +97,7 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
     path = _sqlite_path(url)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        private_file(path)
     engine = create_async_engine(url, **kwargs)
 
     @event.listens_for(engine.sync_engine, "connect")
@@ -98,6 +109,9 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA busy_timeout=10000")
         cursor.execute("PRAGMA synchronous=NORMAL")
+        # Deleted and overwritten content is zeroed, not left in free pages: an erased
+        # person's bytes leave the file (with `checkpoint()` for the WAL).
+        cursor.execute("PRAGMA secure_delete=ON")
         cursor.close()
 
     @event.listens_for(engine.sync_engine, "begin")
@@ -127,6 +141,25 @@ class Database:
         """A session whose transaction commits on success and rolls back on any error."""
         async with self.sessions() as session, session.begin():
             yield session
+
+    async def checkpoint(self) -> None:
+        """SQLite: copy the WAL into the database file and truncate it, so content just
+        deleted (zeroed under secure_delete) is no longer readable in the WAL either. A
+        reader holding an old snapshot can stall it; tried a few times. No-op elsewhere."""
+        if self.dialect != "sqlite":
+            return
+        for _ in range(20):
+            async with self.engine.connect() as conn:
+                # On the driver connection itself: SQLAlchemy would open a transaction first,
+                # and a checkpoint cannot run inside one.
+                raw = await conn.get_raw_connection()
+                driver: Any = raw.driver_connection
+                cursor = await driver.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                busy = await cursor.fetchone()
+                await cursor.close()
+            if busy is None or busy[0] == 0:
+                return
+            await asyncio.sleep(0.05)
 
     async def ping(self) -> None:
         async with self.engine.connect() as conn:

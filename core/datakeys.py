@@ -8,15 +8,17 @@ stay on disk as noise, everyone else's stay readable.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import LargeBinary, String
+from cryptography.exceptions import InvalidTag
+from sqlalchemy import LargeBinary, String, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
 from core.crypto import Keyring
-from core.database import Base, UTCDateTime
-from core.errors import Gone
+from core.database import Base, Database, UTCDateTime
+from core.errors import Gone, Unavailable
 
 
 class DataKey(Base):
@@ -47,7 +49,49 @@ async def access_data_key(
         return key
     if row.wrapped is None:
         raise Gone("this person's data key was destroyed (erased)")
-    return keys.unwrap(row.wrapped, _context(external_id))
+    try:
+        return keys.unwrap(row.wrapped, _context(external_id))
+    except InvalidTag:
+        raise Unavailable(
+            "this person's data key is wrapped under a master key this server does not have "
+            "(list it in CALLGATE_PREVIOUS_MASTER_KEYS)"
+        ) from None
+
+
+@dataclass
+class Rewrap:
+    """What one `do_rewrap_data_keys` pass did."""
+
+    rewrapped: int = 0
+    current: int = 0  # already under the current master key (an earlier, interrupted pass)
+
+
+async def do_rewrap_data_keys(db: Database, keys: Keyring, batch: int = 200) -> Rewrap:
+    """Re-wrap every live data key under the current master key, `batch` keys per
+    transaction, in key order: an interrupted pass is simply run again (keys already
+    re-wrapped are recognized and skipped). Data keys exist only in memory meanwhile; no
+    recording is touched (they stay under their data keys)."""
+    done = Rewrap()
+    after = ""
+    while True:
+        async with db.session() as session:
+            rows = list((await session.scalars(
+                select(DataKey)
+                .where(DataKey.external_id > after, DataKey.wrapped.is_not(None))
+                .order_by(DataKey.external_id)
+                .limit(batch)
+            )).all())
+            for row in rows:
+                context = _context(row.external_id)
+                wrapped = row.wrapped or b""  # never empty: selected as not null
+                if keys.unwrap_current(wrapped, context) is not None:
+                    done.current += 1
+                    continue
+                row.wrapped = keys.wrap(keys.unwrap(wrapped, context), context)
+                done.rewrapped += 1
+        if len(rows) < batch:
+            return done
+        after = rows[-1].external_id
 
 
 async def do_destroy_data_key(session: AsyncSession, external_id: str, now: datetime) -> bool:

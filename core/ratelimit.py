@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -28,8 +29,11 @@ class RateLimiter(Protocol):
 
 
 class MemoryRateLimiter:
+    """Counters of one node, at most `max_keys` of them: past that the least recently counted
+    key is dropped (an LRU), so a flood of new keys forgets idle ones, never the busy ones."""
+
     def __init__(self, max_keys: int = 100_000) -> None:
-        self._windows: dict[str, tuple[int, int]] = {}
+        self._windows: OrderedDict[str, tuple[int, int]] = OrderedDict()
         self._max_keys = max_keys
 
     def _current(self, key: str, window_s: int) -> tuple[int, int, float]:
@@ -42,10 +46,11 @@ class MemoryRateLimiter:
 
     async def hit(self, key: str, limit: int, window_s: int) -> Verdict:
         window, count, now = self._current(key, window_s)
-        if len(self._windows) >= self._max_keys and key not in self._windows:
-            self._windows.clear()  # crude but bounded: limits restart rather than leak memory
         count += 1
         self._windows[key] = (window, count)
+        self._windows.move_to_end(key)
+        while len(self._windows) > self._max_keys:
+            self._windows.popitem(last=False)
         retry = math.ceil((window + 1) * window_s - now)
         return Verdict(count <= limit, count, max(retry, 1))
 

@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 
 from core.bus import EventBus, InProcessBus, RedisBus
 from core.clock import Clock, SystemClock
-from core.crypto import Keyring, load_or_create_key_file
+from core.crypto import Keyring, load_or_create_key_file, private_folder
 from core.database import Database
 from core.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
 from core.settings import Settings
@@ -31,7 +31,14 @@ def build_keyring(settings: Settings) -> Keyring:
         master = base64.b64decode(settings.master_key.get_secret_value())
     else:
         master = load_or_create_key_file(settings.data_dir / "master.key", 32)
-    return Keyring(secret, master)
+    return Keyring(
+        secret,
+        master,
+        previous_secrets=[s.get_secret_value().encode() for s in settings.previous_secret_keys],
+        previous_masters=[
+            base64.b64decode(m.get_secret_value()) for m in settings.previous_master_keys
+        ],
+    )
 
 
 @dataclass
@@ -46,6 +53,7 @@ class Runtime:
 
     @classmethod
     def open(cls, settings: Settings, *, clock: Clock | None = None) -> Runtime:
+        private_folder(settings.data_dir)
         db = Database(settings.database_url)
         client: aioredis.Redis | None = None
         bus: EventBus

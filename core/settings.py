@@ -65,6 +65,17 @@ class Settings(BaseSettings):
         "kept in data_dir/master.key.",
     )
 
+    previous_secret_keys: list[SecretStr] = Field(
+        default_factory=list,
+        description="Server secrets rotated out (JSON list): what they made (join links, "
+        "tickets, idempotency fingerprints, checkpoint keys) is still accepted while listed.",
+    )
+    previous_master_keys: list[SecretStr] = Field(
+        default_factory=list,
+        description="Master keys rotated out (JSON list): still unwrap data keys until "
+        "`callgate keys rotate-master` has re-wrapped every one under the current key.",
+    )
+
     media_mode: MediaMode = Field(default=MediaMode.BUILTIN, description="builtin or livekit.")
     livekit_url: str | None = Field(default=None, description="LiveKit server URL (wss://...).")
     livekit_api_key: str | None = Field(default=None, description="LiveKit API key.")
@@ -103,6 +114,11 @@ class Settings(BaseSettings):
     join_grace_minutes: int = Field(
         default=0, ge=0, le=24 * 60, description="How long after the end a join link works."
     )
+    allow_past_bookings: bool = Field(
+        default=False,
+        description="Accept bookings (and reschedules) whose window has already ended, for "
+        "importing past sessions; off, they are refused with 422.",
+    )
     max_booking_hours: float = Field(default=8, gt=0, description="Longest bookable session.")
     max_clients: int = Field(default=8, ge=1, le=100, description="Most clients in one booking.")
     ticket_ttl_s: int = Field(
@@ -137,7 +153,18 @@ class Settings(BaseSettings):
         default="recordings/", description="Key prefix of recording objects in the bucket."
     )
     join_failures_per_minute: int = Field(
-        default=10, gt=0, description="Failed joins per address per minute before 429."
+        default=10, gt=0,
+        description="Failed join credentials per minute, per address and per credential "
+        "prefix, before 429 (every endpoint taking a join credential counts).",
+    )
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="Addresses or networks (JSON list) of reverse proxies whose "
+        "X-Forwarded-For names the client; from anyone else the header is ignored.",
+    )
+    max_body_bytes: int = Field(
+        default=1024 * 1024, ge=1024,
+        description="Largest request body (bytes); bigger ones get 413 before being parsed.",
     )
     signaling_presence_ttl_s: float = Field(
         default=15, gt=0, description="Life of a signaling presence entry in Redis (s); a dead "

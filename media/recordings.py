@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import JSON, BigInteger, Boolean, ForeignKey, Integer, String, Uuid, select
 from sqlalchemy.dialects import postgresql, sqlite
@@ -19,9 +19,9 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from consent.access import Readable
 from core.accounts import Viewer, access_booking_data
-from core.bookings import Booking, Role
+from core.bookings import Booking, BookingStatus, Role
 from core.database import Base, UTCDateTime, enum_column
-from core.errors import NotFound, PermissionDenied
+from core.errors import Gone, NotFound, PermissionDenied
 from core.outbox import RecordingReady, RecordingStarted, RecordingStopped, do_write
 from core.purposes import Purpose
 
@@ -157,15 +157,28 @@ def access_booking_recordings(viewer: Viewer, booking_id: uuid.UUID) -> None:
     access_booking_data(viewer, booking_id)
 
 
-def access_recording_control(viewer: Viewer, booking_id: uuid.UUID) -> None:
-    """Starting and stopping a booking's recording: its host, or an admin."""
+async def access_recording_control(
+    session: AsyncSession, viewer: Viewer, booking_id: uuid.UUID, grace: timedelta, now: datetime
+) -> Booking:
+    """Starting and stopping a booking's recording: its host, or an admin, while the booking
+    exists (404), is not cancelled (410) and has not ended (403), as at every other
+    participant endpoint."""
     access_booking_recordings(viewer, booking_id)
     if viewer.participant is not None and viewer.participant.role is not Role.HOST:
         raise PermissionDenied("only the host starts and stops the recording")
+    booking = await session.get(Booking, booking_id)
+    if booking is None:
+        raise NotFound("no such booking")
+    if booking.status is BookingStatus.CANCELLED:
+        raise Gone("the booking is cancelled")
+    if now >= booking.ends_at + grace:
+        raise PermissionDenied("the session has ended")
+    return booking
 
 
 async def list_recordings(session: AsyncSession, readable: Readable) -> list[Recording]:
-    """The booking's recordings this reader may see (consent.access decides)."""
+    """The booking's recordings this reader may see (consent.access decides; a booking that
+    does not exist is NotFound there)."""
     query = (
         select(Recording)
         .where(Recording.booking_id == readable.booking_id)

@@ -25,7 +25,7 @@ from consent.notices import current_notice
 from consent.purposes import Decision, Method, Purpose
 from consent.restrictions import Restriction, get_restriction
 from consent.writer import ledger_writer
-from core.bookings import Booking, Participant
+from core.bookings import TOMBSTONE_PREFIX, Booking, Participant
 from core.bus import publish_all
 from core.errors import NotFound
 from core.events import SubjectErased, SubjectRestricted
@@ -55,7 +55,6 @@ from privacy.records import (
 
 log = structlog.get_logger(__name__)
 
-TOMBSTONE_PREFIX = "erased-"
 RETENTION_LOCK = "privacy:retention"
 
 
@@ -232,6 +231,7 @@ class Privacy:
             session.add(record)
             do_write(session, ErasedOut(subject.participant_ids, now), now)
         counts["files_removed"] = await asyncio.to_thread(erasure.cleanup.run)
+        await self._rt.db.checkpoint()  # SQLite: the zeroed pages replace the WAL's copies
         events = [
             SubjectErased(booking_id=p.booking_id, subject_id=p.id, tombstone=erasure.tombstone)
             for p in subject.participants

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hmac
 import json
 import secrets
 import uuid
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import JSON, ForeignKey, String, Uuid, and_, exists, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -35,7 +36,7 @@ from core.bookings import (
     RoomState,
 )
 from core.bus import BusEvent, publish_all
-from core.crypto import b64url, sha256_hex
+from core.crypto import Keyring, b64url
 from core.database import Base, UTCDateTime
 from core.errors import Conflict, FieldError, Gone, InvalidInput, NotFound
 from core.events import (
@@ -46,6 +47,7 @@ from core.events import (
     LinkRevoked,
     ParticipantUpdated,
 )
+from core.inputs import Instant, Line, Paragraph
 from core.outbox import do_write
 from core.purposes import REQUIRES, Purpose, RecordingAccess, RecordingPolicy
 from core.runtime import Runtime
@@ -62,8 +64,8 @@ class Person(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    external_id: str = Field(min_length=1, max_length=200, examples=["user-4711"])
-    display_name: str = Field(min_length=1, max_length=200, examples=["Ada Lovelace"])
+    external_id: Line = Field(min_length=1, max_length=200, examples=["user-4711"])
+    display_name: Line = Field(min_length=1, max_length=200, examples=["Ada Lovelace"])
     age_band: AgeBand | None = Field(
         default=None,
         description="`adult` (18+), `minor` (13-17) or `child` (under 13). Minors and children "
@@ -93,11 +95,11 @@ class BookingRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    title: str = Field(min_length=1, max_length=200, examples=["Mentoring session"])
-    stated_purpose: str | None = Field(
+    title: Line = Field(min_length=1, max_length=200, examples=["Mentoring session"])
+    stated_purpose: Paragraph | None = Field(
         default=None, max_length=2000, description="Why the session happens, in the client's words."
     )
-    stated_by: str | None = Field(
+    stated_by: Line | None = Field(
         default=None, min_length=1, max_length=200,
         description="`external_id` of the client who stated the purpose (their words go to "
         "`ai.agenda` only if they grant it); default: the first client.",
@@ -108,8 +110,8 @@ class BookingRequest(BaseModel):
         description="BCP 47 language tag of the session (notices are shown in it).",
         examples=["en"],
     )
-    starts_at: AwareDatetime = Field(description="Start, with a timezone offset.")
-    ends_at: AwareDatetime = Field(description="End, with a timezone offset.")
+    starts_at: Instant = Field(description="Start, with a timezone offset.")
+    ends_at: Instant = Field(description="End, with a timezone offset.")
     host: Person
     clients: list[Person] = Field(description="1..max_clients clients.")
     requested_purposes: list[Purpose] = Field(
@@ -132,13 +134,17 @@ class RescheduleRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    starts_at: AwareDatetime
-    ends_at: AwareDatetime
+    starts_at: Instant
+    ends_at: Instant
 
 
-def _window_errors(starts_at: datetime, ends_at: datetime, settings: Settings) -> list[FieldError]:
+def _window_errors(
+    starts_at: datetime, ends_at: datetime, settings: Settings, now: datetime
+) -> list[FieldError]:
     if ends_at <= starts_at:
         return [FieldError(("body", "ends_at"), "must be after starts_at")]
+    if ends_at <= now and not settings.allow_past_bookings:
+        return [FieldError(("body", "ends_at"), "the session would already be over")]
     if ends_at - starts_at > settings.max_booking_duration:
         limit = f"{settings.max_booking_hours:g} h"
         return [FieldError(("body", "ends_at"), f"the session may last at most {limit}")]
@@ -220,10 +226,10 @@ def _purpose_errors(purposes: list[Purpose]) -> list[FieldError]:
     return errors
 
 
-def validate_booking(request: BookingRequest, settings: Settings) -> None:
+def validate_booking(request: BookingRequest, settings: Settings, now: datetime) -> None:
     """Every rule a booking must satisfy; InvalidInput naming each failing field."""
     errors = [
-        *_window_errors(request.starts_at, request.ends_at, settings),
+        *_window_errors(request.starts_at, request.ends_at, settings, now),
         *_people_errors(request, settings),
         *_purpose_errors(request.requested_purposes),
     ]
@@ -232,14 +238,25 @@ def validate_booking(request: BookingRequest, settings: Settings) -> None:
         raise InvalidInput(detail, errors=errors)
 
 
-def request_hash(request: BookingRequest) -> str:
+def request_hashes(keys: Keyring, request: BookingRequest) -> list[str]:
+    """The Idempotency-Key fingerprint of a request: keyed (HMAC under the server secret), so
+    nobody holding the database can recompute it from a guess at the people in it. Erasure
+    drops it (signaling/subjects.py). The first is the current secret's; then the previous
+    secrets', which a replay made before a rotation still matches."""
     canonical = json.dumps(request.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
-    return sha256_hex(canonical)
+    return [mac.hex() for mac in keys.derivations("idempotency", canonical)]
 
 
 def join_link(runtime: Runtime, participant: Participant) -> str:
-    credential = join_credential(runtime.keys, participant.id, participant.credential_generation)
-    return join_url(runtime.settings, credential)
+    """The participant's link: derived under the current secret, or under the previous one
+    that made it (a link keeps working, and is shown the same, across a secret rotation)."""
+    keys = runtime.keys
+    generation = participant.credential_generation
+    for made_by in (keys, *keys.previous()):
+        credential = join_credential(made_by, participant.id, generation)
+        if hmac.compare_digest(credential_hash(credential), participant.credential_hash):
+            return join_url(runtime.settings, credential)
+    return join_url(runtime.settings, join_credential(keys, participant.id, generation))
 
 
 def _new_booking(
@@ -265,7 +282,7 @@ def _new_booking(
         sequence=0,
         created_by=caller.key_id,
         idempotency_key=key,
-        request_hash=request_hash(request) if key else None,
+        request_hash=request_hashes(runtime.keys, request)[0] if key else None,
         created_at=now,
         updated_at=now,
         participants=[],
@@ -293,15 +310,20 @@ def _new_booking(
 
 
 async def _replay(
-    session: AsyncSession, caller: Caller, key: str, request: BookingRequest
+    session: AsyncSession, keys: Keyring, caller: Caller, key: str, request: BookingRequest
 ) -> Booking | None:
-    """The booking an earlier request with this Idempotency-Key made, if any."""
+    """The booking an earlier request with this Idempotency-Key made, if any. Once someone in
+    it was erased its fingerprint is gone, and every body is a conflict: a replay cannot tell
+    whether a guessed name was the erased person's."""
     found = await session.scalar(
         select(Booking).where(Booking.created_by == caller.key_id, Booking.idempotency_key == key)
     )
     if found is None:
         return None
-    if found.request_hash != request_hash(request):
+    stored = found.request_hash
+    if stored is None or not any(
+        hmac.compare_digest(stored, fingerprint) for fingerprint in request_hashes(keys, request)
+    ):
         raise Conflict(
             "this Idempotency-Key was used with a different request body",
             extra={"booking_id": str(found.id)},
@@ -319,12 +341,12 @@ async def do_create_booking(
 ) -> tuple[Booking, bool]:
     """Create a booking (or return the one this Idempotency-Key made); True when new.
     `rooms` (the app's LiveKit rooms) provisions its room; without it nothing is provisioned."""
-    validate_booking(request, runtime.settings)
+    validate_booking(request, runtime.settings, runtime.clock.now())
     if key is not None and not 1 <= len(key) <= 200:
         raise InvalidInput.field(("header", "Idempotency-Key"), "use 1 to 200 characters")
     if key is not None:
         async with runtime.db.session() as session:
-            earlier = await _replay(session, caller, key, request)
+            earlier = await _replay(session, runtime.keys, caller, key, request)
         if earlier is not None:
             return await access_booking_by_id(runtime, earlier.id), False
     booking = _new_booking(request, caller, key, runtime)
@@ -341,7 +363,7 @@ async def do_create_booking(
         if key is None:
             raise
         async with runtime.db.session() as session:  # a concurrent twin won the race
-            earlier = await _replay(session, caller, key, request)
+            earlier = await _replay(session, runtime.keys, caller, key, request)
         if earlier is None:
             raise
         return await access_booking_by_id(runtime, earlier.id), False
@@ -411,7 +433,9 @@ async def do_reschedule_booking(
     rooms: Rooms | None = None,
 ) -> Booking:
     """Move a booking to a new window; SEQUENCE grows so calendars replace the invite."""
-    errors = _window_errors(request.starts_at, request.ends_at, runtime.settings)
+    errors = _window_errors(
+        request.starts_at, request.ends_at, runtime.settings, runtime.clock.now()
+    )
     if errors:
         raise InvalidInput(f"{errors[0].loc[-1]}: {errors[0].msg}", errors=errors)
     async with runtime.db.session() as session:

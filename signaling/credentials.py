@@ -12,7 +12,8 @@ from __future__ import annotations
 import functools
 import re
 import uuid
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import jwt
 from livekit.api.access_token import Claims
@@ -21,12 +22,17 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.bookings import Participant, Role
 from core.crypto import Keyring, b64url, sha256_hex
-from core.errors import NotFound
+from core.errors import NotFound, RateLimited
+from core.runtime import Runtime
 from core.settings import Settings
 from signaling.livekit import GENERATION_ATTRIBUTE, room_grants
 
 _SHAPE = re.compile(r"^[A-Za-z0-9_-]{43}$")
 _ROOM = "\x00room"  # placeholder in the grant template, replaced by each token's room
+FAILURE_WINDOW_S = 60
+PREFIX_CHARS = 8  # 48 bits: the failures aimed at one link, whichever addresses they come from
+HARD_FACTOR = 10  # past this many times the limit an address is refused outright
+T = TypeVar("T")
 
 
 def join_credential(keys: Keyring, participant_id: uuid.UUID, generation: int) -> str:
@@ -65,6 +71,47 @@ async def access_participant(session: AsyncSession, credential: str) -> Particip
     if participant is None:
         raise NotFound("this join link is not valid")
     return participant
+
+
+async def guard_credential(
+    runtime: Runtime, credential: str, address: str, lookup: Callable[[], Awaitable[T | None]]
+) -> T:
+    """What `lookup` finds for a presented join credential, under the one failure limit every
+    credential-bearing endpoint shares (`join_failures_per_minute`).
+
+    Failures are counted per address and per credential prefix. A prefix that failed too often
+    is refused before any lookup, so a link cannot be completed by guessing from many
+    addresses. An address that failed too often gets 429 for every credential that is not
+    valid, while a valid link from it still works (people behind one NAT are not locked out by
+    a neighbour); past HARD_FACTOR times the limit the address is refused outright."""
+    limit = runtime.settings.join_failures_per_minute
+    by_address = f"cred-fail:addr:{address}"
+    by_prefix = f"cred-fail:prefix:{credential[:PREFIX_CHARS]}"
+    for key, bound in ((by_prefix, limit), (by_address, limit * HARD_FACTOR)):
+        verdict = await runtime.limiter.peek(key, bound, FAILURE_WINDOW_S)
+        if not verdict.allowed:
+            raise RateLimited("too many failed attempts", retry_after_s=verdict.retry_after_s)
+    found = await lookup()
+    if found is not None:
+        return found
+    refused = await runtime.limiter.hit(by_prefix, limit, FAILURE_WINDOW_S)
+    counted = await runtime.limiter.hit(by_address, limit, FAILURE_WINDOW_S)
+    if not (refused.allowed and counted.allowed):
+        wait = max(refused.retry_after_s, counted.retry_after_s)
+        raise RateLimited("too many failed attempts", retry_after_s=wait)
+    raise NotFound("this join link is not valid")
+
+
+async def access_participant_guarded(
+    runtime: Runtime, credential: str, address: str
+) -> Participant:
+    """`access_participant` under the shared failure limit (see `guard_credential`)."""
+
+    async def lookup() -> Participant | None:
+        async with runtime.db.session() as session:
+            return await get_participant_by_credential(session, credential)
+
+    return await guard_credential(runtime, credential, address, lookup)
 
 
 @functools.cache

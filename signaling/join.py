@@ -3,8 +3,8 @@
 The hot path is one indexed read (credential hash -> participant and booking columns:
 `signaling.joinrows`), a window check (`signaling.window`) and a token (`signaling.grant`): a
 LiveKit access token, or a single-use signaling ticket plus ICE servers for built-in media.
-Unknown and revoked credentials fail alike (404); failures are counted per client address and,
-past the limit, refused with 429 before any lookup.
+Unknown and revoked credentials fail alike (404); failures are counted by the limit every
+credential-bearing endpoint shares (`signaling.credentials.guard_credential`).
 """
 
 from __future__ import annotations
@@ -13,38 +13,24 @@ import uuid
 
 from pydantic_core import to_json
 
-from core.errors import NotFound, RateLimited
+from core.errors import NotFound
 from core.runtime import Runtime
+from signaling.credentials import FAILURE_WINDOW_S, guard_credential
 from signaling.grant import JoinGrant, grant, grant_document
 from signaling.joinrows import JoinReader, JoinRow, get_join_row, get_participant_row
 
 __all__ = ["FAILURE_WINDOW_S", "JoinGrant", "JoinReader", "admit", "do_join",
            "do_participant_token"]
 
-FAILURE_WINDOW_S = 60
-
 
 async def admit(
     runtime: Runtime, credential: str, address: str, reader: JoinReader | None = None
 ) -> JoinRow:
-    """The row behind a live credential, counting failures per address (see the module
-    docstring): RateLimited past the limit, before any lookup; NotFound for unknown links."""
-    limit = runtime.settings.join_failures_per_minute
-    key = f"join-fail:{address}"
-    verdict = await runtime.limiter.peek(key, limit, FAILURE_WINDOW_S)
-    if not verdict.allowed:
-        raise RateLimited(
-            "too many failed joins from this address", retry_after_s=verdict.retry_after_s
-        )
-    row = await get_join_row(runtime, credential, reader)
-    if row is None:
-        verdict = await runtime.limiter.hit(key, limit, FAILURE_WINDOW_S)
-        if not verdict.allowed:
-            raise RateLimited(
-                "too many failed joins from this address", retry_after_s=verdict.retry_after_s
-            )
-        raise NotFound("this join link is not valid")
-    return row
+    """The row behind a live credential, under the failure limit every credential-bearing
+    endpoint shares (`guard_credential`): RateLimited past it, NotFound for unknown links."""
+    return await guard_credential(
+        runtime, credential, address, lambda: get_join_row(runtime, credential, reader)
+    )
 
 
 async def do_join(

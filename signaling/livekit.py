@@ -116,8 +116,14 @@ def room_metadata(booking_id: uuid.UUID, purposes: list[str], policy: str) -> st
 
 
 def _describe(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    """What a scheduler may read about a LiveKit failure (the booking's `room.error`): the
+    kind of failure, never the exception text, which names internal hosts and ports (that
+    goes to the log)."""
+    if isinstance(exc, lk.TwirpError):
+        return f"LiveKit refused the request ({exc.code})"
+    if isinstance(exc, TimeoutError):
+        return "LiveKit did not answer in time"
+    return f"LiveKit is unreachable ({type(exc).__name__})"
 
 
 class Rooms:
@@ -228,9 +234,13 @@ class Rooms:
             await client.room.delete_room(lk.DeleteRoomRequest(room=room))
         except lk.TwirpError as exc:
             if exc.code != lk.TwirpErrorCode.NOT_FOUND:
+                log.warning(
+                    "livekit.room_delete_failed", booking_id=str(booking_id), error=str(exc)
+                )
                 await self._record(booking_id, None, _describe(exc))
                 return
         except FAILURES as exc:
+            log.warning("livekit.room_delete_failed", booking_id=str(booking_id), error=str(exc))
             await self._record(booking_id, None, _describe(exc))
             return
         await self._record(booking_id, RoomState.DELETED, None)

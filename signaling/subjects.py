@@ -2,7 +2,8 @@
 participant rows, join links, the join log (redeemed signaling tickets) and attendance.
 
 Erasure replaces the person's external id and display name with the tombstone, ends
-their join links and deletes their attendance; the participant rows stay (they anchor the
+their join links, deletes their attendance, and drops the purpose they stated and the
+Idempotency-Key fingerprints of their bookings; the participant rows stay (they anchor the
 ledger's pseudonymous subject ids, which then lead nowhere). Retention deletes bookings
 (cascading to everything hanging off them), old join-log rows and old attendance.
 """
@@ -156,7 +157,28 @@ class SignalingSubjects:
             "participants_tombstoned": len(changes), "join_links_ended": ended,
             "attendance_deleted": int(getattr(stays, "rowcount", 0) or 0),
             "events_scrubbed": scrubbed,
+            **await self._erase_booking_traces(session, subject),
         }
+
+    async def _erase_booking_traces(
+        self, session: AsyncSession, subject: Subject
+    ) -> dict[str, int]:
+        """The person's words (the purpose they stated) go with them; so does each booking's
+        Idempotency-Key fingerprint, which was computed over their name and id."""
+        stated_in = [p.booking_id for p in subject.participants if p.purpose_author]
+        if stated_in:
+            await session.execute(
+                update(Booking).where(Booking.id.in_(stated_in)).values(stated_purpose=None)
+            )
+            await session.execute(
+                update(Participant)
+                .where(Participant.id.in_(subject.participant_ids))
+                .values(purpose_author=False)
+            )
+        await session.execute(
+            update(Booking).where(Booking.id.in_(subject.booking_ids)).values(request_hash=None)
+        )
+        return {"stated_purposes_erased": len(stated_in)}
 
     async def delete_purpose(
         self, session: AsyncSession, participant: Participant, purpose: Purpose, cleanup: Cleanup

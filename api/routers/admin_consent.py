@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import AwareDatetime, BaseModel, Field
+from pydantic import BaseModel, Field
 from sqlalchemy import select
 
 from api.deps import AdminCaller, GateDep, ReviewerCaller, RuntimeDep
@@ -49,6 +49,7 @@ from consent.purposes import Decision, Purpose
 from core.bookings import Booking
 from core.bus import publish_all
 from core.errors import InvalidInput, NotFound, Unavailable
+from core.inputs import FILLED_PARAGRAPH_PATTERN, Instant, Line, Paragraph
 from media.recordings import Recording
 
 router = APIRouter(prefix="/v1/admin", tags=["admin: consent"])
@@ -62,14 +63,14 @@ EXPORT_COLUMNS = (
 def log_filter(
     booking_id: Annotated[uuid.UUID | None, Query(description="Only this booking.")] = None,
     subject: Annotated[
-        str | None, Query(max_length=200, description="The subject's external (platform) id.")
+        Line | None, Query(max_length=200, description="The subject's external (platform) id.")
     ] = None,
     purpose: Annotated[Purpose | None, Query()] = None,
     decision: Annotated[Decision | None, Query()] = None,
     from_: Annotated[
-        AwareDatetime | None, Query(alias="from", description="Decided at or after (UTC).")
+        Instant | None, Query(alias="from", description="Decided at or after (UTC).")
     ] = None,
-    to: Annotated[AwareDatetime | None, Query(description="Decided before (UTC).")] = None,
+    to: Annotated[Instant | None, Query(description="Decided before (UTC).")] = None,
 ) -> LogFilter:
     return LogFilter(
         booking_id=booking_id,
@@ -111,7 +112,7 @@ async def get_log(
     runtime: RuntimeDep,
     _caller: ReviewerCaller,
     filters: Annotated[LogFilter, Depends(log_filter)],
-    cursor: Annotated[str | None, Query(max_length=20)] = None,
+    cursor: Annotated[str | None, Query(pattern=r"^[1-9][0-9]{0,17}$")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> dict[str, Any]:
     async with runtime.db.session() as session:
@@ -146,7 +147,13 @@ def _annotated(
     summary="Export the filtered log as CSV or JSON Lines (streamed)",
     response_class=StreamingResponse,
     responses={
-        200: {"content": {"text/csv": {}, "application/x-ndjson": {}}},
+        200: {
+            "description": "The log, one row or JSON object per line",
+            "content": {
+                "text/csv": {"schema": {"type": "string"}},
+                "application/x-ndjson": {"schema": {"type": "string"}},
+            },
+        },
         **responses(401, 403, 422),
     },
 )
@@ -371,7 +378,10 @@ class NoticeBody(BaseModel):
     language: str = Field(
         min_length=2, max_length=35, pattern=r"^[A-Za-z]{2,8}(-[A-Za-z0-9]{1,8})*$"
     )
-    text: str = Field(min_length=1, max_length=20_000)
+    text: Paragraph = Field(
+        min_length=1, max_length=20_000, description="The notice text (not only white space).",
+        json_schema_extra={"pattern": FILLED_PARAGRAPH_PATTERN},
+    )
     material: bool = Field(
         default=False,
         description="A material change: grants given under earlier versions of this purpose's "
@@ -379,10 +389,10 @@ class NoticeBody(BaseModel):
         "affected bookings are asked again. False for a revision that changes nothing of "
         "substance (a typo): earlier grants keep counting.",
     )
-    change_note: str | None = Field(
+    change_note: Paragraph | None = Field(
         default=None, max_length=500, description="What changed, shown to people asked again."
     )
-    effective_at: AwareDatetime | None = Field(
+    effective_at: Instant | None = Field(
         default=None, description="When a material change takes effect (default: at once)."
     )
 
@@ -407,7 +417,8 @@ async def get_notices(runtime: RuntimeDep, _caller: ReviewerCaller) -> dict[str,
     status_code=201,
     summary="Publish a new notice version (old versions are never changed)",
     description="Returns 200 with the existing version when the text equals the current one.",
-    responses=responses(401, 403, 422),
+    responses={200: {"description": "The text equals the current version, which is returned"},
+               **responses(401, 403, 422)},
 )
 async def publish_notice(
     runtime: RuntimeDep, caller: AdminCaller, body: NoticeBody

@@ -7,12 +7,14 @@ from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends, Header, Path, Query, Response
-from pydantic import AwareDatetime, BaseModel, Field
+from pydantic import BaseModel, Field
 
 from api import problems
 from api.deps import RoomsDep, RuntimeDep, SchedulerCaller, require
 from core.accounts import Caller, Scope
 from core.bookings import AgeBand, Booking, BookingStatus, Participant, Role, RoomState
+from core.errors import Gone
+from core.inputs import Instant, Line
 from core.purposes import RecordingAccess, RecordingPolicy
 from core.runtime import Runtime
 from signaling import bookings as service
@@ -62,9 +64,13 @@ class ParticipantOut(BaseModel):
     age_band: AgeBand
     age: int | None
     adult: bool = Field(description="Deprecated: `age_band` is `adult`.")
-    join_url: str
-    invite_url: str
-    token_url: str
+    erased: bool = Field(
+        description="The person was erased: the name and id are a tombstone, and there is no "
+        "link, invite or token for them any more (the URLs are null)."
+    )
+    join_url: str | None
+    invite_url: str | None
+    token_url: str | None
 
 
 class BookingOut(BaseModel):
@@ -105,6 +111,7 @@ class BookingPage(BaseModel):
 
 def participant_out(runtime: Runtime, booking: Booking, person: Participant) -> ParticipantOut:
     base = f"{runtime.settings.base_url()}/v1/bookings/{booking.id}/participants/{person.id}"
+    erased = person.erased
     return ParticipantOut(
         id=person.id,
         external_id=person.external_id,
@@ -113,9 +120,10 @@ def participant_out(runtime: Runtime, booking: Booking, person: Participant) -> 
         age_band=person.age_band,
         age=person.age,
         adult=person.adult,
-        join_url=service.join_link(runtime, person),
-        invite_url=f"{base}/invite.ics",
-        token_url=f"{base}/token",
+        erased=erased,
+        join_url=None if erased else service.join_link(runtime, person),
+        invite_url=None if erased else f"{base}/invite.ics",
+        token_url=None if erased else f"{base}/token",
     )
 
 
@@ -198,11 +206,11 @@ async def create_booking(
 async def list_bookings(
     runtime: RuntimeDep,
     caller: SchedulerCaller,
-    from_: Annotated[AwareDatetime | None, Query(alias="from")] = None,
-    to: AwareDatetime | None = None,
+    from_: Annotated[Instant | None, Query(alias="from")] = None,
+    to: Instant | None = None,
     status: BookingStatus | None = None,
     participant: Annotated[
-        str | None, Query(max_length=200, description="A participant's external id.")
+        Line | None, Query(max_length=200, description="A participant's external id.")
     ] = None,
     cursor: Annotated[str | None, Query(max_length=500)] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
@@ -271,7 +279,7 @@ async def cancel_booking(
     response_class=Response,
     responses={
         200: {"content": {"text/calendar": {}}, "description": "The invite"},
-        **problems.responses(401, 403, 404, 422),
+        **problems.responses(401, 403, 404, 410, 422),
     },
 )
 async def invite_ics(
@@ -283,6 +291,8 @@ async def invite_ics(
     async with runtime.db.session() as session:
         person = await service.access_booking_participant(session, booking_id, participant_id)
         booking = person.booking
+    if person.erased:
+        raise Gone("this person was erased")
     organizer = f"mailto:no-reply@{runtime.settings.public_base_url.host}"
     body = invite(
         booking, person, service.join_link(runtime, person), organizer, runtime.clock.now()

@@ -8,7 +8,8 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from api.deps import GateDep, RuntimeDep
+from api.deps import GateDep, MetricsCaller, RuntimeDep
+from api.problems import responses
 from api.schemas import Health, Readiness
 
 router = APIRouter(tags=["operations"])
@@ -58,10 +59,13 @@ async def readyz(runtime: RuntimeDep, gate: GateDep) -> JSONResponse:
 
 @router.get(
     "/metrics",
-    summary="Prometheus metrics",
+    summary="Prometheus metrics (an API key of scope `metrics` or `admin`)",
     response_class=Response,
-    responses={200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {}}}},
+    responses={
+        200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {"schema": {"type": "string"}}}},
+        **responses(401, 403),
+    },
 )
-async def metrics(request: Request) -> Response:
+async def metrics(request: Request, _caller: MetricsCaller) -> Response:
     registry = request.app.state.metrics.registry
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

@@ -24,6 +24,7 @@ from api.schemas import (
 )
 from consent.purposes import Purpose
 from core.errors import InvalidInput
+from core.inputs import Line
 from privacy.records import Trigger
 
 router = APIRouter(tags=["privacy"])
@@ -43,7 +44,7 @@ SubjectPath = Annotated[
 async def search_subjects(
     privacy: PrivacyDep,
     caller: AdminCaller,
-    q: Annotated[str, Query(min_length=1, max_length=200, description="Part of an external "
+    q: Annotated[Line, Query(min_length=1, max_length=200, description="Part of an external "
                             "id or display name (case-insensitive).")],
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> dict[str, Any]:
@@ -57,7 +58,11 @@ async def search_subjects(
     "`consent_decisions.jsonl` (with each notice's text), `recordings.jsonl` and the person's "
     "own recordings decrypted under `recordings/`, `transcript_segments.jsonl`, "
     "`summaries.jsonl`, `agendas.jsonl`, `processing_register.jsonl`. The export is logged.",
-    responses=responses(401, 403, 404),
+    responses={
+        200: {"description": "The ZIP", "content": {"application/zip": {
+            "schema": {"type": "string", "format": "binary"}}}},
+        **responses(401, 403, 404, 422),
+    },
     response_class=StreamingResponse,
 )
 async def export_subject(

@@ -126,15 +126,19 @@ async def post_offer(
     summary="Start or stop recording a booking (its host, or an admin)",
     description="Starting does not record anyone by itself: each person is recorded only for "
     "the purposes they granted, frame by frame.",
-    responses=responses(401, 403, 404),
+    responses=responses(401, 403, 404, 410, 422),
 )
 async def post_control(
     booking_id: uuid.UUID,
     action: Literal["start", "stop"],
+    runtime: RuntimeDep,
     recorder: RecorderDep,
     viewer: ViewerDep,
 ) -> dict[str, Any]:
-    access_recording_control(viewer, booking_id)
+    async with runtime.db.session() as session:
+        await access_recording_control(
+            session, viewer, booking_id, runtime.settings.join_grace, runtime.clock.now()
+        )
     if viewer.participant is not None:
         by = f"participant:{viewer.participant.id}"
     else:

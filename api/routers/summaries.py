@@ -45,6 +45,7 @@ from core.events import (
     SubjectErased,
     SubjectRestricted,
 )
+from core.inputs import Instant
 from core.runtime import Runtime
 from summaries import outputs
 from summaries.jobs import JobKind, get_jobs
@@ -377,7 +378,7 @@ async def list_processing(
     runtime: RuntimeDep,
     caller: ReviewerCaller,
     booking_id: Annotated[uuid.UUID | None, Query(description="Only this booking.")] = None,
-    before: Annotated[AwareDatetime | None, Query(description="Rows before this time.")] = None,
+    before: Annotated[Instant | None, Query(description="Rows before this time.")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> dict[str, Any]:
     async with runtime.db.session() as session:

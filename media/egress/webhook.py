@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-from collections import OrderedDict
 
 from google.protobuf.json_format import Parse as parse_json
 from google.protobuf.json_format import ParseError
@@ -21,8 +20,8 @@ from livekit.protocol.webhook import WebhookEvent
 from core.errors import AuthenticationFailed, InvalidInput
 from core.runtime import Runtime
 from core.settings import Settings
+from media.webhooks import do_mark_seen
 
-SEEN_EVENTS = 10_000
 SEEN_FOR_S = 24 * 3600
 
 
@@ -55,19 +54,14 @@ def verify_webhook(settings: Settings, body: bytes, authorization: str | None) -
 
 
 class SeenEvents:
-    """Event ids already handled, by any node (Redis) or by this one (memory)."""
+    """Event ids already handled, by any node: in Redis, or without it in the database
+    (`media.webhooks`), so a replay after a restart is still recognized."""
 
     def __init__(self, runtime: Runtime) -> None:
         self._runtime = runtime
-        self._seen: OrderedDict[str, None] = OrderedDict()
 
     async def first_time(self, event_id: str) -> bool:
         if self._runtime.redis is not None:
             key = f"{self._runtime.settings.redis_prefix}:livekit:event:{event_id}"
             return bool(await self._runtime.redis.set(key, b"1", nx=True, ex=SEEN_FOR_S))
-        if event_id in self._seen:
-            return False
-        self._seen[event_id] = None
-        while len(self._seen) > SEEN_EVENTS:
-            self._seen.popitem(last=False)
-        return True
+        return await do_mark_seen(self._runtime.db, event_id, self._runtime.clock.now())

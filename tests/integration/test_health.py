@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import httpx
 
+from core.accounts import Scope
+from tests.conftest import bearer
+
 
 async def test_healthz_and_readyz_report_ok(client: httpx.AsyncClient) -> None:
     assert (await client.get("/healthz")).json() == {"status": "ok"}
@@ -22,10 +25,20 @@ async def test_unknown_route_is_problem_json_with_request_id(client: httpx.Async
     assert body["code"] == "not_found"
 
 
-async def test_metrics_count_requests(client: httpx.AsyncClient) -> None:
+async def test_metrics_need_a_metrics_or_admin_key(
+    client: httpx.AsyncClient, api_keys: dict[Scope, str]
+) -> None:
     await client.get("/healthz")
-    text = (await client.get("/metrics")).text
-    assert 'callgate_http_requests_total{method="GET",route="/healthz",status="200"}' in text
+    anonymous = await client.get("/metrics")
+    assert anonymous.status_code == 401
+    assert anonymous.headers["content-type"] == "application/problem+json"
+    scheduler = await client.get("/metrics", headers=bearer(api_keys[Scope.SCHEDULER]))
+    assert scheduler.status_code == 403
+    for scope in (Scope.METRICS, Scope.ADMIN):
+        text = (await client.get("/metrics", headers=bearer(api_keys[scope]))).text
+        assert 'callgate_http_requests_total{method="GET",route="/healthz",status="200"}' in text
+    denied = await client.get("/v1/bookings", headers=bearer(api_keys[Scope.METRICS]))
+    assert denied.status_code == 403
 
 
 async def test_openapi_is_served(client: httpx.AsyncClient) -> None:

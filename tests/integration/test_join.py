@@ -20,7 +20,7 @@ from livekit import api as lk
 from core.accounts import Scope
 from core.clock import ManualClock
 from core.runtime import Runtime
-from signaling.join import FAILURE_WINDOW_S
+from signaling.credentials import FAILURE_WINDOW_S
 from signaling.tickets import redeem_ticket
 from tests.support import PG_DSN, REDIS_URL
 from tests.support.bookings import bearer, book, credential_of
@@ -195,7 +195,7 @@ class TestRateLimit:
             values["redis_url"] = REDIS_URL
         return values
 
-    async def test_repeated_failures_from_one_address_get_429(
+    async def test_repeated_failures_from_one_address_get_429_but_not_a_valid_link(
         self, client: httpx.AsyncClient, api_keys: dict[Scope, str], clock: ManualClock
     ) -> None:
         created = await book(client, api_keys[Scope.SCHEDULER], clock.now())
@@ -209,7 +209,8 @@ class TestRateLimit:
         assert blocked.status_code == 429
         assert blocked.json()["code"] == "rate_limited"
         assert 1 <= int(blocked.headers["retry-after"]) <= 60
-        assert (await join(client, good)).status_code == 429  # the address is blocked
+        # A valid link from a limited address still works (one NAT, many people).
+        assert (await join(client, good)).status_code == 200
 
 
 class TestLiveKit:
@@ -273,8 +274,8 @@ class TestLiveKit:
         # A session that ended two hours ago, joined (on the clock) while it ran: the token
         # carries the real window end, so the verifier refuses it now.
         past = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=3)
+        clock.set(past + timedelta(minutes=30))  # booked while it was still to come
         old = await book(client, api_keys[Scope.SCHEDULER], past, minutes=60)
-        clock.set(past + timedelta(minutes=30))
         stale = (await join(client, credential_of(old["participants"][0]))).json()
         with pytest.raises(jwt.ExpiredSignatureError):
             verifier.verify(stale["livekit"]["token"])

@@ -17,7 +17,7 @@ from core.accounts import Scope
 from core.clock import ManualClock
 from signaling.join import JoinGrant
 from tests.integration.test_join import clear_of_window_edges
-from tests.support.bookings import book, credential_of
+from tests.support.bookings import bearer, book, credential_of
 from tests.support.livekit import LK_KEY, LK_SECRET, LiveKitServer
 
 pytestmark = pytest.mark.usefixtures("database_url")
@@ -99,12 +99,13 @@ async def test_unknown_links_404_then_429_with_the_request_id(
             "detail": "this join link is not valid", "code": "not_found",
             "instance": "/v1/join",
         }
-    good = credential_of(created["participants"][0])
-    blocked = await post(client, json.dumps({"credential": good}).encode())
+    blocked = await post(client, json.dumps({"credential": "Z" * 43}).encode())
     assert blocked.status_code == 429
     assert blocked.headers["content-type"] == PROBLEM
     assert blocked.json()["code"] == "rate_limited"
     assert 1 <= int(blocked.headers["retry-after"]) <= 60
+    good = credential_of(created["participants"][0])  # a valid link is not locked out
+    assert (await post(client, json.dumps({"credential": good}).encode())).status_code == 200
 
 
 async def test_a_body_in_several_chunks_joins(
@@ -146,7 +147,7 @@ async def test_join_is_counted_under_its_route(
     credential = credential_of(created["participants"][0])
     assert (await client.post("/v1/join", json={"credential": credential})).status_code == 200
     assert (await client.post("/v1/join", json={"credential": "B" * 43})).status_code == 404
-    text = (await client.get("/metrics")).text
+    text = (await client.get("/metrics", headers=bearer(api_keys[Scope.METRICS]))).text
     for status in ("200", "404"):
         line = f'callgate_http_requests_total{{method="POST",route="/v1/join",status="{status}"}}'
         assert f"{line} 1.0" in text

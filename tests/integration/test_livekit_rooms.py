@@ -119,6 +119,9 @@ async def test_unreachable_livekit_keeps_the_booking_and_retries(
     assert created["room"]["state"] == "pending"
     assert created["room"]["attempts"] >= 1
     assert created["room"]["error"]
+    host, port = livekit.url.split("//", 1)[1].rsplit(":", 1)
+    for internal in (host, port.rstrip("/")):  # the error says what failed, not where
+        assert internal not in created["room"]["error"]
     shown = (await client.get(f"/v1/bookings/{created['id']}", headers=bearer(key))).json()
     assert shown["room"]["state"] == "pending"
     assert shown["participants"] == created["participants"]
