@@ -18,6 +18,7 @@ from core.clock import SystemClock
 from core.database import Database
 from core.errors import CallgateError
 from core.migrate import upgrade
+from core.runtime import build_keyring
 from core.settings import Settings
 
 app = typer.Typer(help="callgate: booked live video sessions with consent-first recording.")
@@ -104,7 +105,6 @@ def keys_rotate_master() -> None:
     unwrapping with CALLGATE_PREVIOUS_MASTER_KEYS; safe to run again after an interruption.
     Once it reports 0 left, the previous master keys can be removed."""
     from core.datakeys import do_rewrap_data_keys
-    from core.runtime import build_keyring
 
     settings = Settings()
 

@@ -75,7 +75,7 @@ async def test_data_folder_database_and_keys_are_private(
 
 def callgate(*args: str, database_url: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "CALLGATE_DATABASE_URL": database_url}
-    program = [sys.executable, "-c", "from core.cli import main; main()", *args]
+    program = [sys.executable, "-c", "from api.cli import main; main()", *args]
     return subprocess.run(program, env=env, capture_output=True, text=True, timeout=120,
                           check=False)
 

@@ -54,7 +54,7 @@ def rotate_master(settings: Settings) -> str:
         "CALLGATE_MASTER_KEY": NEW_MASTER,
         "CALLGATE_PREVIOUS_MASTER_KEYS": json.dumps([support.MASTER]),
     })
-    program = [sys.executable, "-c", "from core.cli import main; main()", "keys",
+    program = [sys.executable, "-c", "from api.cli import main; main()", "keys",
                "rotate-master"]
     done = subprocess.run(program, env=env, capture_output=True, text=True, timeout=120,
                           check=False)
