@@ -212,7 +212,7 @@ async def list_bookings(
     participant: Annotated[
         Line | None, Query(max_length=200, description="A participant's external id.")
     ] = None,
-    cursor: Annotated[str | None, Query(max_length=500)] = None,
+    cursor: Annotated[str | None, Query(pattern=service.CURSOR_PATTERN)] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> BookingPage:
     filters = service.BookingFilter(
