@@ -1,0 +1,108 @@
+"""The API under a schema fuzzer: schemathesis, every check enabled, over every operation of the
+OpenAPI document, once per kind of caller (an API key of each scope, a host's and a client's
+join link), against a real server. It must find nothing: no 5xx, and every answer has a
+documented status, content type and schema. The figures go to docs/security.md.
+
+Bounded so it fits CI: a fixed seed and `MAX_EXAMPLES` generated cases per operation and phase.
+The failure limit on join credentials is lifted for this server (the limiter has its own tests
+in test_limits.py); everything else runs as configured by default.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from core.accounts import Scope, do_create_key
+from core.clock import SystemClock
+from core.database import Database
+from tests import support
+from tests.booking_support import bearer, booking_body, credential_of
+from tests.liveserver import ROOT, start_server
+
+MAX_EXAMPLES = 6
+SEED = "20261130"
+CONFIG = ROOT / "tests" / "fuzz" / "schemathesis.toml"
+SCHEMATHESIS = Path(sys.executable).parent / "schemathesis"
+
+
+def api_keys(database_url: str) -> dict[Scope, str]:
+    async def make() -> dict[Scope, str]:
+        db = Database(database_url)
+        try:
+            async with db.session() as session:
+                now = SystemClock().now()
+                return {s: (await do_create_key(session, s, "fuzz", now))[1] for s in Scope}
+        finally:
+            await db.close()
+
+    return support.run_blocking(make)
+
+
+def fuzz(base_url: str, header: str, reports: Path) -> subprocess.Popen[str]:
+    """Start one schemathesis run with `header` on every request (its JSON report goes to
+    `reports`)."""
+    reports.mkdir(parents=True)
+    command = [
+        str(SCHEMATHESIS), "--config-file", str(CONFIG), "--no-color", "run",
+        f"{base_url}/openapi.json", "--checks", "all", "--max-examples", str(MAX_EXAMPLES),
+        "--seed", SEED, "--workers", "1", "--phases", "examples,coverage,fuzzing",
+        "--wait-for-schema", "60", "--request-timeout", "30", "-H", header,
+        "--report", "json", "--report-dir", str(reports),
+    ]
+    return subprocess.Popen(command, cwd=reports, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def report_of(run: subprocess.Popen[str], reports: Path) -> dict[str, Any]:
+    output, _ = run.communicate(timeout=1500)
+    found = sorted(reports.glob("*.json"))
+    assert found, output
+    report: dict[str, Any] = json.loads(found[-1].read_text())
+    report["output"] = output[-20_000:]
+    return report
+
+
+@pytest.mark.timeout(1800)
+def test_the_fuzzer_finds_nothing(sqlite_url: str, tmp_path: Path) -> None:
+    keys = api_keys(sqlite_url)
+    server = start_server(sqlite_url, tmp_path / "data", {"join_failures_per_minute": 10**6})
+    try:
+        created = httpx.post(
+            f"{server.base_url}/v1/bookings", headers=bearer(keys[Scope.SCHEDULER]),
+            json=booking_body(datetime.now(UTC), purposes=[
+                "recording.audio", "recording.video", "transcription", "ai.summary",
+                "ai.agenda",
+            ]), timeout=30,
+        )
+        assert created.status_code == 201, created.text
+        host, client = (credential_of(p) for p in created.json()["participants"])
+        callers = {f"key:{s.value}": f"Authorization: Bearer {k}" for s, k in keys.items()}
+        callers["link:host"] = f"X-Join-Credential: {host}"
+        callers["link:client"] = f"X-Join-Credential: {client}"
+        folders = {who: tmp_path / who.replace(":", "-") for who in callers}
+        # The callers in parallel: the fuzzer's own work (generating cases) dominates.
+        runs = {who: fuzz(server.base_url, header, folders[who])
+                for who, header in callers.items()}
+        results = {who: report_of(run, folders[who]) for who, run in runs.items()}
+    finally:
+        server.stop()
+    rows = [
+        f"{who}: {r['operations']['tested']} operations, {r['test_cases']['generated']} cases, "
+        f"{r['test_cases']['unique_failures']} failures, {r['running_time']:.0f} s"
+        for who, r in results.items()
+    ]
+    print("\n".join(["schemathesis figures:", *rows]))
+    failed = {who: r["output"] for who, r in results.items()
+              if r["exit_code"] != 0 or r["failures"] or r["errors"]}
+    assert not failed, "\n\n".join(f"== {who}\n{out}" for who, out in failed.items())
+    for result in results.values():
+        assert result["operations"]["tested"] == result["operations"]["total"]
+        assert result["operations"]["total"] >= 40
