@@ -5,14 +5,20 @@ documented status, content type and schema. The figures go to docs/security.md.
 
 Bounded so it fits CI: a fixed seed and `MAX_EXAMPLES` generated cases per operation and phase.
 The failure limit on join credentials is lifted for this server (the limiter has its own tests
-in test_limits.py); everything else runs as configured by default.
+in test_limits.py), and AI jobs go to the OpenAI stand-in (without a provider, asking for a job
+is a documented 503); everything else runs as configured by default.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import queue
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -25,12 +31,35 @@ from core.clock import SystemClock
 from core.database import Database
 from tests import support
 from tests.booking_support import bearer, booking_body, credential_of
-from tests.liveserver import ROOT, start_server
+from tests.liveserver import ROOT, LiveServer, start_server
+from tests.standins.openai import OpenAIStandIn
 
 MAX_EXAMPLES = 6
 SEED = "20261130"
 CONFIG = ROOT / "tests" / "fuzz" / "schemathesis.toml"
 SCHEMATHESIS = Path(sys.executable).parent / "schemathesis"
+
+
+@contextmanager
+def openai_standin() -> Iterator[str]:
+    """The OpenAI stand-in on its own event loop in a thread (this test is synchronous); its
+    base URL."""
+    started: queue.Queue[str] = queue.Queue()
+    holder: dict[str, Any] = {}
+
+    async def serve() -> None:
+        holder["loop"], holder["stop"] = asyncio.get_running_loop(), asyncio.Event()
+        async with OpenAIStandIn() as server:
+            started.put(server.base_url)
+            await holder["stop"].wait()
+
+    thread = threading.Thread(target=asyncio.run, args=(serve(),), daemon=True)
+    thread.start()
+    try:
+        yield started.get(timeout=60)
+    finally:
+        holder["loop"].call_soon_threadsafe(holder["stop"].set)
+        thread.join(30)
 
 
 def api_keys(database_url: str) -> dict[Scope, str]:
@@ -70,10 +99,10 @@ def report_of(run: subprocess.Popen[str], reports: Path) -> dict[str, Any]:
     return report
 
 
-@pytest.mark.timeout(1800)
-def test_the_fuzzer_finds_nothing(sqlite_url: str, tmp_path: Path) -> None:
-    keys = api_keys(sqlite_url)
-    server = start_server(sqlite_url, tmp_path / "data", {"join_failures_per_minute": 10**6})
+def run_everyone(keys: dict[Scope, str], server: LiveServer, tmp_path: Path) -> dict[
+    str, dict[str, Any]
+]:
+    """Book a session on `server`, then fuzz it as every caller at once; the reports."""
     try:
         created = httpx.post(
             f"{server.base_url}/v1/bookings", headers=bearer(keys[Scope.SCHEDULER]),
@@ -94,6 +123,17 @@ def test_the_fuzzer_finds_nothing(sqlite_url: str, tmp_path: Path) -> None:
         results = {who: report_of(run, folders[who]) for who, run in runs.items()}
     finally:
         server.stop()
+    return results
+
+
+@pytest.mark.timeout(1800)
+def test_the_fuzzer_finds_nothing(sqlite_url: str, tmp_path: Path) -> None:
+    keys = api_keys(sqlite_url)
+    with openai_standin() as openai_url:
+        overrides = {"join_failures_per_minute": 10**6, "openai_base_url": openai_url,
+                     "openai_api_key": "fuzz"}
+        results = run_everyone(keys, start_server(sqlite_url, tmp_path / "data", overrides),
+                               tmp_path)
     rows = [
         f"{who}: {r['operations']['tested']} operations, {r['test_cases']['generated']} cases, "
         f"{r['test_cases']['unique_failures']} failures, {r['running_time']:.0f} s"
