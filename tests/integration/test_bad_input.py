@@ -14,7 +14,7 @@ import pytest
 from core.accounts import Scope
 from core.clock import ManualClock
 from core.runtime import Runtime
-from tests.booking_support import bearer, book, booking_body, credential_of, row_counts
+from tests.support.bookings import bearer, book, booking_body, credential_of, row_counts
 
 PROBLEM = "application/problem+json"
 

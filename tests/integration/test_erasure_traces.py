@@ -17,9 +17,9 @@ from core.crypto import sha256_hex
 from core.runtime import Runtime
 from core.settings import Settings
 from signaling.bookings import BookingRequest
-from tests.booking_support import bearer, booking_body, credential_of
-from tests.consent_support import decide
 from tests.integration.test_erasure import database_bytes, found, storage_bytes
+from tests.support.bookings import bearer, booking_body, credential_of
+from tests.support.consent import decide
 
 NAME = "Ysolde Varnhagen-Pike"
 EXTERNAL = "member-yvp-55120"

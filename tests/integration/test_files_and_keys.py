@@ -21,7 +21,7 @@ from core.database import Database
 from core.errors import AuthenticationFailed
 from core.runtime import Runtime
 from core.settings import Settings
-from tests import support
+from tests.support import databases as support
 
 
 def mode(path: Path) -> int:

@@ -29,10 +29,10 @@ import pytest
 from core.accounts import Scope, do_create_key
 from core.clock import SystemClock
 from core.database import Database
-from tests import support
-from tests.booking_support import bearer, booking_body, credential_of
-from tests.liveserver import ROOT, LiveServer, start_server
 from tests.standins.openai import OpenAIStandIn
+from tests.support import databases as support
+from tests.support.bookings import bearer, booking_body, credential_of
+from tests.support.liveserver import ROOT, LiveServer, start_server
 
 MAX_EXAMPLES = 6
 SEED = "20261130"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 
 from core.accounts import Scope
-from tests.conftest import bearer
+from tests.support.bookings import bearer
 
 
 async def test_healthz_and_readyz_report_ok(client: httpx.AsyncClient) -> None:

@@ -27,10 +27,10 @@ from core.clock import ManualClock
 from core.ratelimit import MemoryRateLimiter
 from core.runtime import Runtime
 from core.settings import Settings
-from tests.booking_support import bearer, book, booking_body, credential_of, row_counts
-from tests.integration.consent_bookings import seed_booking
 from tests.integration.test_join import clear_of_window_edges
-from tests.support import REDIS_URL
+from tests.support.bookings import bearer, book, booking_body, credential_of, row_counts
+from tests.support.consent_bookings import seed_booking
+from tests.support.databases import REDIS_URL
 from tests.support.livekit import LiveKitServer
 
 PROBLEM = "application/problem+json"

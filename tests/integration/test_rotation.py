@@ -24,10 +24,10 @@ from core.accounts import Scope
 from core.clock import ManualClock
 from core.runtime import Runtime
 from core.settings import Settings
-from tests import support
-from tests.booking_support import bearer, booking_body, credential_of
-from tests.consent_support import decide
-from tests.integration.privacy_support import add_recording, audio, book, person
+from tests.support import databases as support
+from tests.support.bookings import bearer, booking_body, credential_of
+from tests.support.consent import decide
+from tests.support.privacy import add_recording, audio, book, person
 
 NEW_MASTER = base64.b64encode(b"n" * 32).decode()
 NEW_SECRET = "rotated-secret-" + "r" * 40
