@@ -19,6 +19,7 @@ import httpx
 import pytest
 from playwright.async_api import Browser, Page, expect
 
+from core.purposes import RecordingAccess
 from tests.e2e.test_call_page import open_join, seed
 from tests.support.liveserver import LiveServer
 from tests.support.signaling import Person
@@ -236,7 +237,8 @@ async def test_both_pages_show_what_the_server_records_through_random_sequences(
     seed_value = int(os.environ.get("CALLGATE_TEST_SEED") or random.SystemRandom().randrange(2**32))
     print(f"CALLGATE_TEST_SEED={seed_value}")
     rng = random.Random(seed_value)
-    seeded = await seed(live_server)
+    # `participants`: the host's link reads every person's rows, the server's whole view.
+    seeded = await seed(live_server, access=RecordingAccess.PARTICIPANTS)
     host_page = await open_join(browser, live_server, seeded.host)
     client_page = await open_join(browser, live_server, seeded.client)
     async with httpx.AsyncClient(base_url=live_server.base_url, trust_env=False) as http:
@@ -263,7 +265,8 @@ async def test_withdrawing_everything_shows_not_recording_on_both_pages(
 ) -> None:
     """The case from the report: the client withdraws video, then audio; their page closes its
     recording connection, and both pages must stop saying "recording audio"."""
-    seeded = await seed(live_server)
+    # `participants`: the host's link reads every person's rows, the server's whole view.
+    seeded = await seed(live_server, access=RecordingAccess.PARTICIPANTS)
     host_page = await open_join(browser, live_server, seeded.host)
     client_page = await open_join(browser, live_server, seeded.client)
     async with httpx.AsyncClient(base_url=live_server.base_url, trust_env=False) as http:
