@@ -16,16 +16,16 @@ from __future__ import annotations
 import enum
 import secrets
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, ClassVar
 
-from sqlalchemy import JSON, Boolean, Integer, String, Uuid, select
+from sqlalchemy import JSON, Boolean, Integer, String, Uuid, event, select
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from core.database import Base, UTCDateTime
+from core.database import Base, Database, UTCDateTime
 
 
 class EventType(enum.StrEnum):
@@ -305,7 +305,34 @@ def do_write(session: AsyncSession, event: OutgoingEvent, at: datetime) -> Outbo
         dispatched=False,
     )
     session.add(row)
+    session.info[_WRITTEN] = True
     return row
+
+
+_WRITTEN = "callgate.outbox_written"
+
+
+def on_outbox_commit(db: Database, callback: Callable[[], None]) -> Callable[[], None]:
+    """Call `callback` right after each commit, on `db`, of a transaction that wrote to the
+    outbox (so this node's sender sends at once instead of at its next poll; what another node
+    commits, that node's sender picks up). Returns the function that stops it."""
+    engine = db.engine.sync_engine
+
+    def committed(session: Session) -> None:
+        if session.bind is engine and session.info.pop(_WRITTEN, False):
+            callback()
+
+    def rolled_back(session: Session) -> None:
+        session.info.pop(_WRITTEN, None)
+
+    event.listen(Session, "after_commit", committed)
+    event.listen(Session, "after_rollback", rolled_back)
+
+    def stop() -> None:
+        event.remove(Session, "after_commit", committed)
+        event.remove(Session, "after_rollback", rolled_back)
+
+    return stop
 
 
 def _scrubbed(value: Any, external_id: str, tombstone: str) -> Any:

@@ -37,7 +37,7 @@ import secrets
 import socket
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from types import TracebackType
@@ -52,7 +52,7 @@ from sqlalchemy.orm import Mapped, aliased, mapped_column
 
 from core.database import Base, UTCDateTime, enum_column
 from core.errors import InvalidInput, NotFound
-from core.outbox import EventType, OutboxEvent
+from core.outbox import EventType, OutboxEvent, on_outbox_commit
 from core.runtime import Runtime
 from core.settings import Settings
 
@@ -354,8 +354,10 @@ class Sender:
         )
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
+        self._unlisten: Callable[[], None] | None = None
 
     async def __aenter__(self) -> Sender:
+        self._unlisten = on_outbox_commit(self._rt.db, self.wake)
         self._task = asyncio.create_task(self._forever(), name="webhook-sender")
         return self
 
@@ -363,6 +365,8 @@ class Sender:
         self, exc_type: type[BaseException] | None, exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        if self._unlisten is not None:
+            self._unlisten()
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
