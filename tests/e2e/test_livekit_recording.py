@@ -145,6 +145,7 @@ async def test_egress_follows_consent_through_the_servers_webhooks(
         created = await book(
             client, api_keys[Scope.SCHEDULER], clock.now(), minutes=30,
             purposes=["recording.audio", "recording.video"],
+            recording_access="participants",  # the host's link lists the guest's files
         )
         booking = created["id"]
         host, guest = (Link(p) for p in created["participants"])
@@ -254,7 +255,10 @@ async def _booked(server: LiveServer) -> tuple[str, Link, Link]:
     async with httpx.AsyncClient(base_url=server.base_url) as http:
         answer = await http.post(
             "/v1/bookings", headers=bearer(key),
-            json=booking_body(now, minutes=30, purposes=["recording.audio"]),
+            json=booking_body(
+                now, minutes=30, purposes=["recording.audio"],
+                recording_access="participants",  # the host's link lists the guest's files
+            ),
         )
     assert answer.status_code == 201, answer.text
     created = answer.json()
