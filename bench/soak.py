@@ -42,6 +42,7 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 from websockets.asyncio.client import connect
 from websockets.typing import Origin
 
+from core.accounts import Scope, do_create_key
 from core.migrate import upgrade
 from core.runtime import Runtime
 from core.settings import Settings
@@ -124,8 +125,8 @@ def _proc(pid: int) -> tuple[float, int, int]:
     return rss_kib / 1024, len(os.listdir(f"/proc/{pid}/fd")), threads
 
 
-async def _tasks(client: httpx.AsyncClient) -> int:
-    text = (await client.get("/metrics")).text
+async def _tasks(client: httpx.AsyncClient, key: str) -> int:
+    text = (await client.get("/metrics", headers={"Authorization": f"Bearer {key}"})).text
     found = re.search(r"^callgate_asyncio_tasks ([0-9.e+]+)$", text, re.M)
     return int(float(found.group(1))) if found else -1
 
@@ -249,11 +250,15 @@ async def _recorded(
             await pc.close()
 
 
-async def _sample(client: httpx.AsyncClient, pid: int, began: float, until: float,
-                  samples: list[Sample]) -> None:
+async def _sample(
+    client: httpx.AsyncClient, key: str, pid: int, began: float, until: float,
+    samples: list[Sample],
+) -> None:
     while time.monotonic() < until:
         rss, fds, threads = _proc(pid)
-        samples.append(Sample(time.monotonic() - began, rss, fds, threads, await _tasks(client)))
+        samples.append(
+            Sample(time.monotonic() - began, rss, fds, threads, await _tasks(client, key))
+        )
         await asyncio.sleep(SAMPLE_S)
 
 
@@ -310,6 +315,10 @@ async def run() -> str:
                 seeded: list[Seeded] = await seed_bookings(
                     runtime.db, runtime.keys, datetime.now(UTC), BOOKINGS
                 )
+                async with runtime.db.session() as session:
+                    _, key = await do_create_key(
+                        session, Scope.METRICS, "soak", datetime.now(UTC)
+                    )
             finally:
                 await runtime.close()
             video, audio = encode_vp8(90, width=320, height=240, bit_rate=300_000), encode_opus(50)
@@ -328,7 +337,7 @@ async def run() -> str:
                     clients = [s.client.credential for s in seeded]
                     hosts = [(str(s.booking_id), s.host.credential) for s in seeded]
                     await asyncio.gather(
-                        _sample(client, process.pid, began, until, samples),
+                        _sample(client, key, process.pid, began, until, samples),
                         _joins(client, people, until, tally),
                         _decisions(client, clients, until, tally),
                         _switching(client, hosts, until, tally),
@@ -340,7 +349,7 @@ async def run() -> str:
                     )
                     rss, fds, threads = _proc(process.pid)
                     samples.append(Sample(time.monotonic() - began, rss, fds, threads,
-                                          await _tasks(client)))
+                                          await _tasks(client, key)))
                     files = sum(1 for _ in (Path(tmp) / "recordings").rglob("*") if _.is_file())
             finally:
                 process.terminate()

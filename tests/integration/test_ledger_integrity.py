@@ -162,7 +162,7 @@ async def test_tampering_is_found_within_a_minute_and_capture_fails_closed(
 
     ready = (await client.get("/readyz")).json()
     assert f"entry {bad_seq} ({problem})" in ready["checks"]["consent_ledger"]
-    metrics = (await client.get("/metrics")).text
+    metrics = (await client.get("/metrics", headers=bearer(api_keys[Scope.METRICS]))).text
     assert "callgate_consent_ledger_tampered 1.0" in metrics
     assert f"callgate_consent_ledger_first_bad_seq {float(bad_seq)}" in metrics
     state = await integrity(client, api_keys)
