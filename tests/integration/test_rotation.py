@@ -6,6 +6,7 @@ still recognized, and checkpoints signed with the old checkpoint key still verif
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
@@ -45,7 +46,10 @@ async def node(settings: Settings, clock: ManualClock, **changes: Any) -> AsyncI
             yield c
 
 
-def rotate_master(settings: Settings) -> str:
+async def rotate_master(settings: Settings) -> str:
+    """`callgate keys rotate-master` as an operator runs it, beside the running app: in a
+    thread, so this process's app keeps its event loop (and can finish a transaction that
+    holds SQLite's write lock) while the command waits for it."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CALLGATE_")}
     env.update({
         "CALLGATE_DATABASE_URL": settings.database_url,
@@ -56,8 +60,10 @@ def rotate_master(settings: Settings) -> str:
     })
     program = [sys.executable, "-c", "from api.cli import main; main()", "keys",
                "rotate-master"]
-    done = subprocess.run(program, env=env, capture_output=True, text=True, timeout=120,
-                          check=False)
+    done = await asyncio.to_thread(
+        subprocess.run, program, env=env, capture_output=True, text=True, timeout=120,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     return done.stdout.strip()
 
@@ -88,8 +94,8 @@ async def test_a_new_master_key_rewraps_every_data_key_and_recordings_stay_reada
     new, old = SecretStr(NEW_MASTER), SecretStr(support.MASTER)
     async with node(settings, clock, master_key=new, previous_master_keys=[old]) as c:
         assert await downloads(c) == expected  # no downtime: the old key still unwraps
-    assert rotate_master(settings) == "re-wrapped 2 data keys (0 were already current)"
-    assert rotate_master(settings) == "re-wrapped 0 data keys (2 were already current)"
+    assert await rotate_master(settings) == "re-wrapped 2 data keys (0 were already current)"
+    assert await rotate_master(settings) == "re-wrapped 0 data keys (2 were already current)"
     async with node(settings, clock, master_key=new, previous_master_keys=[]) as c:
         assert await downloads(c) == expected  # the old key is no longer needed
     async with node(settings, clock, master_key=old, previous_master_keys=[]) as c:
