@@ -19,7 +19,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import FileResponse, HTMLResponse, Response, StreamingResponse
-from pydantic import AwareDatetime, BaseModel
+from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.deps import AdminCaller, AiJobsDep, ReviewerCaller, RuntimeDep, ViewerDep
@@ -399,7 +399,7 @@ async def list_reads(
     runtime: RuntimeDep,
     caller: AdminCaller,
     booking_id: Annotated[uuid.UUID | None, Query(description="Only this booking.")] = None,
-    before: Annotated[AwareDatetime | None, Query(description="Reads before this time.")] = None,
+    before: Annotated[Instant | None, Query(description="Reads before this time.")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> dict[str, Any]:
     async with runtime.db.session() as session:
