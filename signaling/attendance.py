@@ -175,3 +175,23 @@ async def get_attendance(
             seconds=max(total, 0.0), no_show=(not own) if decided else None,
         ))
     return out
+
+
+async def do_mark_from_livekit(
+    runtime: Runtime, room: str, identity: str, joined: bool, at: datetime, deliberate: bool
+) -> bool:
+    """LiveKit's own word (its `participant_joined` / `participant_left` webhooks) on who is in
+    a LiveKit-mode room, as built-in signaling reports it: the identity is the participant id.
+    `deliberate`: the person left themselves (LiveKit's CLIENT_INITIATED)."""
+    try:
+        participant_id = uuid.UUID(identity)
+    except ValueError:
+        return False
+    async with runtime.db.session() as session:
+        booking_id = await session.scalar(select(Booking.id).where(Booking.room_name == room))
+    if booking_id is None:
+        return False
+    if joined:
+        return await do_mark_joined(runtime, booking_id, participant_id, at)
+    how = LeaveHow.LEFT if deliberate else LeaveHow.DROPPED
+    return await do_mark_left(runtime, booking_id, participant_id, at, how)

@@ -74,7 +74,8 @@ async def scheduler_key(server: LiveServer) -> str:
 
 
 async def book(server: LiveServer, clients: int = 1, **body: Any) -> dict[str, Any]:
-    """A booking open now, made through the API (so callgate creates its LiveKit room)."""
+    """A booking open now, made through the API (so callgate creates its LiveKit room); the
+    answer carries the scheduler key it was made with under `_key`."""
     key = await scheduler_key(server)
     now = datetime.now(UTC).replace(microsecond=0)
     async with httpx.AsyncClient(base_url=server.base_url) as http:
@@ -86,7 +87,18 @@ async def book(server: LiveServer, clients: int = 1, **body: Any) -> dict[str, A
     assert response.status_code == 201, response.text
     created: dict[str, Any] = response.json()
     assert created["room"]["state"] == "created", created["room"]
+    created["_key"] = key
     return created
+
+
+async def present(server: LiveServer, created: dict[str, Any]) -> dict[str, bool]:
+    """Attendance as the scheduler reads it: participant id -> present now."""
+    async with httpx.AsyncClient(base_url=server.base_url) as http:
+        answer = await http.get(
+            f"/v1/bookings/{created['id']}/attendance", headers=bearer(created["_key"])
+        )
+    assert answer.status_code == 200, answer.text
+    return {p["participant_id"]: p["present"] for p in answer.json()["people"]}
 
 
 async def join_page(browser: Browser, server: LiveServer, person: dict[str, Any]) -> Page:
@@ -150,8 +162,21 @@ async def test_two_pages_see_each_other_through_livekit(
         )
     assert sorted(p.identity for p in listed.participants) == sorted([host["id"], guest["id"]])
     assert all(len(p.tracks) == 2 for p in listed.participants)
-    await first.context.close()
+
+    # LiveKit's own webhooks told callgate who came in, and who went away.
+    both = {host["id"]: True, guest["id"]: True}
+
+    async def both_in() -> bool:
+        return await present(nodes, created) == both
+
+    await until(both_in, "attendance shows both people in the room")
     await second.context.close()
+
+    async def guest_gone() -> bool:
+        return await present(nodes, created) == {host["id"]: True, guest["id"]: False}
+
+    await until(guest_gone, "attendance shows the guest gone")
+    await first.context.close()
 
 
 async def _more_frames(page: Page, other: str, before: int) -> bool:
