@@ -61,6 +61,11 @@ def main(names: list[str]) -> int:
             f"(`python -m bench {name}`), {took:.0f} s._\n"
         )
         print(sections[name], flush=True)
+        _write(sections)  # after each one: a later benchmark's failure loses nothing
+    return 0
+
+
+def _write(sections: dict[str, str]) -> None:
     header = (
         "# Performance\n\nFigures written by `make bench` (`python -m bench`), one section per "
         "benchmark in `bench/`, each beside the baseline it names, measured in the same run.\n\n"
@@ -68,7 +73,6 @@ def main(names: list[str]) -> int:
     parts = [f"<!-- bench:{n} -->\n{sections[n]}<!-- /bench:{n} -->\n" for n in sorted(sections)]
     DOC.parent.mkdir(exist_ok=True)
     DOC.write_text(header + "\n".join(parts))
-    return 0
 
 
 if __name__ == "__main__":

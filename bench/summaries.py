@@ -195,7 +195,11 @@ async def run() -> str:
             }
             url = f"sqlite+aiosqlite:///{folder}/in-process.db"
             await upgrade(url)
-            settings = Settings(database_url=url, **base)
+            # One data folder per database: the ledger's witness of its head lives there, and a
+            # witness of another database's chain is (rightly) a tampering alarm.
+            settings = Settings(
+                database_url=url, **{**base, "data_dir": Path(folder) / "in-process"}
+            )
             sessions = await setup(settings)
             async with app_client(settings) as (client, runtime):
                 key = (await keys(runtime))[Scope.SCHEDULER]
@@ -205,7 +209,8 @@ async def run() -> str:
             url = f"sqlite+aiosqlite:///{folder}/arq.db"
             await upgrade(url)
             settings = Settings(
-                database_url=url, redis_url=support.REDIS_URL, redis_prefix=prefix, **base
+                database_url=url, redis_url=support.REDIS_URL, redis_prefix=prefix,
+                **{**base, "data_dir": Path(folder) / "arq"},
             )
             sessions = await setup(settings)
             worker = build_worker(settings, audio=RecordedAudio)
