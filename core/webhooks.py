@@ -355,8 +355,10 @@ class Sender:
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._unlisten: Callable[[], None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def __aenter__(self) -> Sender:
+        self._loop = asyncio.get_running_loop()
         self._unlisten = on_outbox_commit(self._rt.db, self.wake)
         self._task = asyncio.create_task(self._forever(), name="webhook-sender")
         return self
@@ -375,8 +377,10 @@ class Sender:
         await self._client.aclose()
 
     def wake(self) -> None:
-        """Look for work now (a change was just committed on this node)."""
-        self._wake.set()
+        """Look for work now (a change was just committed on this node); safe from any
+        thread (a commit may run in a worker thread)."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._wake.set)
 
     async def _forever(self) -> None:
         while True:
@@ -388,9 +392,11 @@ class Sender:
             except Exception:  # a database outage must not end the sender
                 log.exception("webhooks.pass_failed")
             if not busy:
-                idle_s = self._settings.webhook_poll_interval_s
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancel that
+                # lands as the wake fires, and the closing lifespan then waits for ever.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), idle_s)
+                    async with asyncio.timeout(self._settings.webhook_poll_interval_s):
+                        await self._wake.wait()
                 self._wake.clear()
 
     async def run_once(self) -> int:
@@ -523,8 +529,8 @@ class Sender:
             }
             for delivery_id, outcome in outcomes:
                 delivery = deliveries.get(delivery_id)
-                if delivery is None:
-                    continue
+                if delivery is None or delivery.lease_until is None:
+                    continue  # replayed while in flight: the replay's send counts, not this one
                 self._apply(delivery, endpoints.get(delivery.endpoint_id), outcome, now)
                 if not outcome.ok:
                     log.info("webhooks.attempt_failed", delivery_id=str(delivery_id),
