@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
@@ -10,6 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
+import uvicorn
 from fastapi import FastAPI
 
 from api.app import create_app
@@ -20,6 +22,7 @@ from core.runtime import Runtime
 from core.settings import Settings
 from tests import support
 from tests.support.livekit import balancer, livekit_server, webhook_backends  # noqa: F401
+from tests.support.liveserver import free_port
 from tests.support.waiting import services_ready
 
 
@@ -96,6 +99,21 @@ async def app(settings: Settings, clock: ManualClock) -> AsyncIterator[FastAPI]:
     async with application.router.lifespan_context(application):
         await services_ready(application.state.services)
         yield application
+
+
+@pytest.fixture
+async def ws_base(app: FastAPI) -> AsyncIterator[str]:
+    """The app (lifespan already running) served by a real uvicorn on a free port: `ws://...`."""
+    port = free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off", log_level="error")
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    async with asyncio.timeout(10):
+        while not server.started:  # noqa: ASYNC110 (uvicorn offers no event to wait on)
+            await asyncio.sleep(0.02)
+    yield f"ws://127.0.0.1:{port}"
+    server.should_exit = True
+    await task
 
 
 @pytest.fixture

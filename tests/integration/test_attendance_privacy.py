@@ -17,12 +17,9 @@ from core.accounts import Scope
 from core.clock import ManualClock
 from core.outbox import OutboxEvent
 from core.runtime import Runtime
-from tests.support import lifecycle as lifecycle_support
 from tests.support.bookings import bearer, book
 from tests.support.lifecycle import enter
 from tests.support.waiting import eventually
-
-ws_base = lifecycle_support.ws_base  # the app on a real uvicorn, for the sockets
 
 
 @pytest.fixture

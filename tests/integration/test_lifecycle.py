@@ -15,12 +15,10 @@ import pytest
 from core.accounts import Scope
 from core.clock import ManualClock
 from core.runtime import Runtime
-from tests.support import lifecycle as lifecycle_support
 from tests.support.bookings import bearer, book
 from tests.support.lifecycle import enter, outbox_types, until_status
 from tests.support.signaling import receive_type
 
-ws_base = lifecycle_support.ws_base  # the app on a real uvicorn, for the sockets
 GRACE_S = 60  # a dropped socket's grace: far longer than any wait below
 
 

@@ -5,14 +5,11 @@ readable."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from fastapi import FastAPI
 
 from consent.gate import Reason
@@ -24,7 +21,6 @@ from core.runtime import Runtime
 from summaries.consents import LedgerConsent
 from tests.support.bookings import bearer
 from tests.support.consent import decide
-from tests.support.liveserver import free_port
 from tests.support.signaling import (
     Seeded,
     open_socket,
@@ -78,20 +74,6 @@ async def publish(
 async def overview(client: httpx.AsyncClient, credential: str) -> dict[str, dict[str, Any]]:
     body = (await client.get("/v1/consent", headers={"X-Join-Credential": credential})).json()
     return {p["purpose"]: p for p in body["purposes"]}
-
-
-@pytest.fixture
-async def ws_base(app: FastAPI) -> AsyncIterator[str]:
-    port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off", log_level="error")
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    async with asyncio.timeout(10):
-        while not server.started:  # noqa: ASYNC110 (uvicorn offers no event to wait on)
-            await asyncio.sleep(0.02)
-    yield f"ws://127.0.0.1:{port}"
-    server.should_exit = True
-    await task
 
 
 async def test_material_change_stops_earlier_grants_and_tells_the_pages(

@@ -20,14 +20,12 @@ from core.accounts import Scope
 from core.purposes import Purpose
 from core.runtime import Runtime
 from tests.integration.test_minors import guardian
-from tests.integration.test_signaling import ORIGIN, ws_base
+from tests.integration.test_signaling import ORIGIN
 from tests.support.bookings import bearer, booking_body
 from tests.support.consent import decide
 from tests.support.privacy import Person, book, person
 from tests.support.signaling import open_socket, receive, receive_type
 from tests.support.waiting import eventually
-
-__all__ = ["ws_base"]  # the fixture: the app served by a real uvicorn
 
 PURPOSES = ["recording.audio"]
 SOON = datetime.now(UTC) + timedelta(days=1)

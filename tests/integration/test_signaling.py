@@ -5,14 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
-from fastapi import FastAPI
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
@@ -27,7 +24,6 @@ from core.events import (
 )
 from core.purposes import Decision, Purpose
 from core.runtime import Runtime
-from tests.support.liveserver import free_port
 from tests.support.signaling import (
     Seeded,
     open_socket,
@@ -46,21 +42,6 @@ GRACE_S = 3
 @pytest.fixture
 def settings_overrides() -> dict[str, Any]:
     return {"signaling_messages_per_s": 20, "signaling_reconnect_grace_s": GRACE_S}
-
-
-@pytest.fixture
-async def ws_base(app: FastAPI) -> AsyncIterator[str]:
-    """The app (lifespan already running) served by a real uvicorn on a free port."""
-    port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off", log_level="error")
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    async with asyncio.timeout(10):
-        while not server.started:  # noqa: ASYNC110 (uvicorn offers no event to wait on)
-            await asyncio.sleep(0.02)
-    yield f"ws://127.0.0.1:{port}"
-    server.should_exit = True
-    await task
 
 
 @pytest.fixture

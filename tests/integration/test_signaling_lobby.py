@@ -15,11 +15,10 @@ from tests.integration.test_signaling import (
     join,
     seeded,
     settings_overrides,
-    ws_base,
 )
 from tests.support.signaling import Seeded, open_socket, receive, ticket_for
 
-__all__ = ["seeded", "settings_overrides", "ws_base"]  # fixtures shared with test_signaling
+__all__ = ["seeded", "settings_overrides"]  # fixtures shared with test_signaling
 
 
 async def waiting(ws_base: str, runtime: Runtime, seeded: Seeded, index: int) -> ClientConnection:

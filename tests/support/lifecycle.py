@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
-import pytest
-import uvicorn
-from fastapi import FastAPI
 from sqlalchemy import select
 from websockets.asyncio.client import ClientConnection
 
@@ -18,7 +14,6 @@ from core.accounts import Scope
 from core.outbox import OutboxEvent
 from core.runtime import Runtime
 from tests.support.bookings import bearer, credential_of
-from tests.support.liveserver import free_port
 from tests.support.signaling import open_socket, receive_type
 
 ORIGIN = "http://testserver"
@@ -52,21 +47,6 @@ async def outbox_types(runtime: Runtime, booking_id: uuid.UUID | str) -> list[st
             .order_by(OutboxEvent.seq)
         )
         return list((await session.scalars(query)).all())
-
-
-@pytest.fixture
-async def ws_base(app: FastAPI) -> AsyncIterator[str]:
-    """The app (lifespan already running) served by a real uvicorn on a free port."""
-    port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off", log_level="error")
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    async with asyncio.timeout(10):
-        while not server.started:  # noqa: ASYNC110 (uvicorn offers no event to wait on)
-            await asyncio.sleep(0.02)
-    yield f"ws://127.0.0.1:{port}"
-    server.should_exit = True
-    await task
 
 
 async def enter(
