@@ -21,6 +21,7 @@ from core.clock import ManualClock
 from core.runtime import Runtime
 from core.settings import Settings
 from tests import support
+from tests.support.egress import egress_dir, egress_server, egress_settings  # noqa: F401
 from tests.support.livekit import balancer, livekit_server, webhook_backends  # noqa: F401
 from tests.support.liveserver import free_port
 from tests.support.waiting import services_ready

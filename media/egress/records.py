@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import enum
 import uuid
+from dataclasses import dataclass
 from datetime import datetime
 
 from livekit.protocol import egress as lk_egress
@@ -166,16 +167,49 @@ async def take_over_person(
         return [egress_id for egress_id in result.scalars() if egress_id]
 
 
-async def reported(
-    db: Database, egress_id: str, state: EgressState, at: datetime
-) -> EgressRecord | None:
-    """Apply LiveKit's report of an egress; the stored row (None for one callgate never
-    started). A row already ended stays as it is (reports may come twice)."""
+async def reported(db: Database, egress_id: str, state: EgressState, at: datetime) -> None:
+    """Apply LiveKit's report of a live or ending egress (one conditional statement): a row
+    already ended stays as it is (reports may come twice, to several nodes), and a row callgate
+    is stopping never moves back to live. Ends go through `end`."""
+    unchanged = list(ENDED) + ([EgressState.ENDING] if state in LIVE else [])
     async with db.session() as session:
-        row = await by_egress_id(session, egress_id)
-        if row is None or row.state in ENDED:
-            return row
-        if not (row.state is EgressState.ENDING and state in LIVE):
-            row.state = state
-            row.updated_at = at
-        return row
+        await session.execute(
+            update(EgressRecord)
+            .where(EgressRecord.egress_id == egress_id, EgressRecord.state.not_in(unchanged))
+            .values(state=state, updated_at=at)
+        )
+
+
+@dataclass(frozen=True)
+class Ending:
+    """The one node's claim on an ended egress: its row (None for an egress callgate never
+    started) and the state it had before LiveKit reported the end."""
+
+    record: EgressRecord | None
+    before: EgressState | None
+
+
+async def end(db: Database, egress_id: str, state: EgressState, at: datetime) -> Ending | None:
+    """Move a stored egress to its ended `state`, once across nodes and reports: the claim for
+    the one caller whose conditional update moved it (that caller alone takes the file in);
+    None for every other (the row was already ended). An egress callgate never stored is
+    everyone's to discard (deleting a file twice is harmless)."""
+    for _ in range(len(EgressState)):  # the row moved between the read and the update: again
+        async with db.session() as session:
+            row = await by_egress_id(session, egress_id)
+            if row is None:
+                return Ending(None, None)
+            if row.state in ENDED:
+                return None
+            before = row.state
+            moved = await session.execute(
+                update(EgressRecord)
+                .where(EgressRecord.id == row.id, EgressRecord.state == before)
+                .values(state=state, updated_at=at)
+                .execution_options(synchronize_session=False)
+            )
+            if getattr(moved, "rowcount", 0):
+                session.expunge(row)  # detached first: the new values are not written twice
+                row.state, row.updated_at = state, at
+                return Ending(row, before)
+    return None

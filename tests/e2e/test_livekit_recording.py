@@ -8,7 +8,7 @@ node stop a recording the node that started it can no longer answer for.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,8 @@ from tests.standins.egress import EgressStandIn
 from tests.support import REDIS_URL
 from tests.support.bookings import bearer, book, booking_body, credential_of
 from tests.support.consent import decide
-from tests.support.livekit import WEBHOOK_PATH, Balancer, LiveKitServer, serving
+from tests.support.egress import egress_overrides
+from tests.support.livekit import Balancer, LiveKitServer, serving
 from tests.support.liveserver import LiveServer, start_server
 
 pytestmark = pytest.mark.e2e
@@ -59,36 +60,8 @@ def backend() -> str:
 
 
 @pytest.fixture
-def egress_dir(tmp_path: Path) -> Path:
-    folder = tmp_path / "egress"
-    folder.mkdir()
-    return folder.resolve()
-
-
-@pytest.fixture
-async def egress_server(
-    livekit_server: LiveKitServer, balancer: Balancer
-) -> AsyncIterator[EgressStandIn]:
-    async with EgressStandIn(
-        livekit_server.key, livekit_server.secret, balancer.url + WEBHOOK_PATH
-    ) as server:
-        yield server
-
-
-@pytest.fixture
-def settings_overrides(
-    livekit_server: LiveKitServer, egress_server: EgressStandIn, egress_dir: Path
-) -> dict[str, Any]:
-    return {
-        "egress_output_dir": egress_dir,
-        "media_mode": "livekit",
-        "livekit_url": livekit_server.url,
-        "livekit_egress_url": egress_server.url,
-        "livekit_api_key": livekit_server.key,
-        "livekit_api_secret": livekit_server.secret,
-        "livekit_retry_interval_s": 0.2,
-        "livekit_timeout_s": 5,
-    }
+def settings_overrides(egress_settings: dict[str, Any]) -> dict[str, Any]:
+    return egress_settings
 
 
 async def until(check: Callable[[], Awaitable[bool]], what: str, seconds: float = 45) -> None:
@@ -194,16 +167,9 @@ async def test_another_node_stops_a_recording_after_its_node_was_killed(
     webhook_backends: list[str], livekit_server: LiveKitServer, egress_server: EgressStandIn,
     egress_dir: Path, redis_prefix: str,
 ) -> None:
-    overrides: dict[str, Any] = {
-        "egress_output_dir": egress_dir,
-        "media_mode": "livekit",
-        "livekit_url": livekit_server.url,
-        "livekit_egress_url": egress_server.url,
-        "livekit_api_key": livekit_server.key,
-        "livekit_api_secret": livekit_server.secret,
-        "redis_url": REDIS_URL,
-        "redis_prefix": redis_prefix,
-    }
+    overrides = egress_overrides(
+        livekit_server, egress_server, egress_dir, redis_url=REDIS_URL, redis_prefix=redis_prefix
+    )
     first = start_server(pg_url, tmp_path / "a", overrides)
     second = start_server(pg_url, tmp_path / "b", overrides)
     try:

@@ -3,8 +3,8 @@
 port behind the test load balancer.
 
 The tests with people publishing tracks are in tests/e2e/test_livekit_recording.py (they need
-browsers); here: webhook signatures and replays, and the audit of egresses callgate does not
-know.
+browsers); here: webhook signatures and replays, the audit of egresses callgate does not know,
+and two nodes given the same finished egress at once.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ import asyncio
 import base64
 import hashlib
 import secrets
-from collections.abc import AsyncIterator, Callable
+import uuid
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -23,53 +24,32 @@ import pytest
 from fastapi import FastAPI
 from google.protobuf import json_format
 from livekit import api as lk
+from livekit.protocol import egress as lk_egress
 from livekit.protocol import models
 from livekit.protocol.webhook import WebhookEvent
 from sqlalchemy import select
+from structlog.testing import capture_logs
 
+from api.app import create_app
+from api.services import Services
 from consent.purposes import Purpose
 from core.bookings import Booking
 from core.clock import ManualClock
 from core.runtime import Runtime
+from core.settings import Settings
+from media.egress import EgressRecord, EgressState
+from media.recordings import Recording, TrackKind
 from tests.standins.egress import EgressStandIn
 from tests.support.consent_bookings import Person, seed_booking
-from tests.support.livekit import WEBHOOK_PATH, Balancer, LiveKitServer, serving
+from tests.support.livekit import LiveKitServer, serving
+from tests.support.waiting import eventually, services_ready
 
 pytestmark = pytest.mark.usefixtures("database_url")
 
 
 @pytest.fixture
-def egress_dir(tmp_path: Path) -> Path:
-    """The folder Egress writes to and callgate takes finished files in from."""
-    folder = tmp_path / "egress"
-    folder.mkdir()
-    return folder.resolve()
-
-
-@pytest.fixture
-async def egress_server(
-    livekit_server: LiveKitServer, balancer: Balancer
-) -> AsyncIterator[EgressStandIn]:
-    async with EgressStandIn(
-        livekit_server.key, livekit_server.secret, balancer.url + WEBHOOK_PATH
-    ) as server:
-        yield server
-
-
-@pytest.fixture
-def settings_overrides(
-    livekit_server: LiveKitServer, egress_server: EgressStandIn, egress_dir: Path
-) -> dict[str, Any]:
-    return {
-        "egress_output_dir": egress_dir,
-        "media_mode": "livekit",
-        "livekit_url": livekit_server.url,
-        "livekit_egress_url": egress_server.url,
-        "livekit_api_key": livekit_server.key,
-        "livekit_api_secret": livekit_server.secret,
-        "livekit_retry_interval_s": 0.2,
-        "livekit_timeout_s": 2,
-    }
+def settings_overrides(egress_settings: dict[str, Any]) -> dict[str, Any]:
+    return egress_settings
 
 
 @pytest.fixture
@@ -94,14 +74,6 @@ def joined(room: str, person: Person) -> WebhookEvent:
         event="participant_joined", id=f"EV_{secrets.token_hex(6)}", room=models.Room(name=room),
         participant=models.ParticipantInfo(identity=str(person.id)),
     )
-
-
-async def eventually(check: Callable[[], bool], what: str) -> None:
-    for _ in range(300):
-        if check():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"never happened: {what}")
 
 
 async def room_of(runtime: Runtime, booking_id: Any) -> str:
@@ -163,6 +135,60 @@ async def test_an_egress_callgate_does_not_know_is_stopped_and_its_file_deleted(
     await eventually(lambda: not inside.exists(), "the unknown egress's file deleted")
     assert elsewhere.exists()  # a file outside the shared folder is never touched
     async with runtime.db.session() as session:
-        from media.recordings import Recording
-
         assert (await session.scalars(select(Recording))).all() == []
+
+
+@pytest.mark.parametrize("backend", ["postgres"])
+async def test_two_nodes_told_of_the_same_finished_egress_take_its_file_in_once(
+    client: httpx.AsyncClient, runtime: Runtime, services: Services, settings: Settings,
+    clock: ManualClock, livekit_server: LiveKitServer, egress_dir: Path, tmp_path: Path,
+) -> None:
+    seeded = await seed_booking(runtime, [Purpose.RECORDING_AUDIO])
+    room = await room_of(runtime, seeded.booking_id)
+    guest = seeded.people[1]
+    now = clock.now()
+    async with runtime.db.session() as session:  # an egress callgate asked Egress to stop
+        session.add(EgressRecord(
+            id=uuid.uuid4(), egress_id="EG_both", booking_id=seeded.booking_id,
+            participant_id=guest.id, room_name=room, track_sid="TR_guest_audio",
+            kind=TrackKind.AUDIO, consent_entry_ids=[], state=EgressState.ENDING,
+            started_at=now, updated_at=now,
+        ))
+    plaintext = egress_dir / "guest-audio.ogg"
+    plaintext.write_bytes(b"OggS" + bytes(range(256)) * 64)
+    started = int(now.timestamp() * 1e9)
+    info = lk_egress.EgressInfo(
+        egress_id="EG_both", room_name=room, status=lk_egress.EGRESS_COMPLETE,
+        started_at=started, ended_at=started + 10**9,
+        file_results=[lk_egress.FileInfo(filename=str(plaintext), size=16388)],
+    )
+    # The same end told to both nodes at once, as when one node's audit finds the egress
+    # ended while its egress_ended webhook reaches the other (two events, two ids).
+    bodies = [
+        signed(WebhookEvent(event="egress_ended", id=f"EV_{n}", egress_info=info),
+               livekit_server.key, livekit_server.secret)
+        for n in ("a", "b")
+    ]
+    other = create_app(settings.model_copy(update={"data_dir": tmp_path / "b"}), clock=clock)
+    async with other.router.lifespan_context(other):
+        await services_ready(other.state.services)
+        transport = httpx.ASGITransport(app=other)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as second:
+            with capture_logs() as logs:
+                answers = await asyncio.gather(*(
+                    node.post("/v1/livekit/webhook", content=body, headers=headers)
+                    for node, (body, headers) in zip((client, second), bodies, strict=True)
+                ))
+                assert [a.json()["status"] for a in answers] == ["ok", "ok"]
+                for egress in (services.egress, other.state.services.egress):
+                    await egress.settled()  # both nodes done with what they were told
+    async with runtime.db.session() as session:
+        listed = (await session.scalars(select(Recording))).all()
+        state = await session.scalar(
+            select(EgressRecord.state).where(EgressRecord.egress_id == "EG_both")
+        )
+    assert [(r.participant_id, r.kind) for r in listed] == [(guest.id, TrackKind.AUDIO)]
+    assert state is EgressState.COMPLETE
+    assert not plaintext.exists()
+    # Taken in once, and the other node neither failed nor found its file gone.
+    assert [e for e in logs if e["event"].startswith("egress.")] == []
