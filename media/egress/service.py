@@ -19,21 +19,20 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Coroutine
-from dataclasses import dataclass
 from datetime import timedelta
 from types import TracebackType
 from typing import Any
 
+import aiohttp
 import structlog
 from livekit import api as lk
 from livekit.protocol import egress as lk_egress
-from livekit.protocol import models
 from livekit.protocol.webhook import WebhookEvent
 from sqlalchemy import select
 
 from consent.state import granting_entry
 from core.bookings import Booking, RoomState
-from core.bus import BusEvent, Topic
+from core.bus import BusEvent, Subscription, Topic
 from core.events import ConsentChanged, RecordingSwitched
 from core.purposes import Purpose
 from core.runtime import Runtime
@@ -42,25 +41,19 @@ from core.tasks import stop_tasks
 from media.egress import intake, records
 from media.egress.control import RecordingControl
 from media.egress.records import ENDED, EgressRecord, EgressState
+from media.egress.rooms import Track, room_tracks
 from media.egress.webhook import SeenEvents, api_credentials
+from media.egress.withdrawals import Withdrawals, stops
 from media.gate import GateSource, gate_confirmed
-from media.recordings import TrackKind
 from media.storage import Storage
 
 log = structlog.get_logger(__name__)
 
 AUDIT_EVERY = timedelta(minutes=1)
+KEEPALIVE_S = 120.0  # idle LiveKit API connections kept open (aiohttp's default: 15 s)
 AUDIT_POLL_S = 1.0  # how often the (injected) clock is read to see whether an audit is due
 ROOM_EVENTS = ("participant_joined", "participant_left", "track_published",
                "track_unpublished", "room_finished")
-STOP_DECISIONS = ("denied", "withdrawn")
-
-
-@dataclass(frozen=True)
-class Track:
-    sid: str
-    kind: TrackKind
-    subject_id: uuid.UUID
 
 
 class Egress:
@@ -81,11 +74,12 @@ class Egress:
         self._store = store
         self._client = client  # RoomService: who is in a room, with which tracks
         self._egress_client = egress_client or client  # the Egress API
-        self._owned: list[lk.LiveKitAPI] = []
+        self._owned: list[tuple[lk.LiveKitAPI, aiohttp.ClientSession]] = []
         self._seen = SeenEvents(runtime)
         self._locks: dict[str, asyncio.Lock] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._ingests: set[asyncio.Task[None]] = set()
+        self.withdrawals = Withdrawals(runtime, self.stop_egress)
 
     @property
     def enabled(self) -> bool:
@@ -97,15 +91,14 @@ class Egress:
         settings = self._runtime.settings
         key, secret = api_credentials(settings)
         if self._client is None:
-            self._client = lk.LiveKitAPI(settings.livekit_url, key, secret)
-            self._owned.append(self._client)
+            self._client = self._own(settings.livekit_url, key, secret)
         if self._egress_client is None:
             url = settings.livekit_egress_url or settings.livekit_url
             if url == settings.livekit_url:
                 self._egress_client = self._client
             else:
-                self._egress_client = lk.LiveKitAPI(url, key, secret)
-                self._owned.append(self._egress_client)
+                self._egress_client = self._own(url, key, secret)
+        self.withdrawals.open()
         self._tasks = [
             asyncio.create_task(self._run_events(), name="egress-events"),
             asyncio.create_task(self._run_audits(), name="egress-audits"),
@@ -120,14 +113,31 @@ class Egress:
     ) -> None:
         tasks, self._tasks = self._tasks, []
         await stop_tasks(tasks)
-        if self._ingests:  # a file being taken in is finished, not cut off
-            await asyncio.gather(*self._ingests, return_exceptions=True)
+        await self.withdrawals.close()
+        await self.settled()  # a file being taken in is finished, not cut off
         # Running egresses are left running: they are stored, and the next node to audit
         # (or this one, restarted) answers for them.
-        for client in self._owned:
+        for client, session in self._owned:
             await client.aclose()
+            await session.close()
         self._owned = []
         self._client = self._egress_client = None
+
+    def _own(self, url: str | None, key: str, secret: str) -> lk.LiveKitAPI:
+        """A client whose connections stay open between calls (`KEEPALIVE_S`), so a
+        withdrawal's StopEgress does not wait for a new connection (and TLS handshake)."""
+        session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=self._runtime.settings.livekit_timeout_s),
+            connector=aiohttp.TCPConnector(keepalive_timeout=KEEPALIVE_S),
+        )
+        client = lk.LiveKitAPI(url, key, secret, session=session)
+        self._owned.append((client, session))
+        return client
+
+    async def settled(self) -> None:
+        """Return once no finished egress is being taken in or deleted."""
+        while self._ingests:
+            await asyncio.gather(*list(self._ingests), return_exceptions=True)
 
     # webhooks
 
@@ -143,30 +153,26 @@ class Egress:
             await self.reconcile(event.room.name)
 
     async def _reported(self, info: lk_egress.EgressInfo) -> None:
-        """LiveKit's report of an egress, stored; an ended one finished (once)."""
+        """LiveKit's report of an egress, stored; an ended one finished by the one node (or
+        report) whose conditional update ended its row: only that one reads the file."""
         state = records.state_of(info.status)
-        before = await self._stored_state(info.egress_id)
         now = self._runtime.clock.now()
-        record = await records.reported(self._runtime.db, info.egress_id, state, now)
-        if state in ENDED and before not in ENDED:
-            self._spawn(self._finished(record, before, info), "egress.take_in_failed")
+        if state not in ENDED:
+            await records.reported(self._runtime.db, info.egress_id, state, now)
+            return
+        ending = await records.end(self._runtime.db, info.egress_id, state, now)
+        if ending is not None:
+            self._spawn(self._finished(ending, info), "egress.take_in_failed")
 
-    async def _stored_state(self, egress_id: str) -> EgressState | None:
-        async with self._runtime.db.session() as session:
-            row = await records.by_egress_id(session, egress_id)
-        return row.state if row is not None else None
-
-    async def _finished(
-        self, record: EgressRecord | None, before: EgressState | None,
-        info: lk_egress.EgressInfo,
-    ) -> None:
+    async def _finished(self, ending: records.Ending, info: lk_egress.EgressInfo) -> None:
+        record = ending.record
         if record is None:  # an egress callgate never started: nobody's consent covers it
             await intake.discard(self._runtime, info)
             return
         if info.status == lk_egress.EGRESS_COMPLETE:
             for result in intake.files_of(info):
                 await intake.take_in(self._runtime, self._store, record, info, result)
-        if before in records.LIVE:  # ended by itself (failure, unpublish): start again if allowed
+        if ending.before in records.LIVE:  # ended by itself (failure, unpublish): start again
             await self.reconcile(record.room_name)
 
     def _spawn(self, coro: Coroutine[Any, Any, None], failure: str) -> None:
@@ -197,32 +203,6 @@ class Egress:
             log.warning("egress.unknown_room", room=room)
         return found
 
-    async def _tracks(self, room: str) -> dict[str, Track] | None:
-        """The audio and video tracks LiveKit holds in `room`; None when it cannot say."""
-        assert self._client is not None  # noqa: S101 (only reachable when entered)
-        try:
-            listed = await self._client.room.list_participants(
-                lk.ListParticipantsRequest(room=room)
-            )
-        except lk.TwirpError as exc:
-            if exc.code == lk.TwirpErrorCode.NOT_FOUND:
-                return {}
-            log.warning("egress.list_failed", room=room, code=exc.code)
-            return None
-        except Exception:  # LiveKit unreachable: stop what consent no longer allows anyway
-            log.warning("egress.list_failed", room=room, exc_info=True)
-            return None
-        tracks: dict[str, Track] = {}
-        for participant in listed.participants:
-            subject = _subject(participant.identity)
-            if subject is None:
-                continue
-            for track in participant.tracks:
-                kind = _track_kind(track.type)
-                if kind is not None:
-                    tracks[track.sid] = Track(track.sid, kind, subject)
-        return tracks
-
     async def reconcile(self, room: str) -> None:
         """Start egress for the room's allowed tracks, stop it for the rest."""
         if not room:
@@ -236,7 +216,7 @@ class Egress:
             if gate is not None:
                 await gate.ensure_booking(booking_id)
             on = await self._control.recording_on(booking_id)
-            tracks = await self._tracks(room)
+            tracks = await room_tracks(self._client, room)
             wanted = {
                 sid: track for sid, track in (tracks or {}).items()
                 if on and self._allowed(booking_id, track.subject_id, track.kind.purpose)
@@ -252,16 +232,6 @@ class Egress:
             for sid, track in sorted(wanted.items()):
                 if sid not in started:
                     await self._start(room, booking_id, track)
-
-    async def withdraw(
-        self, booking_id: uuid.UUID, subject_id: uuid.UUID, purpose: Purpose
-    ) -> None:
-        """Stop the person's egresses for `purpose` at once: no gate, no LiveKit round trip
-        first (stopping is always safe); the full reconcile follows."""
-        kind = TrackKind.AUDIO if purpose is Purpose.RECORDING_AUDIO else TrackKind.VIDEO
-        now = self._runtime.clock.now()
-        ids = await records.take_over_person(self._runtime.db, booking_id, subject_id, kind, now)
-        await asyncio.gather(*(self.stop_egress(egress_id) for egress_id in ids))
 
     async def _start(self, room: str, booking_id: uuid.UUID, track: Track) -> None:
         assert self._egress_client is not None  # noqa: S101 (only reachable when entered)
@@ -394,23 +364,48 @@ class Egress:
         while True:
             try:
                 async with self._runtime.bus.subscribe(*topics) as events:
-                    async for event in events:
-                        # in order: a grant handled before the withdrawal it followed would
-                        # leave a withdrawn-then-granted track unrecorded
-                        try:
-                            await self._on_event(event)
-                        except Exception:  # one event's failure must not end the loop
-                            log.exception("egress.event_failed")
+                    await self._follow(events)
             except asyncio.CancelledError:
                 raise
             except Exception:  # the bus went away; the audit keeps failing closed meanwhile
                 log.warning("egress.bus_lost", exc_info=True)
                 await asyncio.sleep(1.0)
 
+    async def _follow(self, events: Subscription) -> None:
+        """Read events as they come and start each withdrawal's stop at once; handle them
+        in order beside that (a grant handled before the withdrawal it followed would leave
+        a withdrawn-then-granted track unrecorded)."""
+        queue: asyncio.Queue[tuple[BusEvent, asyncio.Task[None] | None]] = asyncio.Queue()
+        worker = asyncio.create_task(self._handle_in_order(queue), name="egress-events-order")
+        try:
+            async for event in events:
+                stop = None
+                if isinstance(event, ConsentChanged) and stops(event.purpose, event.decision):
+                    stop = self.withdrawals.begin(
+                        event.entry_id, event.booking_id, event.subject_id, event.purpose
+                    )
+                queue.put_nowait((event, stop))
+                if worker.done():  # it never ends by itself: surface what ended it
+                    worker.result()
+        finally:
+            await stop_tasks([worker])
+
+    async def _handle_in_order(
+        self, queue: asyncio.Queue[tuple[BusEvent, asyncio.Task[None] | None]]
+    ) -> None:
+        while True:
+            event, stop = await queue.get()
+            try:
+                if stop is not None:
+                    await asyncio.shield(stop)  # its stop first, then the room
+                await self._on_event(event)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # one event's failure must not end the loop
+                log.exception("egress.event_failed")
+
     async def _on_event(self, event: BusEvent) -> None:
         if isinstance(event, ConsentChanged):
-            if event.decision.value in STOP_DECISIONS and event.purpose.is_recording:
-                await self.withdraw(event.booking_id, event.subject_id, event.purpose)
             gate = self._gate()
             if gate is not None:  # read the ledger: this node's gate may not have the event yet
                 await gate.ensure_booking(event.booking_id)
@@ -424,17 +419,3 @@ class Egress:
             room = await session.scalar(select(Booking.room_name).where(Booking.id == booking_id))
         return [room] if room else []
 
-
-def _subject(identity: str) -> uuid.UUID | None:
-    try:
-        return uuid.UUID(identity)
-    except ValueError:
-        return None
-
-
-def _track_kind(track_type: int) -> TrackKind | None:
-    if track_type == models.TrackType.AUDIO:
-        return TrackKind.AUDIO
-    if track_type == models.TrackType.VIDEO:
-        return TrackKind.VIDEO
-    return None
