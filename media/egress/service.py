@@ -32,7 +32,7 @@ from sqlalchemy import select
 
 from consent.state import granting_entry
 from core.bookings import Booking, RoomState
-from core.bus import BusEvent, Subscription, Topic
+from core.bus import BusEvent
 from core.events import ConsentChanged, RecordingSwitched
 from core.purposes import Purpose
 from core.runtime import Runtime
@@ -40,10 +40,11 @@ from core.settings import MediaMode
 from core.tasks import stop_tasks
 from media.egress import intake, records
 from media.egress.control import RecordingControl
+from media.egress.events import follow_events
 from media.egress.records import ENDED, EgressRecord, EgressState
 from media.egress.rooms import Track, room_tracks
 from media.egress.webhook import SeenEvents, api_credentials
-from media.egress.withdrawals import Withdrawals, stops
+from media.egress.withdrawals import Withdrawals
 from media.gate import GateSource, gate_confirmed
 from media.storage import Storage
 
@@ -100,7 +101,10 @@ class Egress:
                 self._egress_client = self._own(url, key, secret)
         self.withdrawals.open()
         self._tasks = [
-            asyncio.create_task(self._run_events(), name="egress-events"),
+            asyncio.create_task(
+                follow_events(self._runtime, self.withdrawals, self._on_event),
+                name="egress-events",
+            ),
             asyncio.create_task(self._run_audits(), name="egress-audits"),
         ]
         return self
@@ -160,6 +164,7 @@ class Egress:
         if state not in ENDED:
             await records.reported(self._runtime.db, info.egress_id, state, now)
             return
+        self.withdrawals.ended(info.egress_id)
         ending = await records.end(self._runtime.db, info.egress_id, state, now)
         if ending is not None:
             self._spawn(self._finished(ending, info), "egress.take_in_failed")
@@ -223,6 +228,8 @@ class Egress:
             }
             running = await records.live(self._runtime.db, booking_id)
             for record in running:
+                self.withdrawals.saw(record)
+            for record in running:
                 keep = record.track_sid in wanted if tracks is not None else (
                     on and self._allowed(booking_id, record.participant_id, record.kind.purpose)
                 )
@@ -246,7 +253,10 @@ class Egress:
         )
         if not await records.claim(self._runtime.db, record):
             return  # another node is starting it
-        path = f"{booking_id}/{track.subject_id}/{track.kind.value}-{track.sid}-{{time}}"
+        # one file per egress: two egresses of a track within a second (a withdrawal and a
+        # new grant) must not share a name, nor one overwrite the other's file
+        name = f"{track.kind.value}-{track.sid}-{record.id}-{{time}}"
+        path = f"{booking_id}/{track.subject_id}/{name}"
         root = self._runtime.settings.egress_output_dir
         if root is not None:  # Egress sees the shared folder at the same path
             path = str(root.resolve() / path)
@@ -261,6 +271,8 @@ class Egress:
             return
         state = await records.named(self._runtime.db, record.id, info.egress_id, now)
         record.egress_id = info.egress_id
+        if state in records.LIVE:
+            self.withdrawals.saw(record)
         if state is EgressState.ENDING:  # withdrawn while LiveKit was starting it
             await self.stop_egress(info.egress_id)
             return
@@ -289,6 +301,7 @@ class Egress:
 
     async def stop_egress(self, egress_id: str) -> bool:
         assert self._egress_client is not None  # noqa: S101 (only reachable when entered)
+        self.withdrawals.ended(egress_id)
         try:
             await self._egress_client.egress.stop_egress(
                 lk_egress.StopEgressRequest(egress_id=egress_id)
@@ -310,6 +323,10 @@ class Egress:
         allows; finish what ended unheard."""
         assert self._egress_client is not None  # noqa: S101 (only reachable when entered)
         listed = await self._egress_client.egress.list_egress(lk_egress.ListEgressRequest())
+        self.withdrawals.keep({
+            info.egress_id for info in listed.items
+            if records.state_of(info.status) in records.LIVE
+        })
         known: dict[str, EgressRecord] = {}
         async with self._runtime.db.session() as session:
             ids = [info.egress_id for info in listed.items]
@@ -358,51 +375,6 @@ class Egress:
                 except Exception:  # Egress unreachable: try again next round
                     log.warning("egress.audit_failed", exc_info=True)
             await asyncio.sleep(AUDIT_POLL_S)
-
-    async def _run_events(self) -> None:
-        topics = (Topic.CONSENT_CHANGED, Topic.RECORDING_CHANGED)
-        while True:
-            try:
-                async with self._runtime.bus.subscribe(*topics) as events:
-                    await self._follow(events)
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # the bus went away; the audit keeps failing closed meanwhile
-                log.warning("egress.bus_lost", exc_info=True)
-                await asyncio.sleep(1.0)
-
-    async def _follow(self, events: Subscription) -> None:
-        """Read events as they come and start each withdrawal's stop at once; handle them
-        in order beside that (a grant handled before the withdrawal it followed would leave
-        a withdrawn-then-granted track unrecorded)."""
-        queue: asyncio.Queue[tuple[BusEvent, asyncio.Task[None] | None]] = asyncio.Queue()
-        worker = asyncio.create_task(self._handle_in_order(queue), name="egress-events-order")
-        try:
-            async for event in events:
-                stop = None
-                if isinstance(event, ConsentChanged) and stops(event.purpose, event.decision):
-                    stop = self.withdrawals.begin(
-                        event.entry_id, event.booking_id, event.subject_id, event.purpose
-                    )
-                queue.put_nowait((event, stop))
-                if worker.done():  # it never ends by itself: surface what ended it
-                    worker.result()
-        finally:
-            await stop_tasks([worker])
-
-    async def _handle_in_order(
-        self, queue: asyncio.Queue[tuple[BusEvent, asyncio.Task[None] | None]]
-    ) -> None:
-        while True:
-            event, stop = await queue.get()
-            try:
-                if stop is not None:
-                    await asyncio.shield(stop)  # its stop first, then the room
-                await self._on_event(event)
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # one event's failure must not end the loop
-                log.exception("egress.event_failed")
 
     async def _on_event(self, event: BusEvent) -> None:
         if isinstance(event, ConsentChanged):

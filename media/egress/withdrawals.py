@@ -2,10 +2,15 @@
 
 The node that commits a withdrawal (or a denial) of a recording purpose starts the stop from
 the ledger writer's after-commit hook (`consent.writer.LedgerWriter.watch`, the hook the live
-gate's integrity witness uses), before the `consent.changed` event is even published: one
-statement moves the person's live egresses of that kind to `ending` and returns their ids (the
-stored state says stopping before any request leaves), then one StopEgress each, concurrently,
-on the Egress client's kept-alive connections. Nothing waits behind other work of the node.
+gate's integrity witness uses), before the `consent.changed` event is even published. The
+egresses of that person and kind this node knows (it started them, or read them live in a
+reconcile: every one of them predates the withdrawal, so every one must stop) get their
+StopEgress at once, on the Egress client's kept-alive connections; beside it one statement
+moves the person's live egresses of that kind to `ending` in the database and returns their ids,
+and those this node did not know are stopped next. Nothing waits behind other work of the node,
+nor for a database lock (SQLite's write lock can take hundreds of milliseconds to get under
+load). A stop may so reach Egress twice (from the committing node and from the node whose
+update moved the row); Egress answers the second "not running", which is what was wanted.
 
 Every other node hears the event and starts the same stop as soon as the event arrives (ahead
 of its in-order handling); the update finds nothing left to move there, so each egress is
@@ -19,7 +24,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import structlog
 
@@ -33,7 +39,7 @@ from media.recordings import TrackKind
 log = structlog.get_logger(__name__)
 
 STOPPING = (Decision.DENIED, Decision.WITHDRAWN)
-Stop = Callable[[str], Awaitable[bool]]
+Stop = Callable[[str], Coroutine[Any, Any, bool]]
 
 
 def stops(purpose: Purpose, decision: Decision) -> bool:
@@ -47,6 +53,7 @@ class Withdrawals:
         self._runtime = runtime
         self._stop = stop
         self._running: dict[uuid.UUID, asyncio.Task[None]] = {}
+        self._known: dict[str, tuple[uuid.UUID, uuid.UUID, TrackKind]] = {}  # live, by egress id
         self._open = False
         self._watching = False
 
@@ -70,33 +77,79 @@ class Withdrawals:
         for entry in entries:
             try:
                 if stops(entry.purpose, entry.decision):
-                    self.begin(entry.id, entry.booking_id, entry.subject_id, entry.purpose)
+                    known = self._take_known(entry.booking_id, entry.subject_id, entry.purpose)
+                    self.begin(
+                        entry.id, entry.booking_id, entry.subject_id, entry.purpose, known
+                    )
             except Exception:  # the event path stops it instead
                 log.exception("egress.withdrawal_not_started")
 
+    def saw(self, record: records.EgressRecord) -> None:
+        """A live, named egress this node started or read (what the commit hook may stop)."""
+        if record.egress_id and record.state in records.LIVE:
+            key = (record.booking_id, record.participant_id, record.kind)
+            self._known[record.egress_id] = key
+
+    def ended(self, egress_id: str) -> None:
+        self._known.pop(egress_id, None)
+
+    def keep(self, live: set[str]) -> None:
+        """Forget what LiveKit no longer runs (the audit's list)."""
+        for egress_id in [e for e in self._known if e not in live]:
+            del self._known[egress_id]
+
+    def _take_known(
+        self, booking_id: uuid.UUID, subject_id: uuid.UUID, purpose: Purpose
+    ) -> list[str]:
+        key = (booking_id, subject_id, _kind(purpose))
+        found = [egress_id for egress_id, of in self._known.items() if of == key]
+        for egress_id in found:
+            del self._known[egress_id]
+        return found
+
     def begin(
         self, entry_id: uuid.UUID, booking_id: uuid.UUID, subject_id: uuid.UUID,
-        purpose: Purpose,
+        purpose: Purpose, known: list[str] | None = None,
     ) -> asyncio.Task[None]:
-        """The stop for ledger entry `entry_id`, started now unless it already is."""
+        """The stop for ledger entry `entry_id`, started now unless it already is; `known`:
+        egress ids to stop without waiting for the database (the commit hook's)."""
         task = self._running.get(entry_id)
         if task is None:
             task = asyncio.create_task(
-                self.withdraw(booking_id, subject_id, purpose), name="egress-withdrawal"
+                self._guarded(booking_id, subject_id, purpose, known or []),
+                name="egress-withdrawal",
             )
             self._running[entry_id] = task
             task.add_done_callback(lambda _t: self._running.pop(entry_id, None))
         return task
 
-    def running(self, entry_id: uuid.UUID) -> asyncio.Task[None] | None:
-        return self._running.get(entry_id)
+    async def _guarded(
+        self, booking_id: uuid.UUID, subject_id: uuid.UUID, purpose: Purpose, known: list[str]
+    ) -> None:
+        try:
+            await self.withdraw(booking_id, subject_id, purpose, known)
+        except Exception:  # a task boundary: the event's reconcile and the audit follow
+            log.exception("egress.withdrawal_failed")
 
     async def withdraw(
-        self, booking_id: uuid.UUID, subject_id: uuid.UUID, purpose: Purpose
+        self, booking_id: uuid.UUID, subject_id: uuid.UUID, purpose: Purpose,
+        known: list[str] | None = None,
     ) -> None:
-        """Stop the person's egresses for `purpose`: no gate, no LiveKit round trip first
-        (stopping is always safe); those still unnamed are stopped by the node naming them."""
-        kind = TrackKind.AUDIO if purpose is Purpose.RECORDING_AUDIO else TrackKind.VIDEO
+        """Stop the person's egresses for `purpose`: those `known` at once, and beside it every
+        live one stored (moved to `ending`); no gate, no LiveKit round trip first (stopping is
+        always safe). Those still unnamed are stopped by the node naming them."""
+        known = known or []
+        first = [asyncio.create_task(self._stop(egress_id)) for egress_id in known]
         now = self._runtime.clock.now()
-        ids = await records.take_over_person(self._runtime.db, booking_id, subject_id, kind, now)
-        await asyncio.gather(*(self._stop(egress_id) for egress_id in ids))
+        try:
+            ids = await records.take_over_person(
+                self._runtime.db, booking_id, subject_id, _kind(purpose), now
+            )
+        except Exception:  # the stops already sent stand (the audit finishes the rows)
+            await asyncio.gather(*first, return_exceptions=True)
+            raise
+        rest = [self._stop(egress_id) for egress_id in ids if egress_id not in known]
+        await asyncio.gather(*first, *rest)
+
+def _kind(purpose: Purpose) -> TrackKind:
+    return TrackKind.AUDIO if purpose is Purpose.RECORDING_AUDIO else TrackKind.VIDEO

@@ -74,7 +74,7 @@ async def until(check: Callable[[], Awaitable[bool]], what: str, seconds: float 
 
 def recorded(egress: EgressStandIn, booking_id: str) -> set[tuple[str, str]]:
     """(person, kind) of every active egress of the booking, read from the paths callgate
-    asked Egress to write (`<booking>/<person>/<kind>-<track>-{time}`)."""
+    asked Egress to write (`<booking>/<person>/<kind>-<track>-<egress row>-{time}`)."""
     found = set()
     for egress_id, info in egress.egresses.items():
         path = egress.requests[egress_id].file.filepath
