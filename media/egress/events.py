@@ -1,5 +1,6 @@
 """The events egress control follows (`consent.changed`, `recording.switched`, from every
-node): read as they come, each withdrawal's stop started the moment it arrives, and each event
+node): read as they come, each withdrawal's stop started the moment it arrives (the egresses
+of that person and kind this node knows at once, as on the committing node), and each event
 handled in order beside that. In order, because a grant handled before the withdrawal it
 followed would leave a withdrawn-then-granted track unrecorded; the handling of a withdrawal
 awaits its stop before it reconciles the room.
@@ -46,7 +47,8 @@ async def _follow(events: Subscription, withdrawals: Withdrawals, handle: Handle
             stop = None
             if isinstance(event, ConsentChanged) and stops(event.purpose, event.decision):
                 stop = withdrawals.begin(
-                    event.entry_id, event.booking_id, event.subject_id, event.purpose
+                    event.entry_id, event.booking_id, event.subject_id, event.purpose,
+                    withdrawals.take_known(event.booking_id, event.subject_id, event.purpose),
                 )
             queue.put_nowait((event, stop))
             if worker.done():  # it never ends by itself: surface what ended it

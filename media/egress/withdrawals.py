@@ -13,10 +13,9 @@ load). A stop may so reach Egress twice (from the committing node and from the n
 update moved the row); Egress answers the second "not running", which is what was wanted.
 
 Every other node hears the event and starts the same stop as soon as the event arrives (ahead
-of its in-order handling); the update finds nothing left to move there, so each egress is
-stopped once. The in-order handling of each event awaits that event's stop before it
-reconciles the room, so a grant that follows a withdrawal still starts a new egress after the
-old one was stopped. What a lost event or a failed request leaves is caught by the minute's
+of its in-order handling): what it knows at once, and what the update still finds live. The
+in-order handling of each event awaits that event's stop before it reconciles the room, so a
+grant that follows a withdrawal still starts a new egress after the old one was stopped. What a lost event or a failed request leaves is caught by the minute's
 audit (`Egress.audit`).
 """
 
@@ -77,7 +76,7 @@ class Withdrawals:
         for entry in entries:
             try:
                 if stops(entry.purpose, entry.decision):
-                    known = self._take_known(entry.booking_id, entry.subject_id, entry.purpose)
+                    known = self.take_known(entry.booking_id, entry.subject_id, entry.purpose)
                     self.begin(
                         entry.id, entry.booking_id, entry.subject_id, entry.purpose, known
                     )
@@ -98,9 +97,11 @@ class Withdrawals:
         for egress_id in [e for e in self._known if e not in live]:
             del self._known[egress_id]
 
-    def _take_known(
+    def take_known(
         self, booking_id: uuid.UUID, subject_id: uuid.UUID, purpose: Purpose
     ) -> list[str]:
+        """The live egresses of that person and purpose this node knows, forgotten (a
+        withdrawal is stopping them)."""
         key = (booking_id, subject_id, _kind(purpose))
         found = [egress_id for egress_id, of in self._known.items() if of == key]
         for egress_id in found:
