@@ -15,8 +15,8 @@ update moved the row); Egress answers the second "not running", which is what wa
 Every other node hears the event and starts the same stop as soon as the event arrives (ahead
 of its in-order handling): what it knows at once, and what the update still finds live. The
 in-order handling of each event awaits that event's stop before it reconciles the room, so a
-grant that follows a withdrawal still starts a new egress after the old one was stopped. What a lost event or a failed request leaves is caught by the minute's
-audit (`Egress.audit`).
+grant that follows a withdrawal still starts a new egress after the old one was stopped. What
+a lost event or a failed request leaves is caught by the minute's audit (`Egress.audit`).
 """
 
 from __future__ import annotations
