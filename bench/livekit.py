@@ -55,10 +55,10 @@ from media.egress import Egress, records
 from media.recorder import Recorder
 from media.recordings import TrackKind
 from tests.standins.egress import EgressStandIn
+from tests.support.databases import drop_pg, make_pg_template, pg_url
 from tests.support.recording import withdrawal_commits
 
 WITHDRAWALS = 30
-PG_DSN = os.environ.get("CALLGATE_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:54329/postgres")
 PEOPLE = 5
 KEY, SECRET = "APIbench", "bench-secret-" + "b" * 32
 
@@ -93,19 +93,6 @@ def livekit_settings(base: Settings, egress_url: str, database_url: str | None =
         database_url=database_url or base.database_url,
     )
     return Settings(**values)
-
-
-def _pg_url(name: str) -> str:
-    base = PG_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://", 1)
-    return f"{base}/{name}"
-
-
-async def _admin(sql: str) -> None:
-    conn = await asyncpg.connect(PG_DSN)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
 
 
 @dataclass
@@ -258,14 +245,12 @@ async def _postgres(
     folder: Path, secret: str, master: str, egress_server: EgressStandIn
 ) -> dict[str, Timings | None]:
     """One node, two nodes and the event path on PostgreSQL (what a fleet runs)."""
-    name = f"cgbench_livekit_{secrets.token_hex(4)}"
     try:
-        await _admin(f'CREATE DATABASE "{name}"')
+        name = await asyncio.to_thread(make_pg_template)  # a new, migrated database
     except (OSError, asyncpg.PostgresError):  # no PostgreSQL here: the report says so
         return {}
-    url = _pg_url(name)
+    url = pg_url(name)
     try:
-        await upgrade(url)
         runtime = Runtime.open(livekit_settings(
             node_settings(folder, secret, master), egress_server.url, url))
         try:
@@ -281,7 +266,7 @@ async def _postgres(
         event = await _two_nodes(folder, secret, master, egress_server, people, url)
         return {"one": one, "two": two, "event": event}
     finally:
-        await _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await drop_pg(name)
 
 
 async def _two_nodes(
