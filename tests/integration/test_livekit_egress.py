@@ -34,12 +34,15 @@ from api.app import create_app
 from api.services import Services
 from consent.purposes import Purpose
 from core.bookings import Booking
+from core.bus import BusEvent
 from core.clock import ManualClock
+from core.events import ConsentChanged
 from core.runtime import Runtime
 from core.settings import Settings
 from media.egress import EgressRecord, EgressState
 from media.recordings import Recording, TrackKind
 from tests.standins.egress import EgressStandIn
+from tests.support.consent import decide
 from tests.support.consent_bookings import Person, seed_booking
 from tests.support.livekit import LiveKitServer, serving
 from tests.support.waiting import eventually, services_ready
@@ -194,3 +197,49 @@ async def test_two_nodes_told_of_the_same_finished_egress_take_its_file_in_once(
     assert not plaintext.exists()
     # Taken in once, and the other node neither failed nor found its file gone.
     assert [e for e in logs if e["event"].startswith("egress.")] == []
+
+
+async def test_a_withdrawal_stops_its_egress_from_the_committing_node_without_the_bus(
+    node: str, client: httpx.AsyncClient, runtime: Runtime, egress_server: EgressStandIn,
+    egress_dir: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    publish = runtime.bus.publish
+
+    async def bus_down_for_consent(event: BusEvent) -> None:
+        if isinstance(event, ConsentChanged):
+            raise ConnectionError("the bus is down")
+        await publish(event)
+
+    # No node hears of any decision: only the committing path can act on one (a reconcile
+    # would stop the egress too, its track not being in LiveKit's room, so none may run).
+    monkeypatch.setattr(runtime.bus, "publish", bus_down_for_consent)
+    await eventually(lambda: egress_server.calls_to("ListEgress"), "the start's audit made")
+    seeded = await seed_booking(runtime, [Purpose.RECORDING_AUDIO])
+    room = await room_of(runtime, seeded.booking_id)
+    guest = seeded.people[1]
+    grant = (await decide(client, guest, "recording.audio", "granted"))["id"]
+    egress_id = egress_server.inject(room, "TR_guest_audio", "audio", str(egress_dir / "guest"))
+    now = runtime.clock.now()
+    async with runtime.db.session() as session:  # the guest's audio, being recorded
+        session.add(EgressRecord(
+            id=uuid.uuid4(), egress_id=egress_id, booking_id=seeded.booking_id,
+            participant_id=guest.id, room_name=room, track_sid="TR_guest_audio",
+            kind=TrackKind.AUDIO, consent_entry_ids=[grant], state=EgressState.ACTIVE,
+            started_at=now, updated_at=now,
+        ))
+    await decide(client, guest, "recording.audio", "withdrawn")
+    await eventually(lambda: egress_server.running() == set(), "the guest's egress stopped")
+    assert [e for e, _ in egress_server.stop_requests] == [egress_id]
+
+    async def listed() -> list[Recording]:
+        async with runtime.db.session() as session:
+            return list((await session.scalars(select(Recording))).all())
+
+    await eventually(listed, "the file taken in through egress_ended")
+    async with runtime.db.session() as session:
+        state = await session.scalar(
+            select(EgressRecord.state).where(EgressRecord.egress_id == egress_id)
+        )
+    assert state is EgressState.COMPLETE  # stored: stopping, then ended
+    [recording] = await listed()
+    assert (recording.participant_id, recording.consent_entry_ids) == (guest.id, [grant])
