@@ -21,6 +21,7 @@ from api.routers import bookings as bookings_router
 from api.routers import consent as consent_router
 from api.routers import join as join_router
 from api.routers import livekit_webhook as livekit_router
+from api.routers import organizations as organizations_router
 from api.routers import privacy as privacy_router
 from api.routers import recordings as recordings_router
 from api.routers import summaries as summaries_router
@@ -110,6 +111,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
     app.include_router(summaries_router.pages)
     app.include_router(privacy_router.router)
     app.include_router(webhooks_router.router)
+    app.include_router(organizations_router.router)
     app.webhooks.include_router(webhooks_router.webhooks)
     app.add_middleware(RequestContext, metrics=metrics)
     app.join = join_router.JoinFastPath(app, app.call_fastapi, metrics)

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -18,12 +19,15 @@ from core.clock import SystemClock
 from core.database import Database
 from core.errors import CallgateError
 from core.migrate import upgrade
+from core.organizations import DEFAULT_ORG, OrgSettings, access_org, do_create_org, get_orgs
 from core.runtime import build_keyring
 from core.settings import Settings
 
 app = typer.Typer(help="callgate: booked live video sessions with consent-first recording.")
 keys = typer.Typer(help="Manage API keys (shown once, stored hashed).")
 app.add_typer(keys, name="keys")
+orgs = typer.Typer(help="Organizations: the tenants one callgate serves.")
+app.add_typer(orgs, name="orgs")
 ledger = typer.Typer(help="The consent ledger: verify the chain, sign its head.")
 app.add_typer(ledger, name="ledger")
 
@@ -60,8 +64,13 @@ def migrate() -> None:
 
 @keys.command("create")
 def keys_create(
-    scope: Annotated[Scope, typer.Option(help="scheduler, admin, auditor or metrics.")],
+    scope: Annotated[
+        Scope, typer.Option(help="scheduler, admin, auditor, metrics or operator.")
+    ],
     label: Annotated[str, typer.Option(help="What the key is for.")] = "",
+    org: Annotated[
+        str, typer.Option(help="The organization the key belongs to (not for operator keys).")
+    ] = DEFAULT_ORG,
 ) -> None:
     """Create an API key and print it (the only time it is shown)."""
 
@@ -69,12 +78,65 @@ def keys_create(
         db = Database(Settings().database_url)
         try:
             async with db.session() as session:
-                _, plaintext = await do_create_key(session, scope, label, SystemClock().now())
+                if scope is not Scope.OPERATOR:
+                    await access_org(session, org)
+                _, plaintext = await do_create_key(
+                    session, scope, label, SystemClock().now(), org
+                )
             return plaintext
         finally:
             await db.close()
 
-    typer.echo(asyncio.run(run()))
+    typer.echo(_or_exit(run))
+
+
+def _or_exit(run: Callable[[], Coroutine[Any, Any, str]]) -> str:
+    """The command's output, or its error on stderr and exit status 1."""
+    try:
+        return asyncio.run(run())
+    except CallgateError as exc:
+        typer.echo(f"error: {exc.detail}", err=True)
+        raise typer.Exit(1) from None
+
+
+@orgs.command("create")
+def orgs_create(
+    org_id: Annotated[str, typer.Argument(help="Lower-case letters, digits and '-'.")],
+    name: Annotated[str, typer.Option(help="The organization's name.")],
+) -> None:
+    """Create an organization (its settings are the deployment's until changed through
+    `PATCH /v1/operator/orgs/{id}`); then `callgate keys create --org ID --scope admin`."""
+
+    async def run() -> str:
+        db = Database(Settings().database_url)
+        try:
+            async with db.session() as session:
+                org = await do_create_org(
+                    session, org_id, name, OrgSettings(), SystemClock().now()
+                )
+            return f"created organization {org.id}"
+        finally:
+            await db.close()
+
+    typer.echo(_or_exit(run))
+
+
+@orgs.command("list")
+def orgs_list() -> None:
+    """Print each organization as a JSON line."""
+
+    async def run() -> str:
+        db = Database(Settings().database_url)
+        try:
+            async with db.session() as session:
+                rows = await get_orgs(session)
+            return "\n".join(
+                json.dumps({"id": o.id, "name": o.name, "settings": o.settings}) for o in rows
+            )
+        finally:
+            await db.close()
+
+    typer.echo(_or_exit(run))
 
 
 @keys.command("revoke")

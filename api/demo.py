@@ -15,6 +15,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from core.accounts import Caller, Scope, do_create_key
+from core.organizations import DEFAULT_ORG
 from core.purposes import Purpose, RecordingPolicy
 from core.runtime import Runtime
 from signaling.bookings import (
@@ -85,7 +86,9 @@ async def seed_demo(runtime: Runtime) -> Demo:
             requested_purposes=list(Purpose),
             recording_policy=RecordingPolicy.PER_PARTICIPANT,
         )
-        caller = Caller(key_id=state["scheduler_key_id"], scope=Scope.SCHEDULER)
+        caller = Caller(
+            key_id=state["scheduler_key_id"], scope=Scope.SCHEDULER, org_id=DEFAULT_ORG
+        )
         booking, _ = await do_create_booking(runtime, caller, request)
         state["booking_id"] = str(booking.id)
     assert booking is not None  # noqa: S101 (narrowing: created above or read back)

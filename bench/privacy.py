@@ -28,6 +28,7 @@ from api.subjects import privacy_service
 from core.bookings import Booking, BookingStatus, Participant, Role, RoomState
 from core.datakeys import access_data_key
 from core.migrate import upgrade
+from core.organizations import DEFAULT_ORG
 from core.purposes import Purpose, RecordingPolicy
 from core.runtime import Runtime
 from core.settings import Settings
@@ -141,7 +142,7 @@ async def bench_subjects(runtime: Runtime) -> dict[str, float]:
     store = RecordingStore(runtime.settings.data_dir / "recordings")
 
     started = time.perf_counter()
-    _, stream = await privacy.do_export("bench-erased", None)
+    _, stream = await privacy.do_export("bench-erased", DEFAULT_ORG, None)
     exported = 0
     async for piece in stream:
         exported += len(piece)
@@ -157,7 +158,7 @@ async def bench_subjects(runtime: Runtime) -> dict[str, float]:
     decrypt_s = time.perf_counter() - started
 
     started = time.perf_counter()
-    result = await privacy.do_erase("bench-erased", None)
+    result = await privacy.do_erase("bench-erased", DEFAULT_ORG, None)
     erase_s = time.perf_counter() - started
     if result["counts"]["media"]["recordings_deleted"] != SESSIONS:
         raise RuntimeError(f"erasure missed recordings: {result['counts']}")

@@ -140,7 +140,8 @@ async def run() -> str:
         )
         runtime = Runtime.open(settings)
         async with runtime.db.session() as session:
-            do_create_endpoint(session, settings, url=f"{base}/hooks", description="bench",
+            do_create_endpoint(session, settings, org_id="default", url=f"{base}/hooks",
+                               description="bench",
                                event_types=None, created_by="bench", now=runtime.clock.now())
         ours = await measure(runtime, base)
         plain_rate, plain = await baseline(base)

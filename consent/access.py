@@ -25,7 +25,8 @@ from consent.restrictions import get_restriction
 from core.accounts import Viewer, access_booking_data
 from core.bookings import Booking, Role
 from core.database import Base, UTCDateTime, enum_column
-from core.errors import NotFound, PermissionDenied
+from core.errors import PermissionDenied
+from core.organizations import org_settings
 from core.purposes import RecordingAccess
 from core.settings import Settings
 
@@ -58,13 +59,12 @@ async def access_session_data(
     """What the viewer may read of the booking's session data, or why they may read nothing
     (`access_booking_data` first: another booking's participant gets NotFound, so they
     cannot learn it exists; a key of another scope PermissionDenied)."""
-    access_booking_data(viewer, booking_id)
+    await access_booking_data(session, viewer, booking_id)
     participant = viewer.participant
-    if participant is None:  # an admin key
-        if await session.get(Booking, booking_id) is None:
-            raise NotFound(f"no booking {booking_id}")
+    if participant is None:  # an admin key of the booking's organization
         return Readable(booking_id, everyone=True, reader=None)
     booking = participant.booking
+    settings = await org_settings(session, settings, booking.org_id)
     access = booking.recording_access
     if access is RecordingAccess.ADMINS:
         raise PermissionDenied("this booking's recordings, transcript and summary are for admins")
@@ -73,7 +73,7 @@ async def access_session_data(
         raise PermissionDenied(
             "access through the join link ended", extra={"access_ended_at": ends.isoformat()}
         )
-    if await get_restriction(session, participant.external_id) is not None:
+    if await get_restriction(session, booking.org_id, participant.external_id) is not None:
         raise PermissionDenied("processing of your data is restricted; ask the operator")
     everyone = access is RecordingAccess.PARTICIPANTS or (
         access is RecordingAccess.HOST and participant.role is Role.HOST
@@ -138,11 +138,15 @@ def do_log_read(
 
 
 async def get_reads(
-    session: AsyncSession, *, booking_id: uuid.UUID | None = None,
+    session: AsyncSession, org_id: str, *, booking_id: uuid.UUID | None = None,
     before: datetime | None = None, limit: int = 100,
 ) -> list[DataRead]:
-    """The read log, newest first."""
-    query = select(DataRead).order_by(DataRead.at.desc(), DataRead.id.desc()).limit(limit)
+    """The organization's read log (reads of its bookings' data), newest first."""
+    ours = select(Booking.id).where(Booking.org_id == org_id)
+    query = (
+        select(DataRead).where(DataRead.booking_id.in_(ours))
+        .order_by(DataRead.at.desc(), DataRead.id.desc()).limit(limit)
+    )
     if booking_id is not None:
         query = query.where(DataRead.booking_id == booking_id)
     if before is not None:

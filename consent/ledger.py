@@ -31,7 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
 from consent.purposes import Actor, Decision, Method, Purpose
-from core.bookings import Participant
+from core.bookings import Booking, Participant
 from core.crypto import sha256_hex
 from core.database import Base, Database, UTCDateTime, enum_column
 from core.events import ConsentChanged
@@ -275,6 +275,7 @@ async def latest_decisions(
 
 @dataclass(frozen=True)
 class LogFilter:
+    org_id: str | None = None  # only entries of this organization's bookings (views by org)
     booking_id: uuid.UUID | None = None
     subject_external_id: str | None = None
     purpose: Purpose | None = None
@@ -302,6 +303,9 @@ def log_query(filters: LogFilter) -> Select[Entry, str, str]:
     query = select(Entry, Participant.external_id, Participant.display_name).outerjoin(
         Participant, Participant.id == Entry.subject_id
     )
+    if filters.org_id is not None:
+        ours = select(Booking.id).where(Booking.org_id == filters.org_id)
+        query = query.where(Entry.booking_id.in_(ours))
     if filters.booking_id is not None:
         query = query.where(Entry.booking_id == filters.booking_id)
     if filters.subject_external_id is not None:

@@ -75,9 +75,14 @@ class ConsentSubjects:
             )
         )
         await session.execute(
-            delete(Restriction).where(Restriction.external_id == subject.external_id)
+            delete(Restriction).where(
+                Restriction.org_id == subject.org_id,
+                Restriction.external_id == subject.external_id,
+            )
         )
-        session.add(Restriction(external_id=erasure.tombstone, restricted_at=erasure.at))
+        session.add(Restriction(
+            org_id=subject.org_id, external_id=erasure.tombstone, restricted_at=erasure.at
+        ))
         return {"ledger_entries_kept": int(kept or 0)}
 
     async def delete_purpose(

@@ -1,4 +1,6 @@
-"""API keys: who is calling the scheduler and admin APIs, and with which scope.
+"""API keys: who is calling the scheduler and admin APIs, with which scope, for which
+organization (`core.organizations`): every key but an operator's belongs to one, and sees only
+its data.
 
 A key is `cg_<key id>_<secret>`; only SHA-256 of the secret is stored (the secret has 256
 random bits, so a fast hash is enough), and the whole key is shown once, at creation.
@@ -15,13 +17,14 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import String, select
+from sqlalchemy import ForeignKey, String, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
-from core.bookings import Participant
+from core.bookings import Booking, Participant
 from core.database import Base, UTCDateTime, enum_column
 from core.errors import AuthenticationFailed, InvalidInput, NotFound, PermissionDenied
+from core.organizations import DEFAULT_ORG
 
 KEY_PREFIX = "cg"
 
@@ -31,6 +34,7 @@ class Scope(enum.StrEnum):
     ADMIN = "admin"
     AUDITOR = "auditor"
     METRICS = "metrics"  # reads /metrics and nothing else (a Prometheus scraper)
+    OPERATOR = "operator"  # manages organizations; belongs to none, sees none's data
 
 
 class ApiKey(Base):
@@ -42,14 +46,20 @@ class ApiKey(Base):
     label: Mapped[str] = mapped_column(String(200), default="")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # The organization whose data the key sees (None only for operator keys).
+    org_id: Mapped[str | None] = mapped_column(
+        ForeignKey("organizations.id"), nullable=True, index=True
+    )
 
 
 @dataclass(frozen=True)
 class Caller:
-    """An authenticated API caller."""
+    """An authenticated API caller, and the organization it acts for (`""` for an operator
+    key, which matches no organization's rows)."""
 
     key_id: str
     scope: Scope
+    org_id: str = DEFAULT_ORG
 
 
 @dataclass(frozen=True)
@@ -60,13 +70,19 @@ class Viewer:
     caller: Caller | None = None
 
 
-def access_booking_data(viewer: Viewer, booking_id: uuid.UUID) -> None:
+async def access_booking_data(
+    session: AsyncSession, viewer: Viewer, booking_id: uuid.UUID
+) -> None:
     """A booking's recordings, transcripts, summaries and agenda: its own participants and
-    admins. A participant of another booking gets NotFound, so they cannot even learn the
-    booking exists; an API key of another scope gets PermissionDenied."""
+    its organization's admins. A participant of another booking, or an admin of another
+    organization, gets NotFound, so they cannot even learn the booking exists; an API key of
+    another scope gets PermissionDenied."""
     if viewer.caller is not None:
         if viewer.caller.scope is not Scope.ADMIN:
             raise PermissionDenied("only the booking's participants and admins may read this")
+        org = await session.scalar(select(Booking.org_id).where(Booking.id == booking_id))
+        if org is None or org != viewer.caller.org_id:
+            raise NotFound(f"no booking {booking_id}")
         return
     if viewer.participant is None:
         raise NotFound("no such booking")
@@ -79,12 +95,16 @@ def _hash(secret: str) -> str:
 
 
 async def do_create_key(
-    session: AsyncSession, scope: Scope, label: str, now: datetime
+    session: AsyncSession, scope: Scope, label: str, now: datetime, org_id: str = DEFAULT_ORG
 ) -> tuple[ApiKey, str]:
-    """Create a key; returns the row and the plaintext key, which is never stored."""
+    """Create a key of `org_id` (an operator key belongs to no organization); returns the
+    row and the plaintext key, which is never stored."""
     key_id = uuid.uuid4().hex[:16]
     secret = secrets.token_urlsafe(32)
-    row = ApiKey(id=key_id, secret_hash=_hash(secret), scope=scope, label=label, created_at=now)
+    row = ApiKey(
+        id=key_id, secret_hash=_hash(secret), scope=scope, label=label, created_at=now,
+        org_id=None if scope is Scope.OPERATOR else org_id,
+    )
     session.add(row)
     await session.flush()
     return row, f"{KEY_PREFIX}_{key_id}_{secret}"
@@ -129,4 +149,4 @@ async def access_caller(session: AsyncSession, presented: str | None) -> Caller:
     matches = hmac.compare_digest(expected, _hash(secret))
     if row is None or not matches or row.revoked_at is not None:
         raise AuthenticationFailed("the API key is not valid")
-    return Caller(key_id=row.id, scope=row.scope)
+    return Caller(key_id=row.id, scope=row.scope, org_id=row.org_id or "")

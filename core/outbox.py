@@ -57,6 +57,8 @@ class OutboxEvent(Base):
     id: Mapped[str] = mapped_column(String(40), unique=True)  # the `webhook-id`
     type: Mapped[str] = mapped_column(String(40))
     booking_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, nullable=True)
+    # Whose endpoints receive it: set for an event without a booking; else the booking's.
+    org_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
     payload: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
     dispatched: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
@@ -294,12 +296,16 @@ def booking_of(event: OutgoingEvent) -> uuid.UUID | None:
     return getattr(event, "booking_id", None)
 
 
-def do_write(session: AsyncSession, event: OutgoingEvent, at: datetime) -> OutboxEvent:
-    """Add `event` to the outbox in the caller's transaction (it commits with the change)."""
+def do_write(
+    session: AsyncSession, event: OutgoingEvent, at: datetime, *, org_id: str | None = None
+) -> OutboxEvent:
+    """Add `event` to the outbox in the caller's transaction (it commits with the change).
+    Only `org_id`'s endpoints receive it (default: the organization of its booking)."""
     row = OutboxEvent(
         id=new_event_id(),
         type=event.type.value,
         booking_id=booking_of(event),
+        org_id=org_id,
         payload={"type": event.type.value, "timestamp": at.isoformat(), "data": event.data()},
         created_at=at,
         dispatched=False,

@@ -41,10 +41,12 @@ class Category(enum.StrEnum):
 
 @dataclass(frozen=True)
 class Subject:
-    """One person: their platform id and every participant row (one per booking)."""
+    """One person: their platform id and every participant row (one per booking) in the
+    organization whose platform names them."""
 
     external_id: str
     participants: tuple[Participant, ...]
+    org_id: str
 
     @property
     def participant_ids(self) -> tuple[uuid.UUID, ...]:

@@ -50,6 +50,7 @@ from sqlalchemy import update as sql_update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, aliased, mapped_column
 
+from core.bookings import Booking
 from core.database import Base, UTCDateTime, enum_column
 from core.errors import InvalidInput, NotFound
 from core.outbox import EventType, OutboxEvent, on_outbox_commit
@@ -78,6 +79,8 @@ class Endpoint(Base):
     __tablename__ = "webhook_endpoints"
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    # Receives only its organization's events, and only its organization's keys see it.
+    org_id: Mapped[str] = mapped_column(ForeignKey("organizations.id"), index=True)
     url: Mapped[str] = mapped_column(Text)
     description: Mapped[str] = mapped_column(String(200), default="")
     event_types: Mapped[list[str]] = mapped_column(JSON)
@@ -270,19 +273,22 @@ def check_types(types: Sequence[str] | None) -> list[str]:
     return sorted(set(types))
 
 
-async def access_endpoint(session: AsyncSession, endpoint_id: uuid.UUID) -> Endpoint:
+async def access_endpoint(
+    session: AsyncSession, org_id: str, endpoint_id: uuid.UUID
+) -> Endpoint:
+    """The organization's endpoint; another organization's is not found."""
     endpoint = await session.get(Endpoint, endpoint_id, populate_existing=True)
-    if endpoint is None:
+    if endpoint is None or endpoint.org_id != org_id:
         raise NotFound(f"no webhook endpoint {endpoint_id}")
     return endpoint
 
 
 def do_create_endpoint(
-    session: AsyncSession, settings: Settings, *, url: str, description: str,
+    session: AsyncSession, settings: Settings, *, org_id: str, url: str, description: str,
     event_types: Sequence[str] | None, created_by: str, now: datetime,
 ) -> Endpoint:
     endpoint = Endpoint(
-        id=uuid.uuid4(), url=check_url(url, settings), description=description,
+        id=uuid.uuid4(), org_id=org_id, url=check_url(url, settings), description=description,
         event_types=check_types(event_types), secret=new_secret(), created_by=created_by,
         created_at=now, updated_at=now,
     )
@@ -325,8 +331,11 @@ def do_replay(delivery: Delivery, now: datetime) -> None:
     delivery.lease_until = None
 
 
-async def get_endpoints(session: AsyncSession) -> list[Endpoint]:
-    query = select(Endpoint).order_by(Endpoint.created_at, Endpoint.id)
+async def get_endpoints(session: AsyncSession, org_id: str) -> list[Endpoint]:
+    query = (
+        select(Endpoint).where(Endpoint.org_id == org_id)
+        .order_by(Endpoint.created_at, Endpoint.id)
+    )
     return list((await session.scalars(query)).all())
 
 
@@ -338,6 +347,17 @@ async def get_deliveries(
         query = query.where(Delivery.status == status)
     query = query.order_by(Delivery.event_seq.desc()).limit(limit)
     return list((await session.scalars(query)).all())
+
+
+async def _orgs_of(
+    session: AsyncSession, events: Sequence[OutboxEvent]
+) -> dict[uuid.UUID | None, str]:
+    """The organization of each event's booking (an event goes to its organization only)."""
+    ids = {e.booking_id for e in events if e.booking_id is not None and e.org_id is None}
+    if not ids:
+        return {}
+    query = select(Booking.id, Booking.org_id).where(Booking.id.in_(ids))
+    return {row.id: row.org_id for row in (await session.execute(query)).all()}
 
 
 # the sender
@@ -418,9 +438,13 @@ class Sender:
             endpoints = list((await session.scalars(
                 select(Endpoint).where(Endpoint.disabled_at.is_(None))
             )).all())
+            orgs = await _orgs_of(session, events)
             for event in events:
                 event.dispatched = True
+                org = event.org_id or orgs.get(event.booking_id)
                 for endpoint in endpoints:
+                    if endpoint.org_id != org:
+                        continue
                     if endpoint.event_types and event.type not in endpoint.event_types:
                         continue
                     session.add(Delivery(

@@ -152,9 +152,6 @@ class RecordingDownload(Base):
     byte_range: Mapped[str | None] = mapped_column(String(100), nullable=True)
 
 
-def access_booking_recordings(viewer: Viewer, booking_id: uuid.UUID) -> None:
-    """Only the booking's own participants and admins see its recordings."""
-    access_booking_data(viewer, booking_id)
 
 
 async def access_recording_control(
@@ -163,7 +160,7 @@ async def access_recording_control(
     """Starting and stopping a booking's recording: its host, or an admin, while the booking
     exists (404), is not cancelled (410) and has not ended (403), as at every other
     participant endpoint."""
-    access_booking_recordings(viewer, booking_id)
+    await access_booking_data(session, viewer, booking_id)
     if viewer.participant is not None and viewer.participant.role is not Role.HOST:
         raise PermissionDenied("only the host starts and stops the recording")
     booking = await session.get(Booking, booking_id)

@@ -29,6 +29,7 @@ class ExportRecord(Base):
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
     at: Mapped[datetime] = mapped_column(UTCDateTime())
+    org_id: Mapped[str] = mapped_column(String(32))
     external_id: Mapped[str] = mapped_column(String(200), index=True)
     api_key_id: Mapped[str | None] = mapped_column(String(24), nullable=True)
 

@@ -100,26 +100,30 @@ class Privacy:
 
     # -- who ------------------------------------------------------------------------------
 
-    async def access_subject(self, external_id: str) -> Subject:
-        """The person and all their participant rows; NotFound when callgate holds none."""
+    async def access_subject(self, external_id: str, org_id: str) -> Subject:
+        """The person and all their participant rows in the organization's bookings;
+        NotFound when it holds none (another organization's people are not found)."""
         query = (
             select(Participant)
-            .where(Participant.external_id == external_id)
+            .join(Booking, Booking.id == Participant.booking_id)
+            .where(Participant.external_id == external_id, Booking.org_id == org_id)
             .order_by(Participant.created_at, Participant.id)
         )
         async with self._rt.db.session() as session:
             rows = tuple((await session.execute(query)).scalars())
         if not rows:
             raise NotFound("callgate holds nothing about this external id")
-        return Subject(external_id, rows)
+        return Subject(external_id, rows, org_id)
 
-    async def search(self, q: str, limit: int = 50) -> list[dict[str, Any]]:
-        """People whose external id or display name contains `q` (case-insensitive)."""
+    async def search(self, q: str, org_id: str, limit: int = 50) -> list[dict[str, Any]]:
+        """People of the organization whose external id or display name contains `q`
+        (case-insensitive)."""
         wanted = q.strip().lower()
         query = (
             select(Participant.external_id, Participant.display_name, Booking.starts_at)
             .join(Booking, Booking.id == Participant.booking_id)
             .where(
+                Booking.org_id == org_id,
                 or_(  # `%` and `_` in the query are literal characters
                     func.lower(Participant.external_id).contains(wanted, autoescape=True),
                     func.lower(Participant.display_name).contains(wanted, autoescape=True),
@@ -134,7 +138,9 @@ class Privacy:
             restricted = set(
                 (
                     await session.execute(
-                        select(Restriction.external_id).where(Restriction.external_id.in_(ids))
+                        select(Restriction.external_id).where(
+                            Restriction.org_id == org_id, Restriction.external_id.in_(ids)
+                        )
                     )
                 ).scalars()
             )
@@ -162,12 +168,12 @@ class Privacy:
     # -- access and portability -----------------------------------------------------------
 
     async def do_export(
-        self, external_id: str, api_key_id: str | None
+        self, external_id: str, org_id: str, api_key_id: str | None
     ) -> tuple[uuid.UUID, AsyncIterator[bytes]]:
         """Log the export, then its bundle as a ZIP stream (JSON Lines plus recordings)."""
-        subject = await self.access_subject(external_id)
+        subject = await self.access_subject(external_id, org_id)
         now = self._rt.clock.now()
-        record = ExportRecord(id=uuid.uuid4(), at=now, external_id=external_id,
+        record = ExportRecord(id=uuid.uuid4(), at=now, org_id=org_id, external_id=external_id,
                               api_key_id=api_key_id)
         async with self._rt.db.session() as session:
             session.add(record)
@@ -184,7 +190,7 @@ class Privacy:
         self, subject: Subject, export_id: uuid.UUID
     ) -> AsyncIterator[dict[str, Any]]:
         async with self._rt.db.session() as session:
-            restriction = await get_restriction(session, subject.external_id)
+            restriction = await get_restriction(session, subject.org_id, subject.external_id)
             withdrawals = (
                 await session.execute(
                     select(WithdrawalRecord)
@@ -195,7 +201,10 @@ class Privacy:
             views = [w.view() for w in withdrawals]
             exports = (
                 await session.execute(
-                    select(ExportRecord.at).where(ExportRecord.external_id == subject.external_id)
+                    select(ExportRecord.at).where(
+                        ExportRecord.org_id == subject.org_id,
+                        ExportRecord.external_id == subject.external_id,
+                    )
                 )
             ).scalars()
             export_times = sorted(at.isoformat() for at in exports)
@@ -212,9 +221,11 @@ class Privacy:
 
     # -- erasure --------------------------------------------------------------------------
 
-    async def do_erase(self, external_id: str, api_key_id: str | None) -> dict[str, Any]:
+    async def do_erase(
+        self, external_id: str, org_id: str, api_key_id: str | None
+    ) -> dict[str, Any]:
         """Erase the person everywhere in one transaction; files go after it commits."""
-        subject = await self.access_subject(external_id)
+        subject = await self.access_subject(external_id, org_id)
         now = self._rt.clock.now()
         erasure = Erasure(f"{TOMBSTONE_PREFIX}{uuid.uuid4().hex}", now, Cleanup())
         counts: dict[str, Any] = {}
@@ -223,13 +234,13 @@ class Privacy:
                 counts[domain.name] = await domain.erase(session, subject, erasure)
             await session.execute(
                 update(ExportRecord)
-                .where(ExportRecord.external_id == external_id)
+                .where(ExportRecord.org_id == org_id, ExportRecord.external_id == external_id)
                 .values(external_id=erasure.tombstone)
             )
             record = ErasureRecord(id=uuid.uuid4(), at=now, tombstone=erasure.tombstone,
                                    api_key_id=api_key_id, counts=counts)
             session.add(record)
-            do_write(session, ErasedOut(subject.participant_ids, now), now)
+            do_write(session, ErasedOut(subject.participant_ids, now), now, org_id=org_id)
         counts["files_removed"] = await asyncio.to_thread(erasure.cleanup.run)
         await self._rt.db.checkpoint()  # SQLite: the zeroed pages replace the WAL's copies
         events = [
@@ -243,20 +254,22 @@ class Privacy:
     # -- restriction ----------------------------------------------------------------------
 
     async def do_restrict(
-        self, external_id: str, restricted: bool, api_key_id: str | None
+        self, external_id: str, org_id: str, restricted: bool, api_key_id: str | None
     ) -> dict[str, Any]:
         """Freeze (or free) all processing of the person; the gate reads it at once."""
-        subject = await self.access_subject(external_id)
+        subject = await self.access_subject(external_id, org_id)
         now = self._rt.clock.now()
         async with self._rt.db.session() as session:
-            row = await get_restriction(session, external_id)
+            row = await get_restriction(session, org_id, external_id)
             if restricted and row is None:
-                row = Restriction(external_id=external_id, restricted_at=now,
+                row = Restriction(org_id=org_id, external_id=external_id, restricted_at=now,
                                   api_key_id=api_key_id)
                 session.add(row)
             if not restricted and row is not None:
                 await session.execute(
-                    delete(Restriction).where(Restriction.external_id == external_id)
+                    delete(Restriction).where(
+                        Restriction.org_id == org_id, Restriction.external_id == external_id
+                    )
                 )
                 row = None
         events = [

@@ -42,10 +42,11 @@ async def do_join(
 
 
 async def do_participant_token(
-    runtime: Runtime, booking_id: uuid.UUID, participant_id: uuid.UUID
+    runtime: Runtime, org_id: str, booking_id: uuid.UUID, participant_id: uuid.UUID
 ) -> JoinGrant:
-    """The join payload for one participant, for platforms with their own client apps."""
-    row = await get_participant_row(runtime, booking_id, participant_id)
+    """The join payload for one participant of one of the organization's bookings, for
+    platforms with their own client apps."""
+    row = await get_participant_row(runtime, org_id, booking_id, participant_id)
     if row is None:
         raise NotFound(f"booking {booking_id} has no participant {participant_id}")
     return grant(runtime, row, runtime.clock.now())

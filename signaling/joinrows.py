@@ -157,9 +157,11 @@ async def get_join_row(
 
 
 async def get_participant_row(
-    runtime: Runtime, booking_id: uuid.UUID, participant_id: uuid.UUID
+    runtime: Runtime, org_id: str, booking_id: uuid.UUID, participant_id: uuid.UUID
 ) -> JoinRow | None:
-    """The same columns for one participant of one booking (not by credential)."""
+    """The same columns for one participant of one of the organization's bookings (not by
+    credential)."""
     return await JoinReader(runtime).fetch(
         (Participant.id == participant_id) & (Participant.booking_id == booking_id)
+        & (Booking.org_id == org_id)
     )

@@ -34,7 +34,7 @@ from core.subjects import (
     Subject,
 )
 from signaling.attendance import Stay
-from signaling.bookings import Correction
+from signaling.participants import Correction
 from signaling.tickets import UsedTicket
 
 

@@ -17,6 +17,7 @@ from sqlalchemy import JSON, Integer, String, Text, Uuid, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
+from core.bookings import Booking
 from core.database import Base, UTCDateTime, enum_column
 from core.purposes import Purpose
 
@@ -104,12 +105,15 @@ def do_register(
 
 async def get_register(
     session: AsyncSession,
+    org_id: str,
     *,
     booking_id: uuid.UUID | None = None,
     limit: int = 100,
     before: datetime | None = None,
 ) -> list[RegisterEntry]:
-    query = select(RegisterEntry)
+    """The organization's register rows (of its bookings), newest first."""
+    ours = select(Booking.id).where(Booking.org_id == org_id)
+    query = select(RegisterEntry).where(RegisterEntry.booking_id.in_(ours))
     if booking_id is not None:
         query = query.where(RegisterEntry.booking_id == booking_id)
     if before is not None:

@@ -10,6 +10,7 @@ import io
 import json
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query
@@ -110,13 +111,16 @@ def _cursor(raw: str | None) -> int | None:
 )
 async def get_log(
     runtime: RuntimeDep,
-    _caller: ReviewerCaller,
+    caller: ReviewerCaller,
     filters: Annotated[LogFilter, Depends(log_filter)],
     cursor: Annotated[str | None, Query(pattern=r"^[1-9][0-9]{0,17}$")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> dict[str, Any]:
     async with runtime.db.session() as session:
-        page, next_seq = await log_page(session, filters, before_seq=_cursor(cursor), limit=limit)
+        page, next_seq = await log_page(
+            session, replace(filters, org_id=caller.org_id), before_seq=_cursor(cursor),
+            limit=limit,
+        )
         shown = {row.entry.notice_id for row in page}
         query = select(Notice.id, Notice.version).where(Notice.id.in_(shown))
         versions: dict[uuid.UUID, int] = {row[0]: row[1] for row in await session.execute(query)}
@@ -159,11 +163,11 @@ def _annotated(
 )
 async def export_log(
     runtime: RuntimeDep,
-    _caller: ReviewerCaller,
+    caller: ReviewerCaller,
     filters: Annotated[LogFilter, Depends(log_filter)],
     format: Annotated[Literal["csv", "jsonl"], Query()] = "jsonl",
 ) -> StreamingResponse:
-    rows = stream_log(runtime.db, filters)
+    rows = stream_log(runtime.db, replace(filters, org_id=caller.org_id))
     if format == "csv":
         body, media = _csv(rows), "text/csv; charset=utf-8"
     else:
@@ -319,11 +323,11 @@ async def export_checkpoints(runtime: RuntimeDep, _caller: ReviewerCaller) -> JS
     responses=responses(401, 403, 404),
 )
 async def consent_timeline(
-    runtime: RuntimeDep, gate: GateDep, _caller: ReviewerCaller, booking_id: uuid.UUID
+    runtime: RuntimeDep, gate: GateDep, caller: ReviewerCaller, booking_id: uuid.UUID
 ) -> dict[str, Any]:
     async with runtime.db.session() as session:
         booking = await session.get(Booking, booking_id)
-        if booking is None:
+        if booking is None or booking.org_id != caller.org_id:
             raise NotFound(f"no booking {booking_id}")
         entries = await booking_entries(session, booking_id)
         query = (

@@ -17,6 +17,7 @@ from core.errors import Gone
 from core.inputs import Instant, Line
 from core.purposes import RecordingAccess, RecordingPolicy
 from core.runtime import Runtime
+from signaling import bookinglist, participants
 from signaling import bookings as service
 from signaling.attendance import LeaveHow, get_attendance
 from signaling.ics import invite
@@ -212,14 +213,16 @@ async def list_bookings(
     participant: Annotated[
         Line | None, Query(max_length=200, description="A participant's external id.")
     ] = None,
-    cursor: Annotated[str | None, Query(pattern=service.CURSOR_PATTERN)] = None,
+    cursor: Annotated[str | None, Query(pattern=bookinglist.CURSOR_PATTERN)] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> BookingPage:
-    filters = service.BookingFilter(
+    filters = bookinglist.BookingFilter(
         starts_before=to, ends_after=from_, status=status, participant=participant
     )
     async with runtime.db.session() as session:
-        page, next_cursor = await service.list_bookings(session, filters, cursor, limit)
+        page, next_cursor = await bookinglist.list_bookings(
+            session, caller.org_id, filters, cursor, limit
+        )
     return BookingPage(items=[booking_out(runtime, b) for b in page], next_cursor=next_cursor)
 
 
@@ -232,7 +235,9 @@ async def list_bookings(
 async def get_booking(
     runtime: RuntimeDep, caller: SchedulerCaller, booking_id: BookingId
 ) -> BookingOut:
-    return booking_out(runtime, await service.access_booking_by_id(runtime, booking_id))
+    return booking_out(
+        runtime, await service.access_booking_by_id(runtime, caller.org_id, booking_id)
+    )
 
 
 @router.patch(
@@ -253,7 +258,9 @@ async def reschedule_booking(
         Body(examples=[{"starts_at": "2030-05-05T09:00:00Z", "ends_at": "2030-05-05T10:00:00Z"}]),
     ],
 ) -> BookingOut:
-    booking = await service.do_reschedule_booking(runtime, booking_id, request, rooms=rooms)
+    booking = await service.do_reschedule_booking(
+        runtime, caller.org_id, booking_id, request, rooms=rooms
+    )
     return booking_out(runtime, booking)
 
 
@@ -268,7 +275,8 @@ async def reschedule_booking(
 async def cancel_booking(
     runtime: RuntimeDep, rooms: RoomsDep, caller: SchedulerCaller, booking_id: BookingId
 ) -> BookingOut:
-    return booking_out(runtime, await service.do_cancel_booking(runtime, booking_id, rooms=rooms))
+    booking = await service.do_cancel_booking(runtime, caller.org_id, booking_id, rooms=rooms)
+    return booking_out(runtime, booking)
 
 
 @router.get(
@@ -289,7 +297,9 @@ async def invite_ics(
     participant_id: ParticipantId,
 ) -> Response:
     async with runtime.db.session() as session:
-        person = await service.access_booking_participant(session, booking_id, participant_id)
+        person = await service.access_booking_participant(
+            session, caller.org_id, booking_id, participant_id
+        )
         booking = person.booking
     if person.erased:
         raise Gone("this person was erased")
@@ -320,7 +330,7 @@ async def participant_token(
     booking_id: BookingId,
     participant_id: ParticipantId,
 ) -> JoinGrant:
-    return await do_participant_token(runtime, booking_id, participant_id)
+    return await do_participant_token(runtime, caller.org_id, booking_id, participant_id)
 
 
 @router.patch(
@@ -338,11 +348,13 @@ async def correct_participant(
     caller: CorrectorCaller,
     booking_id: BookingId,
     participant_id: ParticipantId,
-    body: service.ParticipantCorrection,
+    body: participants.ParticipantCorrection,
 ) -> ParticipantOut:
-    await service.do_correct_participant(runtime, caller, booking_id, participant_id, body)
+    await participants.do_correct_participant(runtime, caller, booking_id, participant_id, body)
     async with runtime.db.session() as session:
-        person = await service.access_booking_participant(session, booking_id, participant_id)
+        person = await service.access_booking_participant(
+            session, caller.org_id, booking_id, participant_id
+        )
     return participant_out(runtime, person.booking, person)
 
 
@@ -363,8 +375,8 @@ async def revoke_link(
     booking_id: BookingId,
     participant_id: ParticipantId,
 ) -> ParticipantOut:
-    person = await service.do_revoke_participant(
-        runtime, booking_id, participant_id, rooms=rooms
+    person = await participants.do_revoke_participant(
+        runtime, caller.org_id, booking_id, participant_id, rooms=rooms
     )
     return participant_out(runtime, person.booking, person)
 
@@ -408,7 +420,7 @@ async def attendance(
     booking_id: BookingId,
 ) -> AttendanceOut:
     async with runtime.db.session() as session:
-        booking = await service.access_booking(session, booking_id)
+        booking = await service.access_org_booking(session, caller.org_id, booking_id)
         people = await get_attendance(session, booking, runtime.clock.now())
     return AttendanceOut(
         booking_id=booking.id, status=booking.status,

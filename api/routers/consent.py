@@ -21,6 +21,7 @@ from consent.purposes import Actor, Decision, Method, Purpose
 from consent.receipts import MEDIA_TYPE, build_receipt, covering_checkpoint, receipt_entries
 from consent.writer import ledger_writer
 from core.errors import NotFound, Unavailable
+from core.organizations import access_org_participant
 
 router = APIRouter(prefix="/v1/consent", tags=["consent"])
 
@@ -172,6 +173,8 @@ class GuardianDecisionBody(BaseModel):
 async def post_guardian_consent(
     runtime: RuntimeDep, caller: SchedulerCaller, body: GuardianDecisionBody
 ) -> dict[str, Any]:
+    async with runtime.db.session() as session:  # another organization's person: 404
+        await access_org_participant(session, caller.org_id, body.participant_id)
     request = DecisionRequest(
         purpose=body.purpose,
         decision=body.decision,

@@ -48,7 +48,7 @@ async def search_subjects(
                             "id or display name (case-insensitive).")],
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> dict[str, Any]:
-    return {"subjects": await privacy.search(q, limit)}
+    return {"subjects": await privacy.search(q, caller.org_id, limit)}
 
 
 @router.post(
@@ -68,7 +68,7 @@ async def search_subjects(
 async def export_subject(
     privacy: PrivacyDep, caller: AdminCaller, external_id: SubjectPath
 ) -> StreamingResponse:
-    export_id, body = await privacy.do_export(external_id, caller.key_id)
+    export_id, body = await privacy.do_export(external_id, caller.org_id, caller.key_id)
     name = f"callgate-export-{export_id}.zip"
     return StreamingResponse(
         body,
@@ -97,7 +97,7 @@ async def erase_subject(
 ) -> dict[str, Any]:
     if body.confirm != external_id:
         raise InvalidInput.field(("body", "confirm"), "must repeat the external id")
-    return await privacy.do_erase(external_id, caller.key_id)
+    return await privacy.do_erase(external_id, caller.org_id, caller.key_id)
 
 
 @router.post(
@@ -110,7 +110,7 @@ async def erase_subject(
 async def restrict_subject(
     privacy: PrivacyDep, caller: AdminCaller, external_id: SubjectPath
 ) -> dict[str, Any]:
-    return await privacy.do_restrict(external_id, True, caller.key_id)
+    return await privacy.do_restrict(external_id, caller.org_id, True, caller.key_id)
 
 
 @router.delete(
@@ -123,7 +123,7 @@ async def restrict_subject(
 async def lift_restriction(
     privacy: PrivacyDep, caller: AdminCaller, external_id: SubjectPath
 ) -> dict[str, Any]:
-    return await privacy.do_restrict(external_id, False, caller.key_id)
+    return await privacy.do_restrict(external_id, caller.org_id, False, caller.key_id)
 
 
 @router.get(

@@ -35,7 +35,6 @@ from api.schemas import (
 )
 from consent.access import DataKind, Readable, access_session_data, do_log_read, get_reads
 from core.accounts import Viewer, access_booking_data
-from core.bookings import Booking
 from core.bus import BusEvent, Topic
 from core.errors import NotFound
 from core.events import (
@@ -85,13 +84,10 @@ class Reader:
 async def booking_reader(
     booking_id: uuid.UUID, runtime: RuntimeDep, viewer: ViewerDep
 ) -> Reader:
-    """The booking's participants and admins get in; anyone else sees 404 (or 401/403)."""
-    access_booking_data(viewer, booking_id)
-    if viewer.participant is not None:
-        return Reader(booking_id, viewer)
+    """The booking's participants and its organization's admins get in; anyone else sees
+    404 (or 401/403)."""
     async with runtime.db.session() as session:
-        if await session.get(Booking, booking_id) is None:
-            raise NotFound(f"no booking {booking_id}")
+        await access_booking_data(session, viewer, booking_id)
     return Reader(booking_id, viewer)
 
 
@@ -382,7 +378,9 @@ async def list_processing(
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> dict[str, Any]:
     async with runtime.db.session() as session:
-        rows = await get_register(session, booking_id=booking_id, limit=limit, before=before)
+        rows = await get_register(
+            session, caller.org_id, booking_id=booking_id, limit=limit, before=before
+        )
     return {"entries": [row.view() for row in rows]}
 
 
@@ -403,7 +401,9 @@ async def list_reads(
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> dict[str, Any]:
     async with runtime.db.session() as session:
-        rows = await get_reads(session, booking_id=booking_id, before=before, limit=limit)
+        rows = await get_reads(
+            session, caller.org_id, booking_id=booking_id, before=before, limit=limit
+        )
     return {"reads": [row.view() for row in rows]}
 
 

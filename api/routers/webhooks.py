@@ -127,7 +127,8 @@ async def create_endpoint(
 ) -> EndpointWithSecret:
     async with runtime.db.session() as session:
         endpoint = service.do_create_endpoint(
-            session, runtime.settings, url=body.url, description=body.description,
+            session, runtime.settings, org_id=caller.org_id, url=body.url,
+            description=body.description,
             event_types=body.event_types, created_by=caller.key_id, now=runtime.clock.now(),
         )
     return with_secret(endpoint)
@@ -136,7 +137,7 @@ async def create_endpoint(
 @router.get("", summary="List webhook endpoints", responses=problems.responses(401, 403))
 async def list_endpoints(runtime: RuntimeDep, caller: SchedulerCaller) -> list[EndpointOut]:
     async with runtime.db.session() as session:
-        return [endpoint_out(e) for e in await service.get_endpoints(session)]
+        return [endpoint_out(e) for e in await service.get_endpoints(session, caller.org_id)]
 
 
 @router.get(
@@ -147,7 +148,7 @@ async def get_endpoint(
     runtime: RuntimeDep, caller: SchedulerCaller, endpoint_id: EndpointId
 ) -> EndpointOut:
     async with runtime.db.session() as session:
-        return endpoint_out(await service.access_endpoint(session, endpoint_id))
+        return endpoint_out(await service.access_endpoint(session, caller.org_id, endpoint_id))
 
 
 @router.patch(
@@ -159,7 +160,7 @@ async def update_endpoint(
 ) -> EndpointOut:
     now = runtime.clock.now()
     async with runtime.db.session() as session:
-        endpoint = await service.access_endpoint(session, endpoint_id)
+        endpoint = await service.access_endpoint(session, caller.org_id, endpoint_id)
         if body.url is not None:
             endpoint.url = service.check_url(body.url, runtime.settings)
         if body.description is not None:
@@ -182,7 +183,7 @@ async def rotate_secret(
     runtime: RuntimeDep, caller: SchedulerCaller, endpoint_id: EndpointId
 ) -> EndpointWithSecret:
     async with runtime.db.session() as session:
-        endpoint = await service.access_endpoint(session, endpoint_id)
+        endpoint = await service.access_endpoint(session, caller.org_id, endpoint_id)
         service.do_rotate_secret(endpoint, runtime.settings, runtime.clock.now())
     return with_secret(endpoint)
 
@@ -195,7 +196,7 @@ async def delete_endpoint(
     runtime: RuntimeDep, caller: SchedulerCaller, endpoint_id: EndpointId
 ) -> Response:
     async with runtime.db.session() as session:
-        await session.delete(await service.access_endpoint(session, endpoint_id))
+        await session.delete(await service.access_endpoint(session, caller.org_id, endpoint_id))
     return Response(status_code=204)
 
 
@@ -211,7 +212,7 @@ async def list_deliveries(
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> DeliveryPage:
     async with runtime.db.session() as session:
-        await service.access_endpoint(session, endpoint_id)
+        await service.access_endpoint(session, caller.org_id, endpoint_id)
         rows = await service.get_deliveries(session, endpoint_id, status, limit)
     return DeliveryPage(items=[delivery_out(d) for d in rows])
 
@@ -228,6 +229,7 @@ async def replay_delivery(
     delivery_id: DeliveryId,
 ) -> DeliveryOut:
     async with runtime.db.session() as session:
+        await service.access_endpoint(session, caller.org_id, endpoint_id)
         delivery = await service.access_delivery(session, endpoint_id, delivery_id)
         service.do_replay(delivery, runtime.clock.now())
     return delivery_out(delivery)

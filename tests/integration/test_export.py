@@ -16,6 +16,7 @@ from sqlalchemy import func, select
 
 from api.services import Services
 from core.accounts import Scope
+from core.organizations import DEFAULT_ORG
 from core.runtime import Runtime
 from privacy.records import ExportRecord
 from privacy.service import Privacy
@@ -69,7 +70,7 @@ async def test_export_bundle_holds_everything_about_the_person_only(
     # The stream the response sends: pieces of about one storage chunk, never the whole file.
     privacy = services.privacy
     assert isinstance(privacy, Privacy)
-    _, stream = await privacy.do_export(EXTERNAL, None)
+    _, stream = await privacy.do_export(EXTERNAL, DEFAULT_ORG, None)
     sizes = [len(piece) async for piece in stream]
     assert sum(sizes) > len(big)
     assert len(sizes) > 3

@@ -1,0 +1,109 @@
+"""Organizations: one callgate serves several booking platforms, each seeing only its own.
+
+The table `organizations` (id, name, per-organization setting overrides) starts with the
+`default` organization, which gets every existing API key, booking, webhook endpoint,
+restriction and export log row: a single-organization deployment keeps working with no step
+of its own (its `CALLGATE_*` settings are the default organization's values, since it
+overrides nothing). Outbox events may name their organization (events without a booking).
+
+It also needs the privacy tables (restrictions, exports), which branch off on their own
+(0005_privacy), so it follows both.
+
+Revision ID: 0013_organizations
+Revises: 0011_hardening, 0005_privacy
+Create Date: 2026-11-30
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0013_organizations"
+down_revision = ("0011_hardening", "0005_privacy")
+branch_labels = None
+depends_on = None
+
+TS = sa.DateTime(timezone=True)
+DEFAULT = "default"
+
+
+def upgrade() -> None:
+    orgs = op.create_table(
+        "organizations",
+        sa.Column("id", sa.String(32), nullable=False),
+        sa.Column("name", sa.String(200), nullable=False),
+        sa.Column("settings", sa.JSON, nullable=False),
+        sa.Column("created_at", TS, nullable=False),
+        sa.Column("updated_at", TS, nullable=False),
+        sa.PrimaryKeyConstraint("id", name="pk_organizations"),
+    )
+    now = datetime.now(UTC)
+    op.bulk_insert(orgs, [
+        {"id": DEFAULT, "name": "Default organization", "settings": {},
+         "created_at": now, "updated_at": now},
+    ])
+    with op.batch_alter_table("api_keys") as batch:  # operator keys: NULL
+        batch.add_column(sa.Column("org_id", sa.String(32), nullable=True))
+        batch.create_foreign_key(
+            "fk_api_keys_org_id_organizations", "organizations", ["org_id"], ["id"]
+        )
+        batch.create_index("ix_api_keys_org_id", ["org_id"])
+    op.execute("UPDATE api_keys SET org_id = 'default'")
+    for table in ("bookings", "webhook_endpoints"):
+        with op.batch_alter_table(table) as batch:
+            batch.add_column(
+                sa.Column("org_id", sa.String(32), nullable=False, server_default=DEFAULT)
+            )
+            batch.create_foreign_key(
+                f"fk_{table}_org_id_organizations", "organizations", ["org_id"], ["id"]
+            )
+            batch.create_index(f"ix_{table}_org_id", ["org_id"])
+    with op.batch_alter_table("subject_exports") as batch:
+        batch.add_column(
+            sa.Column("org_id", sa.String(32), nullable=False, server_default=DEFAULT)
+        )
+    op.add_column("outbox_events", sa.Column("org_id", sa.String(32), nullable=True))
+    # Restrictions are per organization: (org_id, external_id) becomes the key.
+    op.create_table(
+        "subject_restrictions_by_org",
+        sa.Column("org_id", sa.String(32), nullable=False),
+        sa.Column("external_id", sa.String(200), nullable=False),
+        sa.Column("restricted_at", TS, nullable=False),
+        sa.Column("api_key_id", sa.String(24), nullable=True),
+        sa.PrimaryKeyConstraint("org_id", "external_id", name="pk_subject_restrictions_org"),
+    )
+    op.execute(
+        "INSERT INTO subject_restrictions_by_org (org_id, external_id, restricted_at, "
+        "api_key_id) SELECT 'default', external_id, restricted_at, api_key_id "
+        "FROM subject_restrictions"
+    )
+    op.drop_table("subject_restrictions")
+    op.rename_table("subject_restrictions_by_org", "subject_restrictions")
+
+
+def downgrade() -> None:
+    op.create_table(
+        "subject_restrictions_global",
+        sa.Column("external_id", sa.String(200), primary_key=True),
+        sa.Column("restricted_at", TS, nullable=False),
+        sa.Column("api_key_id", sa.String(24), nullable=True),
+    )
+    op.execute(
+        "INSERT INTO subject_restrictions_global (external_id, restricted_at, api_key_id) "
+        "SELECT external_id, MIN(restricted_at), MIN(api_key_id) FROM subject_restrictions "
+        "GROUP BY external_id"
+    )
+    op.drop_table("subject_restrictions")
+    op.rename_table("subject_restrictions_global", "subject_restrictions")
+    op.drop_column("outbox_events", "org_id")
+    with op.batch_alter_table("subject_exports") as batch:
+        batch.drop_column("org_id")
+    for table in ("webhook_endpoints", "bookings", "api_keys"):
+        with op.batch_alter_table(table) as batch:
+            batch.drop_index(f"ix_{table}_org_id")
+            batch.drop_constraint(f"fk_{table}_org_id_organizations", type_="foreignkey")
+            batch.drop_column("org_id")
+    op.drop_table("organizations")

@@ -1,0 +1,154 @@
+"""Organizations: the tenants one callgate serves (one booking platform each).
+
+Every API key (but the operator's), booking, webhook endpoint, restriction and outbox event
+belongs to one organization, and a key sees only its own organization's data: anything else
+is "not found", exactly as if it did not exist. Participants belong to their booking, so a
+join link belongs to the booking's organization too.
+
+An organization may override some deployment settings (`OrgSettings`: the minimum age, how
+long participants may read their session, the names in notices, retention periods); what it
+leaves unset is the deployment's value (`CALLGATE_*`). A deployment that never creates an
+organization runs entirely in `DEFAULT_ORG`, which the migration creates and into which it
+moves every existing row.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import JSON, String, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Mapped, mapped_column
+
+from core.bookings import Booking, Participant
+from core.database import Base, UTCDateTime
+from core.errors import Conflict, InvalidInput, NotFound
+from core.settings import Settings
+
+DEFAULT_ORG = "default"
+ORG_ID_PATTERN = r"^[a-z0-9][a-z0-9-]{1,30}[a-z0-9]$"
+
+
+class Organization(Base):
+    __tablename__ = "organizations"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    # The overrides of `OrgSettings` (only the fields set); the rest is the deployment's.
+    settings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class OrgSettings(BaseModel):
+    """What an organization may set for itself; unset (null) means the deployment's value."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    operator_name: str | None = Field(
+        default=None, min_length=1, max_length=200,
+        description="Who records and processes, as the notices name them "
+        "(default `CALLGATE_CONSENT_OPERATOR_NAME`).",
+    )
+    ai_provider_name: str | None = Field(
+        default=None, min_length=1, max_length=200,
+        description="The AI provider as the notices name it "
+        "(default `CALLGATE_CONSENT_AI_PROVIDER`).",
+    )
+    minimum_age: int | None = Field(
+        default=None, ge=0, le=18,
+        description="Nobody younger is booked (default `CALLGATE_MINIMUM_AGE`).",
+    )
+    participant_access_days: int | None = Field(
+        default=None, ge=0, le=3650,
+        description="Days after a session its participants may read what `recording_access` "
+        "gives them (default `CALLGATE_PARTICIPANT_ACCESS_DAYS`).",
+    )
+    recording_retention_days: int | None = Field(default=None, ge=1, le=36500)
+    summary_retention_days: int | None = Field(default=None, ge=1, le=36500)
+    join_log_retention_days: int | None = Field(default=None, ge=1, le=36500)
+    booking_retention_days: int | None = Field(default=None, ge=1, le=36500)
+
+
+# OrgSettings field -> the Settings field it overrides.
+_SETTING_OF = {
+    "operator_name": "consent_operator_name",
+    "ai_provider_name": "consent_ai_provider",
+}
+
+
+def effective_settings(settings: Settings, org: Organization | None) -> Settings:
+    """The deployment's settings with the organization's overrides in place."""
+    if org is None or not org.settings:
+        return settings
+    overrides = OrgSettings.model_validate(org.settings).model_dump(exclude_none=True)
+    if not overrides:
+        return settings
+    return settings.model_copy(update={_SETTING_OF.get(k, k): v for k, v in overrides.items()})
+
+
+async def org_settings(session: AsyncSession, settings: Settings, org_id: str) -> Settings:
+    """The settings that hold for `org_id` (the deployment's, where it set nothing)."""
+    return effective_settings(settings, await session.get(Organization, org_id))
+
+
+def check_org_id(org_id: str) -> str:
+    if not re.match(ORG_ID_PATTERN, org_id):
+        raise InvalidInput.field(
+            ("body", "id"), "3 to 32 of a-z, 0-9 and '-', not starting or ending with '-'"
+        )
+    return org_id
+
+
+async def access_org(session: AsyncSession, org_id: str) -> Organization:
+    org = await session.get(Organization, org_id, populate_existing=True)
+    if org is None:
+        raise NotFound(f"no organization {org_id!r}")
+    return org
+
+
+async def get_orgs(session: AsyncSession) -> list[Organization]:
+    query = select(Organization).order_by(Organization.created_at, Organization.id)
+    return list((await session.scalars(query)).all())
+
+
+async def do_create_org(
+    session: AsyncSession, org_id: str, name: str, overrides: OrgSettings, now: datetime
+) -> Organization:
+    """A new organization (Conflict if the id is taken)."""
+    org = Organization(
+        id=check_org_id(org_id), name=name, settings=overrides.model_dump(exclude_none=True),
+        created_at=now, updated_at=now,
+    )
+    session.add(org)
+    try:
+        await session.flush()
+    except IntegrityError:
+        raise Conflict(f"an organization {org_id!r} exists already") from None
+    return org
+
+
+def do_update_settings(org: Organization, changes: dict[str, Any], now: datetime) -> None:
+    """Merge `changes` (an OrgSettings subset; null clears an override) into the org's."""
+    merged = {**org.settings, **changes}
+    org.settings = OrgSettings.model_validate(merged).model_dump(exclude_none=True)
+    org.updated_at = now
+
+
+async def access_org_participant(
+    session: AsyncSession, org_id: str, participant_id: uuid.UUID
+) -> Participant:
+    """A participant of one of the organization's bookings; anyone else is not found."""
+    query = (
+        select(Participant).join(Booking, Booking.id == Participant.booking_id)
+        .where(Participant.id == participant_id, Booking.org_id == org_id)
+    )
+    participant = (await session.execute(query)).scalar_one_or_none()
+    if participant is None:
+        raise NotFound(f"no participant {participant_id}")
+    return participant
