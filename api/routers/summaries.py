@@ -117,7 +117,7 @@ class JobRequest(BaseModel):
     responses=responses(401, 403, 404, 422, 503),
 )
 async def post_job(
-    service: Annotated[AiJobs, Depends(available_ai_jobs)], reader: ReaderDep, body: JobRequest
+    reader: ReaderDep, service: Annotated[AiJobs, Depends(available_ai_jobs)], body: JobRequest
 ) -> dict[str, Any]:
     job = await service.request(reader.booking_id, body.kind)
     return job.view()
