@@ -107,13 +107,18 @@ def orgs_create(
     """Create an organization (its settings are the deployment's until changed through
     `PATCH /v1/operator/orgs/{id}`); then `callgate keys create --org ID --scope admin`."""
 
+    from consent.notices import seed_notices
+
+    settings = Settings()
+
     async def run() -> str:
-        db = Database(Settings().database_url)
+        db = Database(settings.database_url)
         try:
             async with db.session() as session:
                 org = await do_create_org(
                     session, org_id, name, OrgSettings(), SystemClock().now()
                 )
+            await seed_notices(db, settings, SystemClock().now(), org.id)
             return f"created organization {org.id}"
         finally:
             await db.close()

@@ -77,7 +77,7 @@ async def consent_overview(db: Database, participant_id: uuid.UUID) -> dict[str,
         replaced = await supersessions(session, {e.notice_id for e in latest.values()})
         purposes = []
         for purpose in requested(booking):
-            notice = await current_notice(session, purpose, booking.language)
+            notice = await current_notice(session, purpose, booking.language, booking.org_id)
             entry = latest.get(purpose)
             # A grant under a notice a material change replaced: the page asks again.
             change = (
@@ -105,10 +105,13 @@ NOTICE_KEYS = ("id", "version", "language", "text", "sha256")
 async def _shown_notice(
     session: Any, booking: Booking, purpose: Purpose, sha256: str
 ) -> Notice:
-    notice = await current_notice(session, purpose, booking.language)
+    notice = await current_notice(session, purpose, booking.language, booking.org_id)
     if notice.sha256 == sha256.lower():
         return notice
-    query = select(Notice.version).where(Notice.purpose == purpose, Notice.sha256 == sha256.lower())
+    query = select(Notice.version).where(
+        Notice.org_id == booking.org_id, Notice.purpose == purpose,
+        Notice.sha256 == sha256.lower(),
+    )
     older = (await session.execute(query.limit(1))).scalar_one_or_none()
     if older is not None:
         raise NoticeOutdated(

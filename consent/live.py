@@ -21,7 +21,7 @@ import structlog
 from consent.checkpoints import Signer
 from consent.gate import BookingConsent, Reason, Recorded, Verdict, may
 from consent.integrity import IntegrityWatch
-from consent.notices import seed_notices
+from consent.notices import seed_all_notices
 from consent.purposes import Purpose
 from consent.snapshot import read_snapshot
 from consent.writer import ledger_writer
@@ -283,7 +283,7 @@ class LiveGate:
         """Publish the default/operator notices; retried by the health check until it worked
         (a database outage must not stop start-up, nor leave people without a notice)."""
         try:
-            await seed_notices(self._rt.db, self._rt.settings, self._rt.clock.now())
+            await seed_all_notices(self._rt.db, self._rt.settings, self._rt.clock.now())
         except Exception:
             log.warning("consent_gate.seed_failed")
             return

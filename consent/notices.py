@@ -1,10 +1,12 @@
 """Notices: the text a person reads before deciding, per purpose and language, versioned.
 
 A notice is identified by its SHA-256; an old version is never changed (the table refuses
-UPDATE and DELETE), a new text is a new version. Defaults ship in English
+UPDATE and DELETE), a new text is a new version. Each organization has its own set (its own
+versions, with its operator's and AI provider's names and retention days: the defaults are
+rendered with the organization's settings). Defaults ship in English
 (`consent/notices/<purpose>.md`); operators add their own as files
-(`<data_dir>/notices/<purpose>.<language>.md`, published at start-up when the text changed) or
-through the admin API.
+(`<data_dir>/notices/<purpose>.<language>.md`, published at start-up when the text changed,
+for the default organization) or through the admin API (for the caller's organization).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from core.crypto import sha256_hex
 from core.database import Base, Database, UTCDateTime, enum_column
 from core.errors import InvalidInput, NotFound
 from core.events import NoticeChanged
+from core.organizations import DEFAULT_ORG, effective_settings, get_orgs
 from core.settings import Settings
 
 DEFAULTS = Path(__file__).resolve().parent / "notices"
@@ -37,6 +40,7 @@ class Notice(Base):
     __tablename__ = "consent_notices"
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    org_id: Mapped[str] = mapped_column(String(32))  # whose notice set it is in
     purpose: Mapped[Purpose] = mapped_column(enum_column(Purpose, 32))
     language: Mapped[str] = mapped_column(String(35))
     version: Mapped[int] = mapped_column(Integer)
@@ -76,10 +80,11 @@ def retention_days(settings: Settings, purpose: Purpose) -> int:
     return int(getattr(settings, RETENTION_SETTING[purpose]))
 
 
-def default_texts(settings: Settings) -> list[NoticeText]:
+def default_texts(settings: Settings, *, files: bool = True) -> list[NoticeText]:
     """The shipped English notices with the operator's and AI provider's names and each
-    purpose's retention days filled in, then the operator's own files from
-    `<data_dir>/notices/`."""
+    purpose's retention days filled in (from `settings`: an organization's are
+    `core.organizations.effective_settings`), then, with `files`, the operator's own files
+    from `<data_dir>/notices/`."""
     names = {"operator": settings.consent_operator_name, "ai_provider": settings.ai_provider_name()}
     out = []
     for purpose in Purpose:
@@ -87,7 +92,7 @@ def default_texts(settings: Settings) -> list[NoticeText]:
         text = raw.format(**names, retention_days=retention_days(settings, purpose))
         out.append(NoticeText(purpose, DEFAULT_LANGUAGE, text, "default"))
     folder = settings.data_dir / "notices"
-    if folder.is_dir():
+    if files and folder.is_dir():
         for path in sorted(folder.glob("*.md")):
             purpose_code, _, language = path.stem.rpartition(".")
             if purpose_code in {p.value for p in Purpose} and language:
@@ -100,42 +105,51 @@ def normalize_language(language: str) -> str:
     return language.strip().replace("_", "-").lower()
 
 
-async def latest_notice(session: AsyncSession, purpose: Purpose, language: str) -> Notice | None:
+async def latest_notice(
+    session: AsyncSession, purpose: Purpose, language: str, org_id: str = DEFAULT_ORG
+) -> Notice | None:
     query = (
         select(Notice)
-        .where(Notice.purpose == purpose, Notice.language == normalize_language(language))
+        .where(
+            Notice.org_id == org_id, Notice.purpose == purpose,
+            Notice.language == normalize_language(language),
+        )
         .order_by(Notice.version.desc())
         .limit(1)
     )
     return (await session.execute(query)).scalar_one_or_none()
 
 
-async def current_notice(session: AsyncSession, purpose: Purpose, language: str) -> Notice:
-    """The notice shown for `purpose` to someone whose booking speaks `language`: that
-    language, else its primary subtag (de-AT -> de), else English."""
+async def current_notice(
+    session: AsyncSession, purpose: Purpose, language: str, org_id: str
+) -> Notice:
+    """The organization's notice shown for `purpose` to someone whose booking speaks
+    `language`: that language, else its primary subtag (de-AT -> de), else English."""
     wanted = normalize_language(language)
     for candidate in dict.fromkeys((wanted, wanted.split("-")[0], DEFAULT_LANGUAGE)):
-        notice = await latest_notice(session, purpose, candidate)
+        notice = await latest_notice(session, purpose, candidate, org_id)
         if notice is not None:
             return notice
     raise NotFound(f"no notice is published for {purpose.value}")
 
 
 async def do_publish_notice(
-    session: AsyncSession, text: NoticeText, now: datetime
+    session: AsyncSession, text: NoticeText, now: datetime, org_id: str = DEFAULT_ORG
 ) -> tuple[Notice, bool]:
-    """Publish `text` as the next version, unless it equals the latest; (notice, created)."""
+    """Publish `text` as the next version of the organization's notice, unless it equals the
+    latest; (notice, created)."""
     body = text.text.strip() + "\n"
     if not text.text.strip():
         raise InvalidInput.field(("body", "text"), "a notice cannot be empty")
     if len(body) > MAX_TEXT + 1:  # the text, plus the line break it is stored with
         raise InvalidInput.field(("body", "text"), f"at most {MAX_TEXT} characters")
     language = normalize_language(text.language)
-    latest = await latest_notice(session, text.purpose, language)
+    latest = await latest_notice(session, text.purpose, language, org_id)
     digest = sha256_hex(body)
     if latest is not None and latest.sha256 == digest:
         return latest, False
     notice = Notice(
+        org_id=org_id,
         purpose=text.purpose,
         language=language,
         version=(latest.version + 1) if latest is not None else 1,
@@ -152,35 +166,51 @@ async def do_publish_notice(
     return notice, True
 
 
-async def seed_notices(db: Database, settings: Settings, now: datetime) -> int:
-    """Publish the shipped and file notices that differ from the stored ones; how many were
-    new. Safe to run on several nodes at once (a lost race is a unique-key conflict)."""
+async def seed_notices(
+    db: Database, settings: Settings, now: datetime, org_id: str = DEFAULT_ORG
+) -> int:
+    """Publish the organization's shipped notices (rendered with `settings`, its own) and,
+    for the default organization, the file notices, where they differ from the stored ones;
+    how many were new. Safe to run on several nodes at once (a lost race is a unique-key
+    conflict)."""
     created = 0
-    for text in default_texts(settings):
+    for text in default_texts(settings, files=org_id == DEFAULT_ORG):
         try:
             async with db.session() as session:
-                latest = await latest_notice(session, text.purpose, text.language)
+                latest = await latest_notice(session, text.purpose, text.language, org_id)
                 # A shipped default never replaces a version an operator published; it does
                 # replace an older default, so the notice keeps stating the current retention
                 # days and names from the settings.
                 if latest is not None and text.source == "default" and latest.source != "default":
                     continue
-                _, new = await do_publish_notice(session, text, now)
+                _, new = await do_publish_notice(session, text, now, org_id)
                 created += int(new)
         except IntegrityError:
             continue
     return created
 
 
-async def list_notices(session: AsyncSession) -> list[Notice]:
-    """The latest version of every (purpose, language)."""
+async def seed_all_notices(db: Database, settings: Settings, now: datetime) -> int:
+    """`seed_notices` for every organization, each with its own settings."""
+    async with db.session() as session:
+        orgs = await get_orgs(session)
+    created = 0
+    for org in orgs:
+        created += await seed_notices(db, effective_settings(settings, org), now, org.id)
+    return created
+
+
+async def list_notices(session: AsyncSession, org_id: str) -> list[Notice]:
+    """The latest version of every (purpose, language) of the organization's notices."""
     newest = (
         select(Notice.purpose, Notice.language, func.max(Notice.version).label("version"))
+        .where(Notice.org_id == org_id)
         .group_by(Notice.purpose, Notice.language)
         .subquery()
     )
     query = (
         select(Notice)
+        .where(Notice.org_id == org_id)
         .join(
             newest,
             (Notice.purpose == newest.c.purpose)
@@ -210,18 +240,18 @@ async def supersessions(
     if not ids:
         return {}
     shown = list((await session.execute(select(Notice).where(Notice.id.in_(ids)))).scalars())
-    keys = {(n.purpose, n.language) for n in shown}
+    keys = {(n.org_id, n.purpose, n.language) for n in shown}
     material = [
         n for n in (
             await session.execute(select(Notice).where(Notice.material.is_(True)))
         ).scalars()
-        if (n.purpose, n.language) in keys
+        if (n.org_id, n.purpose, n.language) in keys
     ]
     out: dict[uuid.UUID, Supersession] = {}
     for notice in shown:
         later = [
             m for m in material
-            if (m.purpose, m.language) == (notice.purpose, notice.language)
+            if (m.org_id, m.purpose, m.language) == (notice.org_id, notice.purpose, notice.language)
             and m.version > notice.version
         ]
         if later:
@@ -233,12 +263,13 @@ async def supersessions(
 
 
 async def bookings_asking(
-    session: AsyncSession, purpose: Purpose, now: datetime
+    session: AsyncSession, purpose: Purpose, now: datetime, org_id: str
 ) -> list[uuid.UUID]:
-    """Bookings not yet over and not cancelled that request `purpose` (whose pages a material
-    change of its notice concerns)."""
+    """The organization's bookings not yet over and not cancelled that request `purpose`
+    (whose pages a material change of its notice concerns)."""
     query = select(Booking.id, Booking.requested_purposes).where(
-        Booking.ends_at > now, Booking.status != BookingStatus.CANCELLED
+        Booking.org_id == org_id, Booking.ends_at > now,
+        Booking.status != BookingStatus.CANCELLED,
     )
     return [
         booking_id
@@ -258,12 +289,15 @@ def notice_changed_event(notice: Notice, booking_ids: list[uuid.UUID]) -> Notice
 
 
 async def notice_versions(
-    session: AsyncSession, purpose: Purpose, language: str
+    session: AsyncSession, purpose: Purpose, language: str, org_id: str
 ) -> list[Notice]:
     """Every version of one purpose's notice in one language, oldest first."""
     query = (
         select(Notice)
-        .where(Notice.purpose == purpose, Notice.language == normalize_language(language))
+        .where(
+            Notice.org_id == org_id, Notice.purpose == purpose,
+            Notice.language == normalize_language(language),
+        )
         .order_by(Notice.version)
     )
     return list((await session.execute(query)).scalars())

@@ -295,7 +295,9 @@ class Privacy:
             participant = await session.get(Participant, participant_id)
             if participant is None:
                 raise NotFound("this join link is not valid")
-            notice = await current_notice(session, purpose, participant.booking.language)
+            notice = await current_notice(
+                session, purpose, participant.booking.language, participant.booking.org_id
+            )
         request = DecisionRequest(purpose, Decision.WITHDRAWN, notice.sha256,
                                   method=Method.WEB_DIALOG)
         entry = await do_decide(

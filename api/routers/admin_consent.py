@@ -408,9 +408,9 @@ class NoticeBody(BaseModel):
     summary="The current notice of every purpose and language",
     responses=responses(401, 403),
 )
-async def get_notices(runtime: RuntimeDep, _caller: ReviewerCaller) -> dict[str, Any]:
+async def get_notices(runtime: RuntimeDep, caller: ReviewerCaller) -> dict[str, Any]:
     async with runtime.db.session() as session:
-        items = await list_notices(session)
+        items = await list_notices(session, caller.org_id)
     return {"items": [notice_view(n) for n in items]}
 
 
@@ -420,7 +420,8 @@ async def get_notices(runtime: RuntimeDep, _caller: ReviewerCaller) -> dict[str,
     response_model_exclude_unset=True,
     status_code=201,
     summary="Publish a new notice version (old versions are never changed)",
-    description="Returns 200 with the existing version when the text equals the current one.",
+    description="In the caller's organization's notice set. Returns 200 with the existing "
+    "version when the text equals the current one.",
     responses={200: {"description": "The text equals the current version, which is returned"},
                **responses(401, 403, 422)},
 )
@@ -437,8 +438,10 @@ async def publish_notice(
         material=body.material, change_note=body.change_note, effective_at=body.effective_at,
     )
     async with runtime.db.session() as session:
-        notice, created = await do_publish_notice(session, text, now)
-        affected = await bookings_asking(session, notice.purpose, now) if created else []
+        notice, created = await do_publish_notice(session, text, now, caller.org_id)
+        affected = (
+            await bookings_asking(session, notice.purpose, now, caller.org_id) if created else []
+        )
     if created and notice.material:  # after commit: gates reload, pages are told
         await publish_all(runtime.bus, [notice_changed_event(notice, affected)])
     return JSONResponse(notice_view(notice), status_code=201 if created else 200)
@@ -450,9 +453,9 @@ async def publish_notice(
     responses=responses(401, 403, 422),
 )
 async def get_notice_versions(
-    runtime: RuntimeDep, _caller: ReviewerCaller, purpose: Purpose,
+    runtime: RuntimeDep, caller: ReviewerCaller, purpose: Purpose,
     language: Annotated[str, Query(min_length=2, max_length=35)] = "en",
 ) -> dict[str, Any]:
     async with runtime.db.session() as session:
-        items = await notice_versions(session, purpose, language)
+        items = await notice_versions(session, purpose, language, caller.org_id)
     return {"items": [notice_view(n) for n in items]}

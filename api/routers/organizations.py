@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from api import problems
 from api.deps import RuntimeDep, require
+from consent.notices import seed_notices
 from core.accounts import Caller, Scope, do_create_key
 from core.errors import InvalidInput
 from core.inputs import Line
@@ -25,6 +26,7 @@ from core.organizations import (
     access_org,
     do_create_org,
     do_update_settings,
+    effective_settings,
     get_orgs,
 )
 
@@ -82,13 +84,16 @@ def org_out(org: Organization) -> OrgOut:
 
 @router.post(
     "", status_code=201, summary="Create an organization",
-    description="A new tenant with its own keys, bookings, people, notices' names, logs and "
-    "webhook endpoints. Settings left out are the deployment's. 409 if the id is taken.",
+    description="A new tenant with its own keys, bookings, people, notice set (the shipped "
+    "notices, rendered with its names and retention days), logs and webhook endpoints. "
+    "Settings left out are the deployment's. 409 if the id is taken.",
     responses=problems.responses(401, 403, 409, 422),
 )
 async def create_org(runtime: RuntimeDep, caller: OperatorCaller, body: OrgIn) -> OrgOut:
+    now = runtime.clock.now()
     async with runtime.db.session() as session:
-        org = await do_create_org(session, body.id, body.name, body.settings, runtime.clock.now())
+        org = await do_create_org(session, body.id, body.name, body.settings, now)
+    await seed_notices(runtime.db, effective_settings(runtime.settings, org), now, org.id)
     return org_out(org)
 
 
@@ -130,6 +135,11 @@ async def update_org(
         if body.settings is not None:
             changes = body.settings.model_dump(exclude_unset=True)
             do_update_settings(org, changes, runtime.clock.now())
+    # the notices name the operator and AI provider and state the retention days: the
+    # defaults follow the new settings (a text the organization published stays)
+    await seed_notices(
+        runtime.db, effective_settings(runtime.settings, org), runtime.clock.now(), org.id
+    )
     return org_out(org)
 
 

@@ -373,7 +373,7 @@ async def test_live_gate_rereads_the_ledger_after_the_bus_comes_back(
             await eventually(lambda: not gate.healthy, "outage noticed")
             # Decided during the outage: committed to the ledger, its event lost.
             async with runtime.db.session() as session:
-                notice = await current_notice(session, Purpose.RECORDING_AUDIO, "en")
+                notice = await current_notice(session, Purpose.RECORDING_AUDIO, "en", "default")
             request = DecisionRequest(Purpose.RECORDING_AUDIO, Decision.GRANTED, notice.sha256)
             await do_decide(gate.writer, runtime.bus, guest.id, request, clock.now())
             verdict = gate.explain(seeded.booking_id, guest.id, Purpose.RECORDING_AUDIO)
@@ -430,7 +430,7 @@ async def test_notices_are_published_once_the_database_answers(
         async with LiveGate(runtime) as gate:
             assert await gate.check_health()
             async with runtime.db.session() as session:
-                notice = await current_notice(session, Purpose.AI_SUMMARY, "en")
+                notice = await current_notice(session, Purpose.AI_SUMMARY, "en", "default")
             assert notice.version == 1
             assert len(calls) >= 2  # the failed start-up attempt, then a retry that worked
     finally:

@@ -95,7 +95,7 @@ async def _world(
 ) -> World:
     tag = secrets.token_hex(4)
     a_scheduler = api_keys[Scope.SCHEDULER]
-    start = clock.now() + timedelta(minutes=30)
+    start = clock.now()  # the join window is open: tokens and joins answer
     hook = await client.post(
         "/v1/webhooks/endpoints", headers=bearer(a_scheduler),
         json={"url": f"http://127.0.0.1:9/hooks-{tag}", "description": f"a-hook-{tag}"},
@@ -334,9 +334,8 @@ async def _a_is_untouched(client: httpx.AsyncClient, world: World) -> None:
     again = await client.get(f"/v1/bookings/{a1['id']}", headers=bearer(world.a_scheduler))
     assert again.status_code == 200
     body = again.json()
-    assert (body["status"], body["sequence"], body["starts_at"]) == (
-        a1["status"], a1["sequence"], a1["starts_at"]
-    )
+    assert body["status"] in ("scheduled", "open")  # the sweep may open it; nobody cancelled
+    assert (body["sequence"], body["starts_at"]) == (a1["sequence"], a1["starts_at"])
     assert [p["join_url"] for p in body["participants"]] == [
         p["join_url"] for p in a1["participants"]
     ]

@@ -2,7 +2,7 @@
 
 The table `organizations` (id, name, per-organization setting overrides) starts with the
 `default` organization, which gets every existing API key, booking, webhook endpoint,
-restriction and export log row: a single-organization deployment keeps working with no step
+restriction, export log row and consent notice (each organization has its own notice set): a single-organization deployment keeps working with no step
 of its own (its `CALLGATE_*` settings are the default organization's values, since it
 overrides nothing). Outbox events may name their organization (events without a booking).
 
@@ -82,9 +82,51 @@ def upgrade() -> None:
     )
     op.drop_table("subject_restrictions")
     op.rename_table("subject_restrictions_by_org", "subject_restrictions")
+    _notices_by_org()
+
+
+NOTICES = "consent_notices"
+OLD_UNIQUE = ["purpose", "language", "version"]
+
+
+def _notices_by_org() -> None:
+    """Each organization versions its own notices: (org_id, purpose, language, version) is
+    unique. The table is append-only (triggers from 0002): adding a column with a constant
+    default changes no row; on SQLite the new unique key needs the table rebuilt, so its
+    triggers are dropped and made again around the rebuild."""
+    op.add_column(
+        NOTICES, sa.Column("org_id", sa.String(32), nullable=False, server_default=DEFAULT)
+    )
+    _swap_unique("uq_consent_notices_purpose", "uq_consent_notices_org_id",
+                 ["org_id", *OLD_UNIQUE])
+
+
+def _swap_unique(old: str, new: str, columns: list[str], *, drop_org: bool = False) -> None:
+    if op.get_bind().dialect.name == "postgresql":
+        op.drop_constraint(old, NOTICES, type_="unique")
+        op.create_unique_constraint(new, NOTICES, columns)
+        if drop_org:
+            op.drop_column(NOTICES, "org_id")
+        return
+    for verb in ("update", "delete"):
+        op.execute(f"DROP TRIGGER IF EXISTS {NOTICES}_no_{verb}")
+    with op.batch_alter_table(NOTICES, recreate="always") as batch:
+        batch.drop_constraint(old, type_="unique")
+        batch.create_unique_constraint(new, columns)
+        if drop_org:
+            batch.drop_column("org_id")
+    for verb in ("UPDATE", "DELETE"):
+        op.execute(
+            f"CREATE TRIGGER {NOTICES}_no_{verb.lower()} BEFORE {verb} ON {NOTICES} "
+            f"BEGIN SELECT RAISE(ABORT, '{NOTICES} is append-only: {verb} refused'); END"
+        )
 
 
 def downgrade() -> None:
+    # Notices of other organizations than the default cannot go back into one set.
+    _swap_unique(
+        "uq_consent_notices_org_id", "uq_consent_notices_purpose", OLD_UNIQUE, drop_org=True
+    )
     op.create_table(
         "subject_restrictions_global",
         sa.Column("external_id", sa.String(200), primary_key=True),
