@@ -27,6 +27,8 @@ from core.database import Base, UTCDateTime, enum_column
 from core.purposes import Purpose, RecordingAccess, RecordingPolicy
 
 TOMBSTONE_PREFIX = "erased-"  # the external id an erased person's rows get instead
+# The organization a deployment that never made another runs in (core.organizations).
+DEFAULT_ORG = "default"
 
 
 class BookingStatus(enum.StrEnum):
@@ -99,7 +101,9 @@ class Booking(Base):
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
     # The organization the booking (and so its participants and everything they made)
     # belongs to (core.organizations).
-    org_id: Mapped[str] = mapped_column(ForeignKey("organizations.id"), index=True)
+    org_id: Mapped[str] = mapped_column(
+        ForeignKey("organizations.id"), index=True, server_default=DEFAULT_ORG
+    )
     title: Mapped[str] = mapped_column(String(200))
     stated_purpose: Mapped[str | None] = mapped_column(Text, nullable=True)
     language: Mapped[str] = mapped_column(String(35))

@@ -25,12 +25,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
+from core.bookings import DEFAULT_ORG as DEFAULT_ORG
 from core.bookings import Booking, Participant
 from core.database import Base, UTCDateTime
 from core.errors import Conflict, InvalidInput, NotFound
 from core.settings import Settings
 
-DEFAULT_ORG = "default"
 ORG_ID_PATTERN = r"^[a-z0-9][a-z0-9-]{1,30}[a-z0-9]$"
 
 

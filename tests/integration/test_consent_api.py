@@ -415,7 +415,7 @@ async def test_notices_are_published_once_the_database_answers(
     """A database outage at start-up only delays the default notices."""
     import consent.live
 
-    real = consent.live.seed_notices
+    real = consent.live.seed_all_notices
     calls: list[int] = []
 
     async def down_at_first(*args: Any) -> int:
@@ -424,7 +424,7 @@ async def test_notices_are_published_once_the_database_answers(
             raise ConnectionError("database down")
         return await real(*args)
 
-    monkeypatch.setattr(consent.live, "seed_notices", down_at_first)
+    monkeypatch.setattr(consent.live, "seed_all_notices", down_at_first)
     runtime = Runtime.open(settings, clock=clock)
     try:
         async with LiveGate(runtime) as gate:
