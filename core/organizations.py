@@ -6,8 +6,9 @@ is "not found", exactly as if it did not exist. Participants belong to their boo
 join link belongs to the booking's organization too.
 
 An organization may override some deployment settings (`OrgSettings`: the minimum age, how
-long participants may read their session, the names in notices, retention periods); what it
-leaves unset is the deployment's value (`CALLGATE_*`). A deployment that never creates an
+long participants may read their session, the names in its notices); what it leaves unset is
+the deployment's value (`CALLGATE_*`). Retention periods are the deployment's for every
+organization (the purge runs over all of them). A deployment that never creates an
 organization runs entirely in `DEFAULT_ORG`, which the migration creates and into which it
 moves every existing row.
 """
@@ -69,10 +70,6 @@ class OrgSettings(BaseModel):
         description="Days after a session its participants may read what `recording_access` "
         "gives them (default `CALLGATE_PARTICIPANT_ACCESS_DAYS`).",
     )
-    recording_retention_days: int | None = Field(default=None, ge=1, le=36500)
-    summary_retention_days: int | None = Field(default=None, ge=1, le=36500)
-    join_log_retention_days: int | None = Field(default=None, ge=1, le=36500)
-    booking_retention_days: int | None = Field(default=None, ge=1, le=36500)
 
 
 # OrgSettings field -> the Settings field it overrides.

@@ -65,8 +65,9 @@ async def test_the_operator_manages_organizations_and_nothing_else(
                               json={"id": "acme", "name": "Other"})
     assert again.status_code == 409
     listed = (await client.get("/v1/operator/orgs", headers=operator)).json()["items"]
-    assert [o["id"] for o in listed] == ["default", "acme"]
-    assert listed[1]["settings"]["minimum_age"] == 16
+    assert {o["id"]: o["settings"]["minimum_age"] for o in listed} == {
+        "default": None, "acme": 16
+    }
     changed = await client.patch("/v1/operator/orgs/acme", headers=operator,
                                  json={"settings": {"minimum_age": None, "operator_name": "Acme"}})
     assert changed.status_code == 200, changed.text
@@ -96,7 +97,7 @@ async def test_each_organization_books_and_informs_under_its_own_settings(
 ) -> None:
     operator = await operator_key(runtime)
     acme = await new_org(client, operator, "acme", minimum_age=16,
-                         operator_name="Acme Tutoring Ltd", recording_retention_days=12)
+                         operator_name="Acme Tutoring Ltd", ai_provider_name="Acme AI")
     start = clock.now() + timedelta(minutes=5)
     teen = {"external_id": "teen", "display_name": "Teen", "age": 15}
     body = booking_body(start)
@@ -118,7 +119,9 @@ async def test_each_organization_books_and_informs_under_its_own_settings(
 
     acme_text, default_text = await notice_of(theirs.json()), await notice_of(ours.json())
     assert "Acme Tutoring Ltd" in acme_text
-    assert "12 days" in acme_text
+    acme_ai = (await client.get("/v1/admin/consent-notices", headers=bearer(acme["admin"])))
+    summary = next(n for n in acme_ai.json()["items"] if n["purpose"] == "ai.summary")
+    assert "Acme AI" in summary["text"]
     assert "Deployment Inc" in default_text
     assert "Acme" not in default_text
     # an organization's own notice version stays in its set
@@ -158,7 +161,8 @@ async def test_webhook_events_reach_only_their_organizations_endpoints(
     start = clock.now() + timedelta(hours=1)
     await client.post("/v1/bookings", headers=bearer(api_keys[Scope.SCHEDULER]),
                       json=booking_body(start))
-    await eventually(deliveries, "the default organization's endpoint got booking.created")
+    await eventually(lambda: deliveries("default"),
+                     "the default organization's endpoint got booking.created")
     # the same dispatch saw both endpoints: acme's got nothing
     assert await deliveries("acme") == []
     await client.post("/v1/bookings", headers=bearer(acme["scheduler"]), json=booking_body(start))
