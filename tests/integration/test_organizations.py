@@ -245,3 +245,27 @@ async def test_a_database_from_before_organizations_moves_into_the_default_one(
             listed = await c.get("/v1/bookings", headers=old_key)
             assert listed.status_code == 200, listed.text
             assert [b["title"] for b in listed.json()["items"]] == ["Old booking"]
+
+
+async def test_participants_read_their_session_for_their_organizations_number_of_days(
+    client: httpx.AsyncClient, runtime: Runtime, clock: ManualClock, api_keys: dict[Scope, str]
+) -> None:
+    acme = await new_org(client, await operator_key(runtime), "acme", participant_access_days=1)
+    start = clock.now() + timedelta(minutes=5)
+    booked = {}
+    for name, key in (("default", api_keys[Scope.SCHEDULER]), ("acme", acme["scheduler"])):
+        made = await client.post("/v1/bookings", headers=bearer(key), json=booking_body(start))
+        assert made.status_code == 201, made.text
+        booked[name] = made.json()
+
+    async def read(name: str) -> httpx.Response:
+        booking = booked[name]
+        who = {"X-Join-Credential": credential_of(booking["participants"][1])}
+        return await client.get(f"/v1/bookings/{booking['id']}/recordings", headers=who)
+
+    ends = start + timedelta(minutes=60)
+    clock.advance(ends + timedelta(days=1) - clock.now())
+    late = await read("acme")
+    assert late.status_code == 403, late.text
+    assert late.json()["access_ended_at"] == (ends + timedelta(days=1)).isoformat()
+    assert (await read("default")).status_code == 200  # the deployment's 7 days
