@@ -47,9 +47,10 @@ class Organization(Base):
 
 
 class OrgSettings(BaseModel):
-    """What an organization may set for itself; unset (null) means the deployment's value."""
+    """What an organization may set for itself; unset (null) means the deployment's value.
+    Strict: a number sent as a string or a boolean is refused, never converted."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     operator_name: str | None = Field(
         default=None, min_length=1, max_length=200,
