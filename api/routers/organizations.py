@@ -145,8 +145,9 @@ async def update_org(
 
 @router.post(
     "/{org_id}/keys", status_code=201, summary="Create a key of an organization",
-    description="Typically the organization's first `admin` key; its admins and schedulers "
-    "are then managed by the organization. An operator key cannot be made here.",
+    description="Typically the organization's first `admin` key (more keys: again here, or "
+    "`callgate keys create --org`). The whole key is in the answer, this once. An operator "
+    "key cannot be made here (422).",
     responses=problems.responses(401, 403, 404, 422),
 )
 async def create_org_key(
