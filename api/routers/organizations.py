@@ -1,8 +1,8 @@
-"""The operator API: organizations, their settings, and their first keys.
+"""The operator API: organizations, their settings, and their keys.
 
 Only keys of scope `operator` (which belong to no organization and see none's bookings,
 people or logs). Everything an organization holds is reached with that organization's own
-keys; the operator creates the organization and its first admin (or scheduler) key.
+keys; the operator creates the organization and its keys (typically its first admin key).
 """
 
 from __future__ import annotations
