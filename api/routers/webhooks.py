@@ -18,6 +18,7 @@ from api import problems
 from api.deps import RuntimeDep, SchedulerCaller
 from core import webhooks as service
 from core.outbox import EventType
+from core.purposes import Decision
 
 router = APIRouter(prefix="/v1/webhooks/endpoints", tags=["webhooks (scheduler)"])
 
@@ -271,7 +272,7 @@ class ConsentData(BaseModel):
     booking_id: uuid.UUID
     participant_id: uuid.UUID
     purpose: str
-    decision: Literal["granted", "denied", "withdrawn"]
+    decision: Decision
     entry_id: uuid.UUID = Field(description="The consent ledger entry.")
     at: datetime
 
