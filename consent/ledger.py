@@ -167,13 +167,17 @@ async def lock_chain(session: AsyncSession) -> None:
         await session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": CHAIN_LOCK})
 
 
+Head = tuple[int, str, datetime | None]
+"""(seq, entry hash, time) of the newest entry; (0, GENESIS, None) for an empty ledger."""
+
+
 async def chain_head(session: AsyncSession) -> tuple[int, str]:
     """(seq, entry hash) of the newest entry; (0, GENESIS) for an empty ledger."""
-    seq, head, _ = await _head(session)
+    seq, head, _ = await read_head(session)
     return seq, head
 
 
-async def _head(session: AsyncSession) -> tuple[int, str, datetime | None]:
+async def read_head(session: AsyncSession) -> Head:
     query = select(Entry.seq, Entry.entry_hash, Entry.at).order_by(Entry.seq.desc()).limit(1)
     row = (await session.execute(query)).first()
     return (int(row[0]), str(row[1]), row[2]) if row is not None else (0, GENESIS, None)
@@ -194,7 +198,17 @@ async def append_batch(
     """Append `items` in order, sealed, inside the caller's transaction (one chain lock, one
     head read, one multi-row INSERT)."""
     await lock_chain(session)
-    head_seq, head_hash, head_at = await _head(session)
+    entries = chain_entries(items, await read_head(session), seal_key)
+    session.add_all(entries)
+    await session.flush()
+    return entries
+
+
+def chain_entries(
+    items: list[tuple[NewDecision, datetime]], head: Head, seal_key: bytes
+) -> list[Entry]:
+    """`items` as sealed entries following `head` (pure: nothing is written)."""
+    head_seq, head_hash, head_at = head
     entries = []
     for new, when in items:
         # Times never go backwards along the chain (nodes' clocks may differ slightly), so a
@@ -211,8 +225,6 @@ async def append_batch(
         entry.entry_mac = seal(seal_key, entry.entry_hash)
         entries.append(entry)
         head_seq, head_hash, head_at = entry.seq, entry.entry_hash, at
-    session.add_all(entries)
-    await session.flush()
     return entries
 
 

@@ -308,3 +308,58 @@ async def test_two_nodes_group_committing_make_one_gap_free_chain(pg_url: str) -
     assert sorted(seq for seq, _ in rows) == list(range(1, 2 * per_node + 1))
     assert len({prev for _, prev in rows}) == len(rows)  # no fork
     assert sum(w.batches for w in writers) < 2 * per_node  # batched, not one commit each
+
+
+async def test_a_writer_whose_head_another_node_moved_hashes_again(pg_url: str) -> None:
+    """A writer hashes a batch on the head its last commit made; when another node appended
+    since, the one-statement insert writes nothing and the batch is hashed again on the real
+    head, in the same transaction (no gap, no fork)."""
+    nodes = [Database(pg_url), Database(pg_url)]
+    first, second = (LedgerWriter(db, SEAL_KEY) for db in nodes)
+    try:
+        one = await first.append(decision(1), T0)
+        two = await second.append(decision(2), T0)
+        three = await first.append(decision(3), T0)  # first still remembers seq 1 as the head
+        four = await first.append(decision(4), T0)  # and now seq 3: the one-statement way
+        report = await verify(nodes[0], Signer.from_keyring(KEYRING))
+    finally:
+        for db in nodes:
+            await db.close()
+    assert [e.seq for e in (one, two, three, four)] == [1, 2, 3, 4]
+    assert (three.prev_hash, four.prev_hash) == (two.entry_hash, three.entry_hash)
+    assert (first.redone, second.redone) == (1, 0)
+    assert report.ok and report.entries == 4, report.view()
+
+
+async def test_a_seq_taken_between_the_check_and_the_lock_is_refused_then_redone(
+    pg_url: str,
+) -> None:
+    """The race the head check cannot see: another transaction holds the chain lock with the
+    next entry uncommitted while the writer's insert starts; once it commits, the primary key
+    refuses the writer's copy of that seq, and the batch is redone on the new head."""
+    db, other = Database(pg_url), Database(pg_url)
+    writer = LedgerWriter(db, SEAL_KEY)
+    try:
+        await writer.append(decision(1), T0)
+        async with other.session() as session:
+            taken = await do_append(session, decision(2), T0, SEAL_KEY)  # holds the lock
+            pending = asyncio.ensure_future(writer.append(decision(3), T0))
+
+            async def waiting_for_the_lock() -> bool:
+                async with other.engine.connect() as conn:
+                    query = text(
+                        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                        "AND NOT granted AND database = "
+                        "(SELECT oid FROM pg_database WHERE datname = current_database())"
+                    )
+                    return bool((await conn.execute(query)).scalar_one())
+
+            await support.eventually(waiting_for_the_lock, "the writer waits for the lock")
+        third = await pending
+        report = await verify(db, Signer.from_keyring(KEYRING))
+    finally:
+        await db.close()
+        await other.close()
+    assert (taken.seq, third.seq, third.prev_hash) == (2, 3, taken.entry_hash)
+    assert writer.redone == 1
+    assert report.ok and report.entries == 3, report.view()
