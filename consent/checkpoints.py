@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
 from consent.ledger import ChainReport, Entry, WalkRules, timestamp, walk_chain
+from consent.walk import ChainMemory, walk_remembering
 from core.crypto import Keyring, sha256_hex
 from core.database import Base, Database, UTCDateTime
 from core.errors import Conflict
@@ -191,11 +192,15 @@ def checkpoint_view(checkpoint: Checkpoint) -> dict[str, Any]:
 
 
 async def verify(
-    db: Database, signer: Signer, witness: Mapping[int, str] | None = None
+    db: Database,
+    signer: Signer,
+    witness: Mapping[int, str] | None = None,
+    memory: ChainMemory | None = None,
 ) -> ChainReport:
     """Walk the whole chain and check it against every checkpoint and every head this server
     witnessed (`witness`: seq -> entry hash, kept outside the database); the first problem
-    wins."""
+    wins. With `memory` (the integrity watch's), chunks whose stored bytes did not change since
+    this process checked them entry by entry are not hashed again (consent/walk.py)."""
     report = ChainReport()
     async with db.session() as session:
         checkpoints = list(
@@ -212,7 +217,10 @@ async def verify(
                         "a checkpoint disagrees with another or with a witnessed head")
             return report
     last = checkpoints[-1] if checkpoints else None
-    await walk_chain(db, report, signer.rules(marks=marks))
+    if memory is None:
+        await walk_chain(db, report, signer.rules(marks=marks))
+    else:
+        await walk_remembering(db, report, signer.rules(marks=marks), memory)
     reached = max(marks, default=0)
     if report.ok and report.head_seq < reached:
         report.fail(

@@ -1,9 +1,10 @@
 """The integrity watch: the running server re-verifies the ledger and raises an alarm.
 
 Every `consent_verify_interval_s` (by the injected clock; the loop looks every
-`consent_integrity_poll_s`) the whole chain is walked against the signed checkpoints and the
-heads this server witnessed: the newest entry each commit produced (in memory) and every head
-verified before (an append-only file, `data_dir/consent-witness.jsonl`, outside the database).
+`consent_integrity_poll_s`) the whole chain is walked (consent/walk.py: every entry, without
+hashing again the chunks whose stored bytes did not change) against the signed checkpoints and
+the heads this server witnessed: the newest entry each commit produced (in memory) and every
+head verified before (an append-only file, `data_dir/consent-witness.jsonl`, outside the database).
 A failure becomes an alarm row in the database, so every node sees it: the gate answers no,
 AI jobs find no grant, `/readyz` and the metrics report it, checkpoints are refused, until an
 admin acknowledges it. An acknowledgement is MACed with the server secret, so someone who can
@@ -35,6 +36,7 @@ from consent.checkpoints import (
     verify,
 )
 from consent.ledger import ChainReport, Entry, chain_head
+from consent.walk import ChainMemory
 from core.crypto import Keyring, hmac_sha256
 from core.database import Base, Database, UTCDateTime
 from core.errors import NotFound
@@ -183,6 +185,7 @@ class IntegrityWatch:
         self._signer = signer
         self._ack_key = alarm_key(runtime.keys)
         self.witness = Witness(runtime.settings.data_dir / WITNESS_FILE)
+        self.memory = ChainMemory()  # chunks checked entry by entry (consent/walk.py)
         self.standing: Standing | None = None
         self.last_report: ChainReport | None = None
         self.checked_at: datetime | None = None
@@ -226,7 +229,7 @@ class IntegrityWatch:
     async def check(self, now: datetime) -> ChainReport:
         """Walk the whole chain once; raise an alarm on failure, else witness the head and
         sign a checkpoint when one is due."""
-        report = await verify(self._rt.db, self._signer, self.witness.marks())
+        report = await verify(self._rt.db, self._signer, self.witness.marks(), self.memory)
         self.last_report = report
         if not report.ok:
             await self._raise(report, now)

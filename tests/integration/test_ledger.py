@@ -16,10 +16,12 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
+from consent import walk
 from consent.checkpoints import Signer, do_checkpoint, verify
 from consent.ledger import GENESIS, Entry, NewDecision, do_append, hash_of
 from consent.notices import seed_notices
 from consent.purposes import Decision, Purpose
+from consent.walk import ChainMemory
 from consent.writer import LedgerWriter
 from core.database import Database
 from core.runtime import build_keyring
@@ -328,7 +330,7 @@ async def test_a_writer_whose_head_another_node_moved_hashes_again(pg_url: str) 
     assert [e.seq for e in (one, two, three, four)] == [1, 2, 3, 4]
     assert (three.prev_hash, four.prev_hash) == (two.entry_hash, three.entry_hash)
     assert (first.redone, second.redone) == (1, 0)
-    assert report.ok and report.entries == 4, report.view()
+    assert (report.ok, report.entries) == (True, 4), report.view()
 
 
 async def test_a_seq_taken_between_the_check_and_the_lock_is_refused_then_redone(
@@ -362,4 +364,62 @@ async def test_a_seq_taken_between_the_check_and_the_lock_is_refused_then_redone
         await other.close()
     assert (taken.seq, third.seq, third.prev_hash) == (2, 3, taken.entry_hash)
     assert writer.redone == 1
-    assert report.ok and report.entries == 3, report.view()
+    assert (report.ok, report.entries) == (True, 3), report.view()
+
+
+WALK_TAMPERING = {
+    "change": (["UPDATE consent_ledger SET decision = 'granted' WHERE seq = 6"], 6,
+               "hash_mismatch"),
+    "delete-at-a-chunk-end": (["DELETE FROM consent_ledger WHERE seq = 8"], 8, "missing_entry"),
+    "delete-a-whole-chunk": (["DELETE FROM consent_ledger WHERE seq BETWEEN 5 AND 8"], 5,
+                             "missing_entry"),
+    "reorder-across-chunks": ([
+        "UPDATE consent_ledger SET seq = 1000 WHERE seq = 8",
+        "UPDATE consent_ledger SET seq = 8 WHERE seq = 9",
+        "UPDATE consent_ledger SET seq = 9 WHERE seq = 1000",
+    ], 8, "broken_link"),
+    "change-a-seal": (["UPDATE consent_ledger SET entry_mac = 'é' || substr(entry_mac, 2) "
+                       "WHERE seq = 10"], 10, "bad_seal"),
+}
+
+
+@pytest.mark.parametrize("kind", list(WALK_TAMPERING))
+async def test_the_remembering_walk_finds_edits_in_chunks_it_passed_before(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    """The integrity watch's walk passes chunks whose stored bytes it checked before: an edit
+    anywhere (inside a chunk, at a chunk's end, a whole chunk, across two chunks) changes the
+    bytes, and the next walk checks that chunk entry by entry and names the entry."""
+    monkeypatch.setattr(walk, "CHUNK", 4)  # chunks 1-4, 5-8, 9-12, 13-14
+    db, signer, memory = Database(pg_url), Signer.from_keyring(KEYRING), ChainMemory()
+    try:
+        await append(db, 14)
+        first = await verify(db, signer, memory=memory)
+        again = await verify(db, signer, memory=memory)
+        reused = memory.reused
+        statements, bad_seq, problem = WALK_TAMPERING[kind]
+        await unprotected(db, *statements)
+        report = await verify(db, signer, memory=memory)
+        plain = await verify(db, signer)
+    finally:
+        await db.close()
+    assert (first.ok, again.ok, again.entries) == (True, True, 14), again.view()
+    assert reused == 14  # nothing changed: every chunk passed by its bytes
+    assert (report.first_bad_seq, report.problem) == (bad_seq, problem), report.view()
+    assert (plain.first_bad_seq, plain.problem) == (bad_seq, problem)  # same as a full walk
+
+
+async def test_a_new_mark_in_a_remembered_chunk_is_checked(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A witnessed head or checkpoint inside a chunk passed before makes that chunk checked
+    entry by entry again, so a mark that disagrees with the entry is found."""
+    monkeypatch.setattr(walk, "CHUNK", 4)
+    db, signer, memory = Database(pg_url), Signer.from_keyring(KEYRING), ChainMemory()
+    try:
+        await append(db, 10)
+        assert (await verify(db, signer, memory=memory)).ok
+        report = await verify(db, signer, {6: "f" * 64}, memory=memory)
+    finally:
+        await db.close()
+    assert (report.first_bad_seq, report.problem) == (6, "checkpoint_mismatch"), report.view()
