@@ -24,8 +24,8 @@ from sqlalchemy import BigInteger, String, Uuid, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
-from consent.ledger import ChainReport, Entry, WalkRules, timestamp, walk_chain
-from consent.walk import ChainMemory, walk_remembering
+from consent.ledger import Entry, timestamp
+from consent.walk import ChainMemory, ChainReport, WalkRules, walk_chain, walk_remembering
 from core.crypto import Keyring, sha256_hex
 from core.database import Base, Database, UTCDateTime
 from core.errors import Conflict

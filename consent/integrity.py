@@ -35,8 +35,8 @@ from consent.checkpoints import (
     latest_checkpoint,
     verify,
 )
-from consent.ledger import ChainReport, Entry, chain_head
-from consent.walk import ChainMemory
+from consent.ledger import Entry, chain_head
+from consent.walk import ChainMemory, ChainReport
 from core.crypto import Keyring, hmac_sha256
 from core.database import Base, Database, UTCDateTime
 from core.errors import NotFound

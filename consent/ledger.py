@@ -13,16 +13,12 @@ consent/writer.py batches them (group commit). The database refuses UPDATE and D
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import hashlib
-import hmac
 import json
 import re
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -39,7 +35,6 @@ from core.events import ConsentChanged
 GENESIS = "0" * 64
 # Any constant works; it only has to be the same for every appender (pg_advisory_xact_lock).
 CHAIN_LOCK = 0x63616C6C67617465  # "callgate"
-VERIFY_BATCH = 5000
 
 
 class Entry(Base):
@@ -112,19 +107,19 @@ def canonical_text(
     verification spends most of its time here; `prev=None` leaves "prev" out (the body of a
     sealed entry). Ids and the time come from typed columns (uuid, timestamp), whose text
     never needs escaping; the free-text fields are escaped as json.dumps would."""
-    linked = "" if prev is None else f'"prev":{_json(prev)},'
+    linked = "" if prev is None else f'"prev":{json_string(prev)},'
     return (
-        f'{{"actor":{_json(actor)},"at":"{at}","booking":"{booking}",'
-        f'"decision":{_json(decision)},"id":"{id}","method":{_json(method)},'
-        f'"notice_id":"{notice_id}","notice_sha256":{_json(notice_sha256)},'
-        f'{linked}"purpose":{_json(purpose)},"seq":{int(seq)},"subject":"{subject}"}}'
+        f'{{"actor":{json_string(actor)},"at":"{at}","booking":"{booking}",'
+        f'"decision":{json_string(decision)},"id":"{id}","method":{json_string(method)},'
+        f'"notice_id":"{notice_id}","notice_sha256":{json_string(notice_sha256)},'
+        f'{linked}"purpose":{json_string(purpose)},"seq":{int(seq)},"subject":"{subject}"}}'
     ).encode()
 
 
 _PLAIN = re.compile(r"[A-Za-z0-9._:-]*")
 
 
-def _json(value: str) -> str:
+def json_string(value: str) -> str:
     """A JSON string literal, as json.dumps writes it (escaping only when needed)."""
     if value.isascii() and value.isalnum():  # the common case, without the regex
         return f'"{value}"'
@@ -367,201 +362,3 @@ async def stream_log(
             yield row
         if before is None:
             return
-
-
-# -- verification --------------------------------------------------------------------------
-
-
-@dataclass
-class ChainReport:
-    """What walking the chain found; `first_bad_seq` names the first entry that fails."""
-
-    ok: bool = True
-    entries: int = 0
-    head_seq: int = 0
-    head_hash: str = GENESIS
-    first_bad_seq: int | None = None
-    problem: str | None = None
-    detail: str | None = None
-    checkpoints: list[dict[str, Any]] = field(default_factory=list)
-    sealed: bool = False  # a sealed entry was passed
-
-    def fail(self, seq: int, problem: str, detail: str) -> None:
-        if self.ok:
-            self.ok, self.first_bad_seq, self.problem, self.detail = False, seq, problem, detail
-
-    def view(self) -> dict[str, Any]:
-        return {
-            "ok": self.ok,
-            "entries": self.entries,
-            "head": {"seq": self.head_seq, "entry_hash": self.head_hash},
-            "first_bad_seq": self.first_bad_seq,
-            "problem": self.problem,
-            "detail": self.detail,
-            "checkpoints": self.checkpoints,
-        }
-
-
-@dataclass(frozen=True)
-class WalkRules:
-    """What a walk checks besides the links: the seal key, hashes that must stand at given
-    seqs (signed checkpoints, witnessed heads), and where to start (seq 1, or just past a
-    trusted checkpoint; `sealed` when the chain is already sealed there)."""
-
-    seal_key: bytes
-    marks: Mapping[int, str] = field(default_factory=dict)
-    previous_seal_keys: tuple[bytes, ...] = ()
-    start_seq: int = 1
-    start_prev: str = GENESIS
-    sealed: bool = False
-
-
-Row = tuple[Any, ...]
-"""(seq, body, prev_hash, entry_hash, entry_mac): `body` is the UTF-8 canonical JSON of the
-entry's fields without "prev" (a sealed entry's body; an unsealed entry's input has "prev"
-inserted before "purpose")."""
-
-# PostgreSQL renders the canonical JSON itself (uuid text, the time, to_json for the free-text
-# fields) and hands over its bytes: no Python object per field, no decoding, which was most of
-# the cost of a walk. Legitimate values are plain ASCII, written the same by json.dumps and
-# to_json; any other value is an edit and fails either way.
-PG_ROWS = (
-    "SELECT seq, convert_to("
-    "'{\"actor\":' || to_json(actor)::text || ',\"at\":\"' "
-    "|| to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') "
-    "|| '\",\"booking\":\"' || booking_id::text || '\",\"decision\":' "
-    "|| to_json(decision)::text || ',\"id\":\"' || id::text || '\",\"method\":' "
-    "|| to_json(method)::text || ',\"notice_id\":\"' || notice_id::text "
-    "|| '\",\"notice_sha256\":' || to_json(notice_sha256)::text || ',' "
-    "|| '\"purpose\":' || to_json(purpose)::text || ',\"seq\":' || seq::text "
-    "|| ',\"subject\":\"' || subject_id::text || '\"}', 'UTF8'), "
-    "prev_hash, entry_hash, entry_mac FROM consent_ledger "
-    "WHERE seq >= $1 ORDER BY seq LIMIT $2"
-)
-
-
-@asynccontextmanager
-async def _reader(db: Database) -> AsyncIterator[Callable[[int], Awaitable[list[Row]]]]:
-    """A function fetching the batch from a seq on: on PostgreSQL over one connection held for
-    the whole walk (the driver's own, no per-batch checkout)."""
-    if db.dialect != "postgresql":
-        yield lambda from_seq: _sqlite_rows(db, from_seq)
-        return
-    async with db.engine.connect() as conn:
-        raw = await conn.get_raw_connection()
-        driver = raw.driver_connection
-        if driver is None:  # never for a connection checked out of the pool
-            raise RuntimeError("no driver connection")
-
-        async def fetch(from_seq: int) -> list[Row]:
-            # asyncpg's records unpack like tuples: no copy per row.
-            rows: list[Row] = await driver.fetch(PG_ROWS, from_seq, VERIFY_BATCH)
-            return rows
-
-        yield fetch
-
-
-async def _sqlite_rows(db: Database, from_seq: int) -> list[Row]:
-    columns = [getattr(Entry, name) for name in (*HASHED, "entry_hash", "entry_mac")]
-    async with db.session() as session:
-        query = select(*columns).where(Entry.seq >= from_seq).order_by(Entry.seq)
-        result = await session.execute(query.limit(VERIFY_BATCH))
-        return [
-            (r[0], canonical_text(
-                r[0], str(r[1]), timestamp(r[2]), str(r[3]), str(r[4]), str(r[5]), str(r[6]),
-                str(r[7]), r[8], str(r[9]), str(r[10]), None,
-            ), r[11], r[12], r[13])
-            for r in result
-        ]
-
-
-async def walk_chain(db: Database, report: ChainReport, rules: WalkRules) -> None:
-    """Check every entry from `rules.start_seq` in seq order: contiguous seq, prev hash =
-    previous entry's hash, stored hash = recomputed hash, a valid seal (unsealed entries only
-    before the first sealed one), and the hash at each seq in `rules.marks`. Constant memory
-    (two batches at a time)."""
-    expected, prev = rules.start_seq, rules.start_prev
-    report.sealed = rules.sealed
-    async with _reader(db) as fetch:
-        batch = await fetch(expected)
-        while batch:
-            # The database renders the next batch while this one is hashed.
-            following = asyncio.ensure_future(fetch(batch[-1][0] + 1))
-            await asyncio.sleep(0)  # let it send its query before the CPU work below
-            if not check_rows(report, batch, expected, prev, rules):
-                # Let the query in flight finish: cancelling it mid-protocol would leave the
-                # pooled connection unusable.
-                with contextlib.suppress(Exception):
-                    await following
-                return
-            expected, prev = report.head_seq + 1, report.head_hash
-            batch = await following
-
-
-def check_rows(
-    report: ChainReport, batch: list[Row], expected: int, prev: str, rules: WalkRules
-) -> bool:
-    """Check one batch (see walk_chain); False at the first bad entry. Written out, no call
-    per entry: this is the hot path of the integrity watch."""
-    sha256, marks, older = hashlib.sha256, rules.marks, rules.previous_seal_keys
-    # The keyed BLAKE2b state after the key block, copied per entry (half the cost of a new one).
-    keyed = hashlib.blake2b(key=rules.seal_key, digest_size=32)
-    for seq, body, stored_prev, stored, mac in batch:
-        if seq != expected:
-            report.fail(expected, "missing_entry", f"entry {expected} is missing")
-            return False
-        if stored_prev != prev:
-            report.fail(seq, "broken_link", "prev_hash does not match the entry before it")
-            return False
-        if mac is None:
-            if not _legacy_ok(report, seq, body, prev, stored):
-                return False
-        else:
-            report.sealed = True
-            if sha256((prev + sha256(body).hexdigest()).encode()).hexdigest() != stored:
-                report.fail(seq, "hash_mismatch", "the entry's content does not match its hash")
-                return False
-            made = keyed.copy()
-            made.update(stored.encode())
-            # As bytes: compare_digest refuses str with non-ASCII text (an edited seal).
-            if not hmac.compare_digest(made.hexdigest().encode(), mac.encode()) and not (
-                _older_seal(stored, mac, older)
-            ):
-                report.fail(seq, "bad_seal", "the seal was not made by this server")
-                return False
-        signed = marks.get(seq)
-        if signed is not None and signed != stored:
-            report.fail(seq, "checkpoint_mismatch", MARK_DIFFERS)
-            return False
-        report.entries += 1
-        expected, prev = seq + 1, stored
-    report.head_seq, report.head_hash = expected - 1, prev
-    return True
-
-
-MARK_DIFFERS = "differs from a signed checkpoint or a witnessed head"
-
-
-def _older_seal(entry_hash: str, mac: str, older: tuple[bytes, ...]) -> bool:
-    """Sealed under the key of a previous server secret (kept after a rotation)."""
-    return any(hmac.compare_digest(seal(k, entry_hash).encode(), mac.encode()) for k in older)
-
-
-def _legacy_ok(report: ChainReport, seq: int, body: bytes, prev: str, stored: str) -> bool:
-    """An unsealed entry (written before sealing existed): only as the prefix before the
-    first sealed entry, which pins it by its link; its hash covers "prev" inside the JSON."""
-    if report.sealed:
-        report.fail(seq, "unsealed_entry", "an entry without a seal after sealed ones")
-        return False
-    cut = body.index(b'"purpose":')  # the first: a JSON string cannot hold a bare quote
-    text = body[:cut] + f'"prev":{_json(prev)},'.encode() + body[cut:]
-    if hashlib.sha256(text).hexdigest() != stored:
-        report.fail(seq, "hash_mismatch", "the entry's content does not match its hash")
-        return False
-    return True
-
-
-HASHED = (
-    "seq", "id", "at", "booking_id", "subject_id", "purpose", "decision", "notice_id",
-    "notice_sha256", "method", "actor", "prev_hash",
-)
