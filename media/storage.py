@@ -24,7 +24,7 @@ import hashlib
 import os
 import secrets
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -108,6 +108,26 @@ class EncryptedWriter:
         self._index += 1
         self._buffer = []
         self._buffered = 0
+
+
+def reseal(path: Path, key: bytes, pieces: Iterable[bytes]) -> tuple[int, str]:
+    """Seal `pieces` (plaintext, each at most `MAX_CHUNK`) in place of the file at `path`,
+    which they may be read from as they come: a new file beside it, renamed over it once
+    complete, so a reader or a crash sees the old file or the new one, never a mix. The new
+    plaintext's (size, sha256)."""
+    temporary = path.with_name(path.name + ".recovering")
+    temporary.unlink(missing_ok=True)
+    writer = EncryptedWriter(temporary, key)
+    try:
+        for piece in pieces:
+            writer.write(piece)
+        writer.close()
+    except BaseException:
+        writer.abandon()
+        temporary.unlink(missing_ok=True)
+        raise
+    os.replace(temporary, path)
+    return writer.size, writer.sha256
 
 
 class ForwardReader(Protocol):
@@ -319,14 +339,7 @@ class LocalStore:
     def recover(self, relative: str, key: bytes) -> tuple[int, str]:
         """Re-seal the authentic prefix of a file a crash left open; (size, sha256)."""
         source = self.path(relative)
-        temporary = source.with_name(source.name + ".recovering")
-        temporary.unlink(missing_ok=True)
-        writer = EncryptedWriter(temporary, key)
-        for piece in decrypt(source, key, salvage=True):
-            writer.write(piece)
-        writer.close()
-        os.replace(temporary, source)
-        return writer.size, writer.sha256
+        return reseal(source, key, decrypt(source, key, salvage=True))
 
     def delete(self, relative: str) -> None:
         self.path(relative).unlink(missing_ok=True)

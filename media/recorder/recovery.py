@@ -1,7 +1,8 @@
 """Crash recovery: files a killed process left open, and uploads a restart interrupted.
 
 Run once when the recorder starts. A row still `recording` whose file nobody touched for a
-while belongs to a dead process: its whole chunks are kept, sealed, and the row completed.
+while belongs to a dead process: its whole chunks are kept, sealed, and the row completed (a
+WebM file finished with its Duration and Cues on the way, `media.finalize`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from sqlalchemy import select
 from core.bookings import Participant
 from core.datakeys import access_data_key
 from core.runtime import Runtime
-from media.recordings import Recording, RecordingState
+from media.finalize import finalize_webm
+from media.recordings import Recording, RecordingState, TrackKind
 from media.storage import Storage
 
 STALE_AFTER_S = 10.0  # a file untouched this long after a crash is salvaged on start
@@ -75,10 +77,20 @@ class Recovery:
             if age is None:
                 await session.delete(fresh)
                 return False
-            size, digest = await asyncio.to_thread(self._store.recover, row.path, key)
+            size, digest = await asyncio.to_thread(self._salvage, fresh, key)
             fresh.state = RecordingState.RECOVERED
             fresh.size = size
             fresh.sha256 = digest
             fresh.ended_at = now
             fresh.retain_until = now + self._retention
         return True
+
+    def _salvage(self, row: Recording, key: bytes) -> tuple[int, str]:
+        """Keep the file's whole chunks, sealed complete, and publish it; a WebM file also
+        gets its Duration and Cues (kept to its whole blocks), as a closed span's does."""
+        if row.kind is TrackKind.VIDEO:
+            finished = finalize_webm(self._store.path(row.path), key, salvage=True)
+            if finished is not None:
+                self._store.seal(row.path)
+                return finished
+        return self._store.recover(row.path, key)

@@ -2,7 +2,8 @@
 
 The frame path writes files synchronously and queues the database and bus work here; one task
 runs it in order, so a span's row is inserted before it is completed, and a page hears of a
-state change in the order it happened.
+state change in the order it happened. A closed WebM file is finished (Duration and Cues) in a
+thread beside that queue, then its row completed.
 """
 
 from __future__ import annotations
@@ -11,22 +12,25 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
 
 from core.events import TrackRecording
 from core.runtime import Runtime
+from media.finalize import finalize_webm
 from media.recorder.capture import PeerSession
 from media.recorder.grants import GrantEntries
 from media.recorder.spans import Span, SpanSummary
-from media.recordings import Recording, RecordingState, do_mark_ready
+from media.recordings import Recording, RecordingState, TrackKind, do_mark_ready
 from media.storage import Storage
 
 log = structlog.get_logger("media.recorder")
 
 Op = Callable[[], Awaitable[None]]
+
+FINISHING_AT_ONCE = 2
 
 
 class SpanRows:
@@ -44,6 +48,9 @@ class SpanRows:
         self._retention = timedelta(days=runtime.settings.recording_retention_days)
         self._ops: asyncio.Queue[Op | None] = asyncio.Queue()
         self.closed_spans: deque[SpanSummary] = deque(maxlen=10_000)
+        self._finishing: set[asyncio.Task[None]] = set()
+        # Files finished at once: each holds its finished file in memory while it is sealed.
+        self._finish_slots = asyncio.Semaphore(FINISHING_AT_ONCE)
 
     def put(self, op: Op) -> None:
         self._ops.put_nowait(op)
@@ -53,6 +60,7 @@ class SpanRows:
         while True:
             op = await self._ops.get()
             if op is None:
+                await self._finished()
                 return
             try:
                 await op()
@@ -72,6 +80,12 @@ class SpanRows:
 
         self.put(mark)
         await done.wait()
+        await self._finished()
+
+    async def _finished(self) -> None:
+        """Wait for the files being finished (started by the work queued so far)."""
+        if self._finishing:
+            await asyncio.gather(*self._finishing, return_exceptions=True)
 
     def opened(self, peer: PeerSession, span: Span) -> None:
         now = self._runtime.clock.now()
@@ -116,23 +130,48 @@ class SpanRows:
         if span.frames == 0:  # a video span that never saw a key frame: no file, no row
             self._store.delete(span.relative_path)
             return
+        if span.kind is TrackKind.AUDIO:
+            self.put(lambda: self._complete(span, now, None))
+            return
 
-        async def update() -> None:
+        async def finish_later() -> None:  # after its row's insert, off the queue
+            task = asyncio.create_task(self._complete(span, now, peer.data_key))
+            self._finishing.add(task)
+            task.add_done_callback(self._finishing.discard)
+
+        self.put(finish_later)
+
+    async def _complete(self, span: Span, now: datetime, key: bytes | None) -> None:
+        """Complete a closed span's row, then publish its file. A WebM file (`key` given) is
+        first finished with its Duration and Cues (`media.finalize`), in a thread and outside
+        the ordered queue, so neither the event loop nor other people's rows and events wait
+        for it; its row stays `recording` (downloads 409) until the file is final."""
+        size, digest = span.file.size, span.file.sha256
+        try:
+            if key is not None:
+                path = self._store.path(span.relative_path)
+                async with self._finish_slots:
+                    finished = await asyncio.to_thread(finalize_webm, path, key)
+                if finished is not None:
+                    size, digest = finished
             async with self._runtime.db.session() as session:
                 row = await session.get(Recording, span.recording_id)
                 if row is None:
+                    if key is not None:  # erased while it was finished: it outlived the erasure
+                        self._store.delete(span.relative_path)
                     return
                 row.state = RecordingState.COMPLETE
                 row.ended_at = now
                 row.frames = span.frames
-                row.size = span.file.size
-                row.sha256 = span.file.sha256
+                row.size = size
+                row.sha256 = digest
                 row.retain_until = now + self._retention
                 do_mark_ready(session, row.booking_id, row.id, row.participant_id, row.kind, now)
-            # Publish off the ops queue (an upload must not hold up rows and events).
-            self._spawn(asyncio.to_thread(self._store.seal, span.relative_path))
-
-        self.put(update)
+        except Exception:  # rows are bookkeeping; the files are already safe
+            log.exception("recorder.complete_failed")
+            return
+        # Publish off the ops queue (an upload must not hold up rows and events).
+        self._spawn(asyncio.to_thread(self._store.seal, span.relative_path))
 
     def publish(self, event: TrackRecording) -> None:
         """Queue a track's state event (after the rows queued before it)."""

@@ -1,0 +1,103 @@
+"""WebM files finished with Duration and Cues: whole, and cut by a crash."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import io
+import os
+from pathlib import Path
+
+import av
+
+from media.finalize import finalize_webm
+from media.storage import LocalStore, decrypt
+from media.webm import WebmVp8Writer
+from tests.support.media import encode_vp8
+from tests.support.webm import CUES, cue_times_ms, keyframe_times_ms, segment_children
+
+INFO, TRACKS, CLUSTER = 0x1549A966, 0x1654AE6B, 0x1F43B675
+
+
+@functools.cache
+def frames() -> list[bytes]:
+    return encode_vp8(150, keyframe_every=30)  # five seconds, a key frame every second
+
+
+def record(store: LocalStore, key: bytes, *, cut_after: int | None = None) -> Path:
+    """Five seconds written as the recorder writes them; or `cut_after` frames and the start
+    of a block, and then the process dies (no final chunk)."""
+    file = store.open_writer("b/v.webm.cgr", key)
+    writer = WebmVp8Writer(file)
+    for index, frame in enumerate(frames()):
+        if index == cut_after:
+            file.write(b"\xa3\x84\x81\x00")  # a SimpleBlock cut inside its header
+            file.flush()
+            file.abandon()
+            return file.path
+        writer.write(frame, index * 3000)
+    writer.close()
+    return file.path
+
+
+def played(data: bytes) -> tuple[float | None, int, int]:
+    """(declared duration in s, packets, packets that decoded to a frame)."""
+    with av.open(io.BytesIO(data)) as container:
+        stream = container.streams.video[0]
+        duration = None if container.duration is None else container.duration / av.time_base
+        packets = decoded = 0
+        for packet in container.demux(stream):
+            if packet.pts is None:
+                continue
+            packets += 1
+            decoded += len(packet.decode())
+    return duration, packets, decoded
+
+
+def test_a_closed_file_gets_its_duration_and_cues(tmp_path: Path) -> None:
+    key = os.urandom(32)
+    store = LocalStore(tmp_path)
+    path = record(store, key)
+    before = b"".join(decrypt(path, key))
+    assert segment_children(before)[0] is False  # as written live: no size, no index
+    assert CUES not in segment_children(before)[1]
+
+    finished = finalize_webm(path, key)
+
+    data = b"".join(decrypt(path, key))  # sealed again, complete
+    assert finished == (len(data), hashlib.sha256(data).hexdigest())
+    known, children = segment_children(data)
+    assert known
+    assert children.index(CUES) < children.index(CLUSTER)  # the index before the media
+    assert {INFO, TRACKS} <= set(children)
+    assert cue_times_ms(data) == keyframe_times_ms(data) == [0, 1000, 2000, 3000, 4000]
+    duration, packets, decoded = played(data)
+    assert duration is not None
+    assert 4.9 <= duration <= 5.1
+    assert packets == decoded == 150
+
+
+def test_a_file_cut_by_a_crash_keeps_every_whole_frame(tmp_path: Path) -> None:
+    key = os.urandom(32)
+    store = LocalStore(tmp_path)
+    path = record(store, key, cut_after=100)
+
+    finished = finalize_webm(path, key, salvage=True)
+
+    assert finished is not None
+    data = b"".join(decrypt(path, key))  # now ends with a final chunk
+    assert cue_times_ms(data) == [0, 1000, 2000, 3000]
+    duration, packets, decoded = played(data)
+    assert duration is not None
+    assert 3.2 <= duration <= 3.4
+    assert packets == decoded == 100
+
+
+def test_a_file_without_a_whole_frame_is_left_as_it_is(tmp_path: Path) -> None:
+    key = os.urandom(32)
+    store = LocalStore(tmp_path)
+    path = record(store, key, cut_after=0)  # the process died before the first frame
+    sealed = path.read_bytes()
+
+    assert finalize_webm(path, key, salvage=True) is None
+    assert path.read_bytes() == sealed
