@@ -1,4 +1,5 @@
-"""kill -9 while recording: the files still play, missing at most the last two seconds."""
+"""kill -9 while recording: the files still play, missing at most the last two seconds, and
+the video file is finished on recovery (its Duration and Cues), every frame up to the cut whole."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from core.runtime import Runtime
 from core.settings import Settings
 from media.recorder import Recorder
 from tests.support.consent_bookings import seed_booking
+from tests.support.webm import cue_times_ms, keyframe_times_ms, segment_children
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -80,3 +82,23 @@ async def test_killed_recorder_leaves_playable_files(
         played = played_seconds(response.content)
         assert played >= written[row["kind"]] - 2.0, (row["kind"], played, written)
         assert played <= written[row["kind"]] + 0.1
+        if row["kind"] == "video":
+            assert_finished_up_to_the_cut(response.content, played)
+
+
+def assert_finished_up_to_the_cut(data: bytes, played: float) -> None:
+    """A player learns the length and the key frames from the file itself, and every frame
+    the recovery kept decodes."""
+    assert segment_children(data)[0]  # the Segment's size is known again
+    assert cue_times_ms(data) == keyframe_times_ms(data) != []
+    with av.open(io.BytesIO(data)) as container:
+        assert container.duration is not None
+        assert abs(container.duration / av.time_base - played) <= 0.2
+        stream = container.streams.video[0]
+        packets = decoded = 0
+        for packet in container.demux(stream):
+            if packet.pts is None:
+                continue
+            packets += 1
+            decoded += len(packet.decode())  # raises on a frame cut in half
+    assert decoded == packets
