@@ -60,7 +60,9 @@ PLAY_AND_SEEK = """([url, credential]) => (async () => {
   context.drawImage(video, 0, 0);
   const pixels = context.getImageData(0, 0, canvas.width, canvas.height).data;
   let lit = 0;
-  for (let i = 0; i < pixels.length; i += 4) if (pixels[i] + pixels[i + 1] + pixels[i + 2] > 0) lit++;
+  for (let i = 0; i < pixels.length; i += 4) {
+    if (pixels[i] + pixels[i + 1] + pixels[i + 2] > 0) lit++;
+  }
   return {status: response.status, bytes: blob.size, duration, target,
           currentTime: video.currentTime, readyState: video.readyState,
           width: video.videoWidth, height: video.videoHeight, lit};
