@@ -113,10 +113,10 @@ class EncryptedWriter:
 def reseal(path: Path, key: bytes, pieces: Iterable[bytes]) -> tuple[int, str]:
     """Seal `pieces` (plaintext, each at most `MAX_CHUNK`) in place of the file at `path`,
     which they may be read from as they come: a new file beside it, renamed over it once
-    complete, so a reader or a crash sees the old file or the new one, never a mix. The new
+    complete, so a reader or a crash sees the old file or the new one, never a mix (two
+    processes re-sealing one file each write their own; the last rename wins). The new
     plaintext's (size, sha256)."""
-    temporary = path.with_name(path.name + ".recovering")
-    temporary.unlink(missing_ok=True)
+    temporary = path.with_name(f"{path.name}.{secrets.token_hex(4)}.recovering")
     writer = EncryptedWriter(temporary, key)
     try:
         for piece in pieces:

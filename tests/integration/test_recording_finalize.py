@@ -10,32 +10,29 @@ from typing import Any
 
 import av
 import httpx
-import pytest
 from aiortc import RTCPeerConnection
 from fastapi import FastAPI
 
 from consent.purposes import Purpose
-from core.clock import SystemClock
 from core.runtime import Runtime
-from tests.integration.test_recorder import connect, pages, recorder_of, recordings, written
+from tests.integration.test_recorder import (
+    clock,
+    connect,
+    database_url,
+    pages,
+    recorder_of,
+    recordings,
+    written,
+)
 from tests.support.consent import decide
 from tests.support.consent_bookings import seed_booking
 from tests.support.waiting import eventually
 from tests.support.webm import CUES, cue_times_ms, keyframe_times_ms, segment_children
 
-__all__ = ["pages"]  # the fixture, shared with the recorder tests
+# The recorder tests' fixtures: PostgreSQL, the real clock, the pages closed afterwards.
+__all__ = ["clock", "database_url", "pages"]
 
 CLUSTER = 0x1F43B675
-
-
-@pytest.fixture
-def database_url(pg_url: str) -> str:
-    return pg_url
-
-
-@pytest.fixture
-def clock() -> SystemClock:
-    return SystemClock()
 
 
 async def test_a_closed_span_is_a_seekable_webm(
