@@ -42,6 +42,7 @@ class _Forward:
         self._pieces: Iterator[bytes] = iter(pieces)
         self._piece = b""
         self._at = 0
+        self.exhausted = False
 
     def read(self, size: int) -> bytes:
         parts: list[bytes] = []
@@ -49,6 +50,7 @@ class _Forward:
             if self._at >= len(self._piece):
                 piece = next(self._pieces, None)
                 if piece is None:
+                    self.exhausted = True
                     break
                 self._piece, self._at = piece, 0
             part = self._piece[self._at : self._at + size]
@@ -61,8 +63,10 @@ class _Forward:
 def _demux(
     plaintext: Plaintext,
 ) -> Iterator[tuple[av.container.InputContainer, av.Packet[av.VideoStream]]]:
-    """(container, packet) of every whole video packet; a cut at the end just ends it."""
-    with av.open(_Forward(plaintext()), "r", format="matroska") as source:
+    """(container, packet) of every whole video packet; a block cut at the very end (by a
+    crash) just ends it, an error before the end is raised (nothing would be dropped)."""
+    reader = _Forward(plaintext())
+    with av.open(reader, "r", format="matroska") as source:
         stream = source.streams.video[0]
         packets = source.demux(stream)
         while True:
@@ -70,15 +74,17 @@ def _demux(
                 packet = next(packets)
             except StopIteration:
                 return
-            except av.error.FFmpegError:  # a block cut by a crash: keep what came before
-                return
+            except av.error.FFmpegError:
+                if reader.exhausted:  # a block cut by a crash: keep what came before
+                    return
+                raise
             if packet.dts is not None and packet.size:
                 yield source, packet
 
 
-def remux_webm(plaintext: Plaintext) -> bytes | None:
-    """The WebM file `plaintext()` yields, with Duration and Cues; None if it holds no
-    whole frame (nothing to finish). `plaintext` is called twice."""
+def remux_webm(plaintext: Plaintext) -> tuple[bytes, int] | None:
+    """The WebM file `plaintext()` yields, with Duration and Cues, and the frames it holds;
+    None if it holds no whole frame (nothing to finish). `plaintext` is called twice."""
     try:
         keyframes = sum(1 for _, packet in _demux(plaintext) if packet.is_keyframe)
     except av.error.FFmpegError:  # not even a header: nothing a player could open
@@ -90,19 +96,25 @@ def remux_webm(plaintext: Plaintext) -> bytes | None:
     options = {"reserve_index_space": str(reserve)}
     with av.open(out, "w", format="webm", options=options) as target:
         copied = None
+        frames = 0
         for source, packet in _demux(plaintext):
             if copied is None:
                 copied = target.add_stream_from_template(source.streams.video[0])
             packet.stream = copied
             target.mux(packet)
-    return out.getvalue()
+            frames += 1
+    return out.getvalue(), frames
 
 
-def finalize_webm(path: Path, key: bytes, *, salvage: bool = False) -> tuple[int, str] | None:
+def finalize_webm(
+    path: Path, key: bytes, *, salvage: bool = False, frames: int | None = None
+) -> tuple[int, str] | None:
     """Give the sealed WebM file at `path` its Duration and Cues, sealed again in its place;
     the new plaintext's (size, sha256), or None if the file was left as it was (nothing to
-    finish, or it could not be read). `salvage` reads a file a crash left without its final
-    chunk (its whole chunks, then its whole blocks), and the result is sealed complete."""
+    finish, it could not be read, or it would not keep the `frames` the writer wrote:
+    libavformat skips what it cannot parse, and finishing must never drop media). `salvage`
+    reads a file a crash left without its final chunk (its whole chunks, then its whole
+    blocks), and the result is sealed complete."""
     try:
         finished = remux_webm(lambda: decrypt(path, key, salvage=salvage))
     except (av.error.FFmpegError, IntegrityError, OSError):
@@ -110,6 +122,10 @@ def finalize_webm(path: Path, key: bytes, *, salvage: bool = False) -> tuple[int
         return None
     if finished is None:
         return None
-    view = memoryview(finished)
+    data, kept = finished
+    if frames is not None and kept != frames:
+        log.warning("recording.finalize_lost_frames", path=path.name, frames=frames, kept=kept)
+        return None
+    view = memoryview(data)
     pieces = (bytes(view[at : at + MAX_CHUNK]) for at in range(0, len(view), MAX_CHUNK))
     return reseal(path, key, pieces)

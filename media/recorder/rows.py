@@ -9,6 +9,7 @@ thread beside that queue, then its row completed.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -151,7 +152,9 @@ class SpanRows:
             if key is not None:
                 path = self._store.path(span.relative_path)
                 async with self._finish_slots:
-                    finished = await asyncio.to_thread(finalize_webm, path, key)
+                    finished = await asyncio.to_thread(
+                        functools.partial(finalize_webm, path, key, frames=span.frames)
+                    )
                 if finished is not None:
                     size, digest = finished
             async with self._runtime.db.session() as session:

@@ -103,3 +103,21 @@ def test_a_file_without_a_whole_frame_is_left_as_it_is(tmp_path: Path) -> None:
 
     assert finalize_webm(path, key, salvage=True) is None
     assert path.read_bytes() == sealed
+
+
+def test_a_file_damaged_before_its_end_is_left_as_it_is(tmp_path: Path) -> None:
+    """Finishing never drops media: libavformat skips a cluster that does not parse in the
+    middle of a file, so a result short of the frames the writer wrote is not kept."""
+    key = os.urandom(32)
+    store = LocalStore(tmp_path)
+    path = record(store, key)
+    plaintext = bytearray(b"".join(decrypt(path, key)))
+    middle = plaintext.index(b"\x1f\x43\xb6\x75", len(plaintext) // 2)  # a Cluster
+    plaintext[middle : middle + 12] = b"\xff" * 12  # its id and size: not EBML any more
+    damaged = store.open_writer("b/damaged.webm.cgr", key)
+    damaged.write(bytes(plaintext))
+    damaged.close()
+    sealed = damaged.path.read_bytes()
+
+    assert finalize_webm(damaged.path, key, frames=150) is None
+    assert damaged.path.read_bytes() == sealed
