@@ -45,12 +45,14 @@ from media.ogg import OggOpusWriter
 from media.recorder import Recorder
 from media.recordings import Recording, RecordingState, TrackKind
 from media.storage import MAGIC, IntegrityError, LocalStore, decrypt
+from media.webm import WebmVp8Writer
 from tests.support.bookings import bearer
 from tests.support.consent import decide
 from tests.support.consent_bookings import Person, seed_booking
-from tests.support.media import EncodedTrack, encode_opus
+from tests.support.media import EncodedTrack, encode_opus, encode_vp8
 from tests.support.recording import offer_to_recorder
 from tests.support.waiting import eventually
+from tests.support.webm import cue_times_ms, segment_children
 
 PREFIX = "rec/"
 CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
@@ -281,6 +283,55 @@ async def test_a_restart_publishes_what_an_outage_or_a_crash_left_in_the_spool(
         body = (await client.get(url, headers=guest.headers)).content
         assert body.startswith(b"OggS")
         assert hashlib.sha256(body).hexdigest() == row["sha256"]
+
+
+async def test_a_crash_cut_video_is_finished_before_it_is_uploaded(
+    client: httpx.AsyncClient,
+    runtime: Runtime, services: Services,
+    settings: Settings,
+    clock: ManualClock,
+    s3: S3Client,
+    bucket: str,
+) -> None:
+    seeded = await seed_booking(runtime, [Purpose.RECORDING_VIDEO])
+    guest = seeded.people[1]
+    recorder: Recorder = services.recorder
+    now = clock.now()
+    async with runtime.db.session() as session:
+        key = await access_data_key(session, runtime.keys, guest.external_id, now)
+    recording_id = uuid.uuid4()
+    relative = f"{seeded.booking_id}/{recording_id}.webm.cgr"
+    file = recorder.store.open_writer(relative, key)
+    writer = WebmVp8Writer(file)
+    for i, frame in enumerate(encode_vp8(60, keyframe_every=30)):
+        writer.write(frame, i * 3000)
+    file.flush()
+    file.abandon()  # killed: no final chunk, no Duration, no Cues
+    stale = file.path.stat().st_mtime - 3600
+    os.utime(file.path, (stale, stale))
+    async with runtime.db.session() as session:
+        session.add(Recording(
+            id=recording_id, booking_id=seeded.booking_id, participant_id=guest.id,
+            kind=TrackKind.VIDEO, state=RecordingState.RECORDING,
+            media_type=TrackKind.VIDEO.media_type, started_at=now, consent_entry_ids=[],
+            frames=0, size=0, retain_until=now + timedelta(days=30), path=relative,
+        ))
+
+    restarted = create_app(settings, clock=clock)
+    async with restarted.router.lifespan_context(restarted):
+        assert list(objects(s3, bucket)) == [PREFIX + relative]
+        assert spooled(settings.data_dir / "recordings") == []
+    listing = (await client.get(
+        f"/v1/bookings/{seeded.booking_id}/recordings", headers=guest.headers
+    )).json()["recordings"]
+    [row] = listing
+    assert row["state"] == "recovered"
+    url = f"/v1/bookings/{seeded.booking_id}/recordings/{row['id']}"
+    body = (await client.get(url, headers=guest.headers)).content
+    assert len(body) == row["size"]
+    assert hashlib.sha256(body).hexdigest() == row["sha256"]
+    assert segment_children(body)[0]  # the uploaded file is the finished one
+    assert cue_times_ms(body) == [0, 1000]
 
 
 # The store itself, against the same server: large files, failures, crashes, orphans.
