@@ -5,31 +5,37 @@ and Clusters of unknown size), so the file has no Duration and no Cues (the inde
 frames): a player shows no length and cannot seek until it has read the whole file. When a
 span closes, and when crash recovery salvages a file, the file is remuxed once with
 libavformat's Matroska muxer (PyAV), packets copied as they are (nothing decoded or encoded),
-into a seekable output in memory, which lets the muxer write the Duration in the Info and the
-Cues right after the header (space reserved for them from a first pass counting key frames),
-so a player learns both from the first bytes. The result is sealed under the same data key in
+into a seekable output, which lets the muxer write the Duration in the Info and the Cues
+right after the header (space reserved for them from a first pass counting key frames), so a
+player learns both from the first bytes. The result is sealed under the same data key in
 place of the original (`media.storage.reseal`: a temporary file, then an atomic rename).
 
-Plaintext never touches the disk: the sealed file is decrypted as it is read (twice: once to
-count key frames, once to copy), and only the finished file is held in memory until it is
-sealed. A file whose plaintext ends mid-block (cut by a crash) keeps every whole block.
+Plaintext never touches the disk, and memory stays small whatever the file's length: the
+sealed file is decrypted as it is read (twice: once to count key frames, once to copy); of the
+output only the header and the reserved Cues are held in memory (the muxer goes back there at
+the end), while the clusters after them are sealed into a spill file as they come, read back
+once when the finished file is sealed. A file whose plaintext ends mid-block (cut by a crash)
+keeps every whole block.
 """
 
 from __future__ import annotations
 
 import io
+import itertools
+import secrets
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import av
 import structlog
 
-from media.storage import MAX_CHUNK, IntegrityError, decrypt, reseal
+from media.storage import MAX_CHUNK, EncryptedWriter, IntegrityError, decrypt, reseal
 
 log = structlog.get_logger(__name__)
 
 CUES_BASE_BYTES = 1024  # room for the Cues element itself
 CUE_POINT_BYTES = 48  # a CuePoint takes about 20: this leaves a wide margin
+HEAD_MARGIN_BYTES = 256 * 1024  # held in memory beyond the reserved Cues (the header is ~1 KiB)
 
 Plaintext = Callable[[], Iterable[bytes]]
 
@@ -82,28 +88,71 @@ def _demux(
                 yield source, packet
 
 
-def remux_webm(plaintext: Plaintext) -> tuple[bytes, int] | None:
-    """The WebM file `plaintext()` yields, with Duration and Cues, and the frames it holds;
-    None if it holds no whole frame (nothing to finish). `plaintext` is called twice."""
-    try:
-        keyframes = sum(1 for _, packet in _demux(plaintext) if packet.is_keyframe)
-    except av.error.FFmpegError:  # not even a header: nothing a player could open
-        return None
-    if keyframes == 0:
-        return None
-    reserve = CUES_BASE_BYTES + CUE_POINT_BYTES * keyframes
-    out = io.BytesIO()
+class SpillOutput:
+    """A seekable output for the muxer that holds only its first `head_limit` bytes in
+    memory: the header, where the muxer goes back to write the Segment's size, the Duration
+    and the Cues (into the space reserved for them). What comes after (the clusters, written
+    once and in order) is sealed as it comes into `tail`, under the same key. A write behind
+    the end of what was sealed cannot be honoured: it raises, and the file is left as it was."""
+
+    def __init__(self, head_limit: int, tail: EncryptedWriter) -> None:
+        self.head = bytearray()
+        self._limit = head_limit
+        self._tail = tail
+        self._end = head_limit  # the end of what was sealed into `tail`
+        self._at = 0
+
+    def write(self, data: bytes) -> int:
+        written, at = len(data), self._at
+        if at < self._limit:
+            if at > len(self.head):
+                self.head.extend(bytes(at - len(self.head)))
+            part = data[: self._limit - at]
+            self.head[at : at + len(part)] = part
+            data, at = data[len(part) :], at + len(part)
+        if data:
+            if at != self._end or len(self.head) < self._limit:
+                raise OSError("the muxer wrote behind what was already sealed")
+            self._tail.write(data)
+            self._end = at = at + len(data)
+        self._at = at
+        return written
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        end = self._end if self._end > self._limit else len(self.head)
+        self._at = {io.SEEK_SET: 0, io.SEEK_CUR: self._at, io.SEEK_END: end}[whence] + offset
+        return self._at
+
+    def tell(self) -> int:
+        return self._at
+
+
+def _remux(plaintext: Plaintext, output: SpillOutput, reserve: int) -> int:
+    """Copy every whole frame of `plaintext()` into `output` with Cues reserved at the front;
+    the frames copied."""
+    frames = 0
     options = {"reserve_index_space": str(reserve)}
-    with av.open(out, "w", format="webm", options=options) as target:
+    with av.open(output, "w", format="webm", options=options) as target:
         copied = None
-        frames = 0
         for source, packet in _demux(plaintext):
             if copied is None:
                 copied = target.add_stream_from_template(source.streams.video[0])
             packet.stream = copied
             target.mux(packet)
             frames += 1
-    return out.getvalue(), frames
+    return frames
+
+
+def _rechunk(pieces: Iterable[bytes | bytearray]) -> Iterator[bytes]:
+    """The same bytes in pieces of exactly `MAX_CHUNK` (the last shorter): one chunk each."""
+    buffer = bytearray()
+    for piece in pieces:
+        buffer += piece
+        while len(buffer) >= MAX_CHUNK:
+            yield bytes(buffer[:MAX_CHUNK])
+            del buffer[:MAX_CHUNK]
+    if buffer:
+        yield bytes(buffer)
 
 
 def finalize_webm(
@@ -115,17 +164,31 @@ def finalize_webm(
     libavformat skips what it cannot parse, and finishing must never drop media). `salvage`
     reads a file a crash left without its final chunk (its whole chunks, then its whole
     blocks), and the result is sealed complete."""
+
+    def plaintext() -> Iterator[bytes]:
+        return decrypt(path, key, salvage=salvage)
+
+    spill = path.with_name(f"{path.name}.{secrets.token_hex(4)}.finishing")
+    tail = EncryptedWriter(spill, key)
     try:
-        finished = remux_webm(lambda: decrypt(path, key, salvage=salvage))
+        try:
+            keyframes = sum(1 for _, packet in _demux(plaintext) if packet.is_keyframe)
+        except av.error.FFmpegError:  # not even a header: nothing a player could open
+            return None
+        if keyframes == 0:
+            return None
+        reserve = CUES_BASE_BYTES + CUE_POINT_BYTES * keyframes
+        output = SpillOutput(reserve + HEAD_MARGIN_BYTES, tail)
+        kept = _remux(plaintext, output, reserve)
+        tail.close()
+        if frames is not None and kept != frames:
+            log.warning("recording.finalize_lost_frames", path=path.name, frames=frames,
+                        kept=kept)
+            return None
+        return reseal(path, key, _rechunk(itertools.chain([output.head], decrypt(spill, key))))
     except (av.error.FFmpegError, IntegrityError, OSError):
         log.warning("recording.finalize_failed", path=path.name, exc_info=True)
         return None
-    if finished is None:
-        return None
-    data, kept = finished
-    if frames is not None and kept != frames:
-        log.warning("recording.finalize_lost_frames", path=path.name, frames=frames, kept=kept)
-        return None
-    view = memoryview(data)
-    pieces = (bytes(view[at : at + MAX_CHUNK]) for at in range(0, len(view), MAX_CHUNK))
-    return reseal(path, key, pieces)
+    finally:
+        tail.abandon()
+        spill.unlink(missing_ok=True)

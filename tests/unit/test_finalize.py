@@ -9,9 +9,10 @@ import os
 from pathlib import Path
 
 import av
+import pytest
 
-from media.finalize import finalize_webm
-from media.storage import LocalStore, decrypt
+from media.finalize import SpillOutput, finalize_webm
+from media.storage import EncryptedWriter, LocalStore, decrypt
 from media.webm import WebmVp8Writer
 from tests.support.media import encode_vp8
 from tests.support.webm import CUES, cue_times_ms, keyframe_times_ms, segment_children
@@ -74,6 +75,7 @@ def test_a_closed_file_gets_its_duration_and_cues(tmp_path: Path) -> None:
     finished = finalize_webm(path, key)
 
     data = finished_file(path, key, finished)
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no spill file left
     known, children = segment_children(data)
     assert known
     assert children.index(CUES) < children.index(CLUSTER)  # the index before the media
@@ -121,3 +123,22 @@ def test_a_file_damaged_before_its_end_is_left_as_it_is(tmp_path: Path) -> None:
 
     assert finalize_webm(damaged.path, key, frames=150) is None
     assert damaged.path.read_bytes() == sealed
+
+
+def test_the_spilled_part_of_the_output_is_written_once_in_order(tmp_path: Path) -> None:
+    """Only the head is held in memory and may be written over; past it, bytes go to the
+    sealed spill in order, and a write back there fails (the file is then left as it was)."""
+    key = os.urandom(32)
+    tail = EncryptedWriter(tmp_path / "spill.cgr", key)
+    output = SpillOutput(8, tail)
+    output.write(b"headHEAD" + b"tail")
+    output.seek(4)
+    output.write(b"head")  # patched in memory
+    assert output.seek(0, io.SEEK_END) == 12
+    output.write(b"more")
+    assert bytes(output.head) == b"headhead"
+    output.seek(9)
+    with pytest.raises(OSError, match="behind"):
+        output.write(b"x")
+    tail.close()
+    assert b"".join(decrypt(tail.path, key)) == b"tailmore"
