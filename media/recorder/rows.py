@@ -50,7 +50,7 @@ class SpanRows:
         self._ops: asyncio.Queue[Op | None] = asyncio.Queue()
         self.closed_spans: deque[SpanSummary] = deque(maxlen=10_000)
         self._finishing: set[asyncio.Task[None]] = set()
-        # Files finished at once: each holds its finished file in memory while it is sealed.
+        # Files finished at once (worker threads): the rest of the CPU stays with the frames.
         self._finish_slots = asyncio.Semaphore(FINISHING_AT_ONCE)
 
     def put(self, op: Op) -> None:
