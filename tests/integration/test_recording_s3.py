@@ -17,7 +17,7 @@ import time
 import uuid
 import zipfile
 from collections.abc import AsyncIterator, Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +48,7 @@ from media.storage import MAGIC, IntegrityError, LocalStore, decrypt
 from media.webm import WebmVp8Writer
 from tests.support.bookings import bearer
 from tests.support.consent import decide
-from tests.support.consent_bookings import Person, seed_booking
+from tests.support.consent_bookings import Person, Seeded, seed_booking
 from tests.support.media import EncodedTrack, encode_opus, encode_vp8
 from tests.support.recording import offer_to_recorder
 from tests.support.waiting import eventually
@@ -232,6 +232,17 @@ def spool_file(
     return file.path, file.size, file.sha256
 
 
+async def guest_with_key(
+    runtime: Runtime, purpose: Purpose, now: datetime
+) -> tuple[Seeded, Person, bytes]:
+    """A booking asking for `purpose`, its guest, and the guest's data key."""
+    seeded = await seed_booking(runtime, [purpose])
+    guest = seeded.people[1]
+    async with runtime.db.session() as session:
+        key = await access_data_key(session, runtime.keys, guest.external_id, now)
+    return seeded, guest, key
+
+
 async def test_a_restart_publishes_what_an_outage_or_a_crash_left_in_the_spool(
     client: httpx.AsyncClient,
     runtime: Runtime, services: Services,
@@ -240,12 +251,9 @@ async def test_a_restart_publishes_what_an_outage_or_a_crash_left_in_the_spool(
     s3: S3Client,
     bucket: str,
 ) -> None:
-    seeded = await seed_booking(runtime, [Purpose.RECORDING_AUDIO])
-    guest = seeded.people[1]
+    seeded, guest, key = await guest_with_key(runtime, Purpose.RECORDING_AUDIO, clock.now())
     recorder: Recorder = services.recorder
     now = clock.now()
-    async with runtime.db.session() as session:
-        key = await access_data_key(session, runtime.keys, guest.external_id, now)
     rows = {}
     for name, state in (("finished", RecordingState.COMPLETE),
                         ("crashed", RecordingState.RECORDING)):
@@ -293,12 +301,9 @@ async def test_a_crash_cut_video_is_finished_before_it_is_uploaded(
     s3: S3Client,
     bucket: str,
 ) -> None:
-    seeded = await seed_booking(runtime, [Purpose.RECORDING_VIDEO])
-    guest = seeded.people[1]
+    seeded, guest, key = await guest_with_key(runtime, Purpose.RECORDING_VIDEO, clock.now())
     recorder: Recorder = services.recorder
     now = clock.now()
-    async with runtime.db.session() as session:
-        key = await access_data_key(session, runtime.keys, guest.external_id, now)
     recording_id = uuid.uuid4()
     relative = f"{seeded.booking_id}/{recording_id}.webm.cgr"
     file = recorder.store.open_writer(relative, key)
