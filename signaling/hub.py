@@ -15,8 +15,7 @@ import asyncio
 import contextlib
 import secrets
 import time
-import uuid
-from collections.abc import Iterable
+from collections.abc import Coroutine, Iterable
 from contextlib import AsyncExitStack
 from datetime import datetime
 from types import TracebackType
@@ -24,15 +23,13 @@ from typing import Any
 
 import structlog
 
-from core.bus import BusEvent, Subscription, Topic, publish_all
+from core.bus import BusEvent, Subscription, Topic
 from core.events import (
     BookingCancelled,
     BookingUpdated,
     ConsentChanged,
     LinkRevoked,
     NoticeChanged,
-    ParticipantJoined,
-    ParticipantLeft,
     ParticipantUpdated,
     RecordingSwitched,
     RoomFrame,
@@ -40,9 +37,11 @@ from core.events import (
     TrackRecording,
 )
 from core.runtime import Runtime
-from signaling.attendance import LeaveHow, do_mark_joined, do_mark_left
+from signaling.attendance import LeaveHow
+from signaling.attendees import Attendees, leave_how
 from signaling.connection import Connection, Transport
-from signaling.fanout import Fanout, LocalFanout, Presence, RedisFanout, node_topic
+from signaling.fanout import Fanout, LocalFanout, RedisFanout, node_topic
+from signaling.heartbeat import beat
 from signaling.protocol import (
     ByeReason,
     CloseCode,
@@ -54,12 +53,10 @@ from signaling.protocol import (
     Peer,
     PeerJoined,
     PeerLeft,
-    PeerUpdated,
     Pong,
     RecordingState,
     Relay,
     Signal,
-    Welcome,
     encode,
     read_client,
 )
@@ -68,14 +65,7 @@ from signaling.room import Room
 
 log = structlog.get_logger(__name__)
 
-BEAT_SLICE = 50  # rooms (or presence entries) per Redis round trip of the heartbeat
 PONG = encode(Pong())
-
-
-def _how(ending: ByeReason | int | None) -> LeaveHow:
-    if ending == CloseCode.NORMAL.value:  # only the person's own `bye` closes with 1000 here
-        return LeaveHow.LEFT
-    return LeaveHow.REMOVED if ending is ByeReason.REMOVED else LeaveHow.DROPPED
 
 
 class Hub:
@@ -104,7 +94,7 @@ class Hub:
             self.fanout = LocalFanout(self.node_id)
         self._stack = AsyncExitStack()
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._attending = asyncio.Lock()  # FIFO: a join is stored before the leave after it
+        self._attendees = Attendees(runtime, self._spawn)
 
     async def __aenter__(self) -> Hub:
         topics: list[str] = [
@@ -139,7 +129,7 @@ class Hub:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._stack.aclose()
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -182,30 +172,14 @@ class Hub:
         room.nodes[pid] = self.node_id
         if old is not None:
             old.finish(ByeReason.REPLACED)
-        conn.send(encode(self._welcome(room, peer, ice_servers, resumed=known)))
+        conn.send(encode(room.welcome(peer, ice_servers, resumed=known)))
         if not known:
             room.broadcast(PeerJoined(peer=peer), exclude=pid)
-            self._tell_presence(ParticipantJoined, room, pid)
+            self._attendees.joined(room.booking_id, pid)
         await self.fanout.publish(
             {"kind": "join", "room": room_name, "peer": peer.model_dump(), "conn": conn.id}
         )
         return conn
-
-    def _welcome(
-        self, room: Room, peer: Peer, ice_servers: list[IceServer], *, resumed: bool
-    ) -> Welcome:
-        return Welcome(
-            id=peer.id, name=peer.name, role=peer.role, room=room.name,
-            peers=[p for pid, p in room.peers.items() if pid != peer.id],
-            consent=[
-                ConsentState(who=who, purpose=purpose, decision=decision)
-                for (who, purpose), decision in room.consent.items()
-            ],
-            recording=[
-                room.recording.get(pid, RecordingState(who=pid)) for pid in room.peers
-            ],
-            ice_servers=ice_servers, resumed=resumed,
-        )
 
     async def detach(self, conn: Connection) -> None:
         """The socket is gone. A dropped one may come back within the grace period."""
@@ -225,7 +199,7 @@ class Hub:
                 self._grace_s, lambda: self._spawn(self._leave_after_grace(room, pid))
             )
             return
-        await self._leave(room, pid, _how(conn.ending))
+        await self._leave(room, pid, leave_how(conn.ending))
 
     async def _leave_after_grace(self, room: Room, pid: str) -> None:
         room.leaving.pop(pid, None)
@@ -238,34 +212,11 @@ class Hub:
             room.peers.pop(pid, None)
             room.nodes.pop(pid, None)
             room.broadcast(PeerLeft(id=pid))
-            self._tell_presence(ParticipantLeft, room, pid, how)
+            self._attendees.left(room.booking_id, pid, how)
             with contextlib.suppress(Exception):
                 await self.fanout.absent(room.name, pid)
                 await self.fanout.publish({"kind": "leave", "room": room.name, "id": pid})
         self._drop_if_unused(room)
-
-    def _tell_presence(
-        self, kind: type[ParticipantJoined | ParticipantLeft], room: Room, pid: str,
-        how: LeaveHow = LeaveHow.DROPPED,
-    ) -> None:
-        """Who is in the room matters to consent (`all_or_nothing` recording counts them),
-        and to attendance (stored, idempotent when several nodes report the same leave)."""
-        event = kind(booking_id=uuid.UUID(room.booking_id), participant_id=uuid.UUID(pid))
-        self._spawn(publish_all(self._runtime.bus, [event]))
-        self._spawn(self._attend(event, how, self._runtime.clock.now()))
-
-    async def _attend(
-        self, event: ParticipantJoined | ParticipantLeft, how: LeaveHow, at: datetime
-    ) -> None:
-        rt, booking, person = self._runtime, event.booking_id, event.participant_id
-        try:
-            async with self._attending:
-                if isinstance(event, ParticipantJoined):
-                    await do_mark_joined(rt, booking, person, at)
-                else:
-                    await do_mark_left(rt, booking, person, at, how)
-        except Exception:  # a database outage must not take the room down
-            log.exception("signaling.attendance_failed", booking_id=str(booking))
 
     def _drop_if_unused(self, room: Room) -> None:
         if not room.local and not room.leaving and self.rooms.get(room.name) is room:
@@ -398,21 +349,10 @@ class Hub:
             await self.remove(room.booking_id, str(event.subject_id), ByeReason.ERASED)
         elif isinstance(event, LinkRevoked):
             await self.remove(room.booking_id, str(event.participant_id), ByeReason.REVOKED)
-        elif isinstance(event, ParticipantUpdated):  # a name corrected: every page shows it
-            self._rename(room, str(event.participant_id), event.display_name)
+        elif isinstance(event, ParticipantUpdated):
+            room.rename(str(event.participant_id), event.display_name)
         else:  # rescheduled: the window end moved
             self._set_deadline(room, event.ends_at + self._runtime.settings.join_grace)
-
-    def _rename(self, room: Room, pid: str, name: str) -> None:
-        peer = room.peers.get(pid)
-        if peer is None or peer.name == name:
-            return
-        renamed = peer.model_copy(update={"name": name})
-        room.peers[pid] = renamed
-        conn = room.local.get(pid)
-        if conn is not None:
-            conn.peer = renamed
-        room.broadcast(PeerUpdated(peer=renamed))
 
     def _on_room_event(self, data: dict[str, Any], node: str) -> None:
         room = self.rooms.get(str(data.get("room")))
@@ -428,25 +368,10 @@ class Hub:
                     text = encode(Signal.model_construct(from_=sender, payload=payload))
                 target.send(text)
         elif kind == "join":
-            self._remote_join(room, Peer.model_validate(data["peer"]), node)
+            if room.remote_join(Peer.model_validate(data["peer"]), node):
+                self._drop_if_unused(room)  # (never while a local socket is being attached)
         elif kind == "leave":
             room.remote_leave(str(data["id"]), node)
-
-    def _remote_join(self, room: Room, peer: Peer, node: str) -> None:
-        pid = peer.id
-        old = room.local.pop(pid, None)
-        if old is not None:  # the same person connected on another node: that one wins
-            old.finish(ByeReason.REPLACED)
-        pending = room.leaving.pop(pid, None)
-        if pending is not None:
-            pending.cancel()
-        known = pid in room.peers
-        room.peers[pid] = peer
-        room.nodes[pid] = node
-        if not known:
-            room.broadcast(PeerJoined(peer=peer), exclude=pid)
-        if old is not None:  # (never while a local socket is still being attached)
-            self._drop_if_unused(room)
 
     # housekeeping: window end, idle sockets, presence heartbeat
 
@@ -470,33 +395,7 @@ class Hub:
                     conn.finish(ByeReason.IDLE)
         if self.fanout.shared and time.monotonic() >= self._next_beat:
             self._next_beat = time.monotonic() + self._beat_s
-            await self._heartbeat()
+            await beat(self.fanout, self.rooms, self.node_id, self._gone)
 
-    async def _heartbeat(self) -> None:
-        """Push this node's presence forward and reconcile with everyone else's, a slice of
-        rooms per Redis round trip: building and parsing a whole node's worth at once (a
-        thousand entries) held the event loop long enough to show in relay latency."""
-        mine = list(self._mine())
-        for start in range(0, len(mine), BEAT_SLICE):
-            await self.fanout.present(mine[start:start + BEAT_SLICE])
-        names = list(self.rooms)
-        for start in range(0, len(names), BEAT_SLICE):
-            members = await self.fanout.members_of(names[start:start + BEAT_SLICE])
-            for name, present in members.items():
-                live = self.rooms.get(name)
-                if live is not None:
-                    self._reconcile(live, present)
-
-    def _mine(self) -> Iterable[tuple[str, Peer]]:
-        for room in self.rooms.values():
-            for pid in [*room.local, *room.leaving]:
-                if pid in room.peers and room.nodes.get(pid) == self.node_id:
-                    yield room.name, room.peers[pid]
-
-    def _reconcile(self, room: Room, present: dict[str, Presence]) -> None:
-        """Match the room to Redis presence: a missed pub/sub message or a dead node is
-        corrected here (people on other nodes whose entries expired are announced gone)."""
-        for pid in room.reconcile(present, self.node_id):
-            # Its own node died: someone must tell the gate (idempotent if several do).
-            self._tell_presence(ParticipantLeft, room, pid)
-
+    def _gone(self, room: Room, pid: str) -> None:
+        self._attendees.left(room.booking_id, pid)

@@ -16,13 +16,18 @@ from core.events import ConsentChanged, RecordingSwitched, TrackRecording
 from signaling.connection import Connection
 from signaling.fanout import Presence
 from signaling.protocol import (
+    ByeReason,
     Consent,
+    ConsentState,
+    IceServer,
     Peer,
     PeerJoined,
     PeerLeft,
+    PeerUpdated,
     Recording,
     RecordingState,
     RecordingSwitch,
+    Welcome,
     _Message,
     encode,
 )
@@ -46,6 +51,51 @@ class Room:
         for pid, conn in self.local.items():
             if pid != exclude:
                 conn.send(text)
+
+    def welcome(self, peer: Peer, ice_servers: list[IceServer], *, resumed: bool) -> Welcome:
+        """What `peer` is greeted with: everyone else present, every decision and what is
+        being recorded of whom."""
+        return Welcome(
+            id=peer.id, name=peer.name, role=peer.role, room=self.name,
+            peers=[p for pid, p in self.peers.items() if pid != peer.id],
+            consent=[
+                ConsentState(who=who, purpose=purpose, decision=decision)
+                for (who, purpose), decision in self.consent.items()
+            ],
+            recording=[
+                self.recording.get(pid, RecordingState(who=pid)) for pid in self.peers
+            ],
+            ice_servers=ice_servers, resumed=resumed,
+        )
+
+    def rename(self, pid: str, name: str) -> None:
+        """A name corrected: every page shows it."""
+        peer = self.peers.get(pid)
+        if peer is None or peer.name == name:
+            return
+        renamed = peer.model_copy(update={"name": name})
+        self.peers[pid] = renamed
+        conn = self.local.get(pid)
+        if conn is not None:
+            conn.peer = renamed
+        self.broadcast(PeerUpdated(peer=renamed))
+
+    def remote_join(self, peer: Peer, node: str) -> bool:
+        """Another node took `peer`'s socket. True when that replaced a socket here (the same
+        person connected again there: that one wins), so the room may now be unused."""
+        pid = peer.id
+        old = self.local.pop(pid, None)
+        if old is not None:
+            old.finish(ByeReason.REPLACED)
+        pending = self.leaving.pop(pid, None)
+        if pending is not None:
+            pending.cancel()
+        known = pid in self.peers
+        self.peers[pid] = peer
+        self.nodes[pid] = node
+        if not known:
+            self.broadcast(PeerJoined(peer=peer), exclude=pid)
+        return old is not None
 
     def apply_consent(self, event: ConsentChanged) -> None:
         """Remember a decision and tell the room."""
