@@ -7,6 +7,7 @@ held by one typed `api.services.Services` (`app.state.services`).
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
@@ -16,6 +17,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from api import problems
 from api.limits import BodyLimit, ForwardedClient
 from api.observability import Metrics, RequestContext
+from api.pauses import Pauses, freeze_startup
 from api.routers import admin_consent, admin_page, health, pages, ws
 from api.routers import bookings as bookings_router
 from api.routers import consent as consent_router
@@ -45,14 +47,17 @@ problems list every bad field under `errors`.
 
 
 class CallgateApp(FastAPI):
-    """FastAPI, with `POST /v1/join` answered ahead of it (api/routers/join.py), and the limits
-    of api/limits.py in front of both."""
+    """FastAPI, with `POST /v1/join` (api/routers/join.py) and the signaling WebSocket
+    (api/routers/ws.py) answered ahead of it, and the limits of api/limits.py in front."""
 
     join: join_router.JoinFastPath | None = None
     entry: ASGIApp | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.entry is not None:
+        room = ws.room_of(scope) if not self.root_path else None
+        if room is not None:  # the signaling socket, lean (api/routers/ws.py)
+            await ws.room_socket(self, room, scope, receive, send)
+        elif self.entry is not None:
             await self.entry(scope, receive, send)
         else:
             await self.dispatch(scope, receive, send)
@@ -67,10 +72,24 @@ class CallgateApp(FastAPI):
         await super().__call__(scope, receive, send)
 
 
+_frozen = False
+
+
+def _freeze_once() -> None:
+    """What the first app of the process built at startup is exempt from collection from now
+    on (api/pauses.py). Once per process: a test process builds many apps, and cycles among
+    frozen objects are never collected."""
+    global _frozen
+    if not _frozen and os.environ.get("S4SIG_NOFREEZE") is None:
+        _frozen = True
+        freeze_startup()
+
+
 def create_app(settings: Settings | None = None, *, clock: Clock | None = None) -> FastAPI:
     settings = settings or Settings()
     configure_logging(settings.log_level, json=settings.log_json)
     metrics = Metrics()
+    pauses = Pauses(metrics.registry)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -78,8 +97,10 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
         app.state.runtime = runtime
         async with AsyncExitStack() as stack:
             stack.push_async_callback(runtime.close)
+            await stack.enter_async_context(pauses)
             services = await Services.open(runtime, stack)
             app.state.services = services
+            _freeze_once()
             metrics.watch_ledger(
                 lambda: services.gate.integrity.standing if services.gate is not None else None
             )
@@ -102,7 +123,6 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
     app.include_router(consent_router.router)
     app.include_router(admin_consent.router)
     app.include_router(admin_page.router)
-    app.include_router(ws.router)
     app.include_router(recordings_router.router)
     app.include_router(livekit_router.router)
     app.include_router(pages.router)

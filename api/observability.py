@@ -77,6 +77,12 @@ def _task_count() -> float:
         return float("nan")
 
 
+def scope_request_id(scope: Scope) -> str:
+    """The caller's `X-Request-Id` when it is a plausible id, else a new one."""
+    incoming = dict(scope.get("headers") or ()).get(b"x-request-id", b"").decode("latin-1")
+    return incoming if _VALID_ID.match(incoming) else uuid.uuid4().hex
+
+
 class RequestContext:
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
@@ -86,8 +92,7 @@ class RequestContext:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        incoming = dict(scope.get("headers") or ()).get(b"x-request-id", b"").decode("latin-1")
-        request_id = incoming if _VALID_ID.match(incoming) else uuid.uuid4().hex
+        request_id = scope_request_id(scope)
         structlog.contextvars.bind_contextvars(request_id=request_id)
         status = 500
         started = time.perf_counter()

@@ -270,38 +270,44 @@ class Hub:
 
     # messages from the browser
 
-    async def handle(self, conn: Connection, raw: str) -> None:
+    def handle(self, conn: Connection, raw: str) -> Coroutine[Any, Any, None] | None:
+        """One message from the browser. Answered here, without a coroutine of its own (this
+        runs per relayed message); what is returned (a signal's hop to another node) is for
+        the caller to await."""
         if not conn.allow():
             conn.send(encode(Error(code=ErrorCode.RATE_LIMITED, detail="too many messages")))
             conn.finish(CloseCode.POLICY, "rate limit")
-            return
+            return None
         message = read_client(raw)
         if type(message) is Relay:
-            await self._relay(conn, message)
-        elif isinstance(message, Error):
+            return self._relay(conn, message)
+        if isinstance(message, Error):
             conn.send(encode(message))
         elif isinstance(message, Leave):  # deliberate: no reconnect grace
             conn.finish(CloseCode.NORMAL, "left")
         else:
             conn.send(PONG)
+        return None
 
-    async def _relay(self, conn: Connection, relay: Relay) -> None:
+    def _relay(self, conn: Connection, relay: Relay) -> Coroutine[Any, Any, None] | None:
         room = self.rooms.get(conn.room)
         to = relay.to
         if room is None or to == conn.peer.id or to not in room.peers:
             detail = f"no one with id {to!r} is in this room"
             conn.send(encode(Error(code=ErrorCode.UNKNOWN_PEER, detail=detail)))
-            return
+            return None
         # The relayed message is built once, as text, and never parsed again on its way.
         text = f"{conn.envelope}{relay.payload}}}"
         target = room.local.get(to)
         if target is not None:
             target.send(text)
-        elif room.nodes.get(to) != self.node_id:
-            await self.fanout.publish(
-                {"kind": "signal", "room": room.name, "to": to, "text": text},
-                node=room.nodes.get(to),
-            )
+            return None
+        node = room.nodes.get(to)
+        if node == self.node_id:
+            return None
+        return self.fanout.publish(
+            {"kind": "signal", "room": room.name, "to": to, "text": text}, node=node
+        )
 
     # events from the bus and from other nodes
 
