@@ -7,7 +7,6 @@ held by one typed `api.services.Services` (`app.state.services`).
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
@@ -80,7 +79,7 @@ def _freeze_once() -> None:
     on (api/pauses.py). Once per process: a test process builds many apps, and cycles among
     frozen objects are never collected."""
     global _frozen
-    if not _frozen and os.environ.get("S4SIG_NOFREEZE") is None:
+    if not _frozen:
         _frozen = True
         freeze_startup()
 

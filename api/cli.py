@@ -51,6 +51,8 @@ def serve(
         # Signaling frames are limited to 64 KiB (docs/signaling.md): refuse bigger ones (1009)
         # before buffering them, and skip per-socket deflate state (small JSON messages).
         ws_max_size=64 * 1024, ws_per_message_deflate=False,
+        # Less held per open socket, no WebSocket pings (api/wsprotocol.py).
+        ws="api.wsprotocol:SignalingProtocol",
     )
 
 

@@ -101,7 +101,7 @@ class Connection:
         self._burst = rate_per_s * 2
         self._tokens = self._burst
         self._stamp = self.last_seen
-        self._outbox: deque[str | _Close] = deque()
+        self._outbox: deque[str | _Close] | None = None  # made when a send first has to wait
         self._writer: asyncio.Task[None] | None = None
 
     def send(self, text: str) -> None:
@@ -110,12 +110,14 @@ class Connection:
         if self._writer is None and not self._outbox:
             self._send_now(text)
             return
-        if len(self._outbox) >= QUEUE_LIMIT:  # a browser that does not read: drop it
+        if self._outbox is not None and len(self._outbox) >= QUEUE_LIMIT:  # a browser that does not read: drop it
             self.finish(CloseCode.POLICY, "not reading")
             return
         self._push(text)
 
     def _push(self, item: str | _Close) -> None:
+        if self._outbox is None:
+            self._outbox = deque()
         self._outbox.append(item)
         if self._writer is None:
             self._writer = asyncio.get_running_loop().create_task(self._drain())
@@ -161,19 +163,21 @@ class Connection:
         try:
             if started is not None:
                 await started
-            while self._outbox:
-                item = self._outbox.popleft()
+            outbox = self._outbox
+            while outbox:
+                item = outbox.popleft()
                 if isinstance(item, _Close):
-                    self._outbox.clear()
+                    outbox.clear()
                     with contextlib.suppress(Exception):
                         await self.transport.close(item.code, item.reason)
                     return
                 await self.transport.send_text(item)
+            self._outbox = None  # drained: an idle socket holds no queue
         except asyncio.CancelledError:
             raise
         except Exception:  # the socket went away; the reader side notices and detaches
             # (as a dropped socket, so the reconnect grace still applies)
-            self._outbox.clear()
+            self._outbox = None
         finally:
             if self._writer is asyncio.current_task():  # (not a successor after cancel())
                 self._writer = None
@@ -188,6 +192,6 @@ class Connection:
         """Drop what is queued or being sent (a writer cancelled before it ever ran would
         not clear itself)."""
         writer, self._writer = self._writer, None
-        self._outbox.clear()
+        self._outbox = None
         if writer is not None:
             writer.cancel()
