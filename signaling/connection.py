@@ -110,7 +110,8 @@ class Connection:
         if self._writer is None and not self._outbox:
             self._send_now(text)
             return
-        if self._outbox is not None and len(self._outbox) >= QUEUE_LIMIT:  # a browser that does not read: drop it
+        if self._outbox is not None and len(self._outbox) >= QUEUE_LIMIT:
+            # a browser that does not read: drop it
             self.finish(CloseCode.POLICY, "not reading")
             return
         self._push(text)

@@ -56,7 +56,6 @@ from signaling.protocol import (
     Pong,
     RecordingState,
     Relay,
-    Signal,
     encode,
     read_client,
 )
@@ -362,22 +361,8 @@ class Hub:
 
     def _on_room_event(self, data: dict[str, Any], node: str) -> None:
         room = self.rooms.get(str(data.get("room")))
-        if room is None:
-            return
-        kind = data.get("kind")
-        if kind == "signal":
-            target = room.local.get(str(data["to"]))
-            if target is not None:
-                text = data.get("text")
-                if not isinstance(text, str):  # from a node of the version before "text"
-                    sender, payload = str(data["from"]), data["payload"]
-                    text = encode(Signal.model_construct(from_=sender, payload=payload))
-                target.send(text)
-        elif kind == "join":
-            if room.remote_join(Peer.model_validate(data["peer"]), node):
-                self._drop_if_unused(room)  # (never while a local socket is being attached)
-        elif kind == "leave":
-            room.remote_leave(str(data["id"]), node)
+        if room is not None and room.on_frame(data, node):
+            self._drop_if_unused(room)  # (never while a local socket is being attached)
 
     # housekeeping: window end, idle sockets, presence heartbeat
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from consent.purposes import Decision
 from core.events import ConsentChanged, RecordingSwitched, TrackRecording
@@ -27,6 +28,7 @@ from signaling.protocol import (
     Recording,
     RecordingState,
     RecordingSwitch,
+    Signal,
     Welcome,
     _Message,
     encode,
@@ -79,6 +81,24 @@ class Room:
         if conn is not None:
             conn.peer = renamed
         self.broadcast(PeerUpdated(peer=renamed))
+
+    def on_frame(self, data: dict[str, Any], node: str) -> bool:
+        """A room event from node `node` (signaling/fanout.py). True when it replaced a
+        socket here, so the room may now be unused."""
+        kind = data.get("kind")
+        if kind == "signal":
+            target = self.local.get(str(data["to"]))
+            if target is not None:
+                text = data.get("text")
+                if not isinstance(text, str):  # from a node of the version before "text"
+                    sender, payload = str(data["from"]), data["payload"]
+                    text = encode(Signal.model_construct(from_=sender, payload=payload))
+                target.send(text)
+        elif kind == "join":
+            return self.remote_join(Peer.model_validate(data["peer"]), node)
+        elif kind == "leave":
+            self.remote_leave(str(data["id"]), node)
+        return False
 
     def remote_join(self, peer: Peer, node: str) -> bool:
         """Another node took `peer`'s socket. True when that replaced a socket here (the same

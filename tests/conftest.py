@@ -106,7 +106,10 @@ async def app(settings: Settings, clock: ManualClock) -> AsyncIterator[FastAPI]:
 async def ws_base(app: FastAPI) -> AsyncIterator[str]:
     """The app (lifespan already running) served by a real uvicorn on a free port: `ws://...`."""
     port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off", log_level="error")
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, lifespan="off", log_level="error",
+        ws="api.wsprotocol:SignalingProtocol",  # as `callgate serve` runs it
+    )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     async with asyncio.timeout(10):

@@ -104,6 +104,19 @@ async def test_a_ticket_works_once(ws_base: str, runtime: Runtime, seeded: Seede
     await first.close()
 
 
+async def test_a_malformed_query_is_refused_with_a_close_code_and_the_ticket_kept(
+    ws_base: str, runtime: Runtime, seeded: Seeded
+) -> None:
+    too_long = await open_socket(ws_base, seeded.room, "t" * 513, ORIGIN)
+    assert await closed_with(too_long) == (4401, [])
+    ticket = ticket_for(runtime.keys, seeded, seeded.host, runtime.clock.now())
+    unclear = await open_socket(ws_base, seeded.room, f"{ticket}&hold=maybe", ORIGIN)
+    assert await closed_with(unclear) == (1008, [])
+    admitted = await open_socket(ws_base, seeded.room, ticket, ORIGIN)  # not used up above
+    assert (await receive(admitted))["type"] == "welcome"
+    await admitted.close()
+
+
 async def test_foreign_origin_is_refused_without_burning_the_ticket(
     ws_base: str, runtime: Runtime, seeded: Seeded
 ) -> None:
