@@ -4,8 +4,9 @@ Rooms of two (host and client). Each relayed message is a `signal` from the host
 with its send time, read by the client; latency = client receive - host send, measured in
 this process (one clock). The load is open loop at RATE messages/s (paced, not "as fast as
 possible", so latency is not queueing behind our own backlog), then closed loop for the
-saturation rate, in rounds alternating with the bare relay. Baseline in the same run: a bare `websockets` relay server (no JSON, no
-admission) with the same clients and the same load.
+saturation rate, in rounds alternating with the bare relay. Baseline in the same run: a
+bare `websockets` relay server (no JSON, no admission) with the same clients and the same
+load.
 
 Each server is measured once it is quiet: the 1,000 admissions leave work behind them
 (attendance rows, outbox events, webhook deliveries) that the relay would otherwise share the
