@@ -6,7 +6,8 @@ uvicorn's protocol keeps, per socket, an `asyncio.Queue` (three deques and an Ev
 fourth, about 3 KiB) for what is usually one message at a time, an `asyncio.Event` for write
 flow control, the handshake's request and answer with their headers after they are done
 with, and a keepalive ping timer. This subclass keeps the same behaviour with a list and a
-future in place of the queue and the event, lets go of the handshake once answered, and sends
+future in place of the queue and the event, lets go of the handshake once answered, stops
+reading a socket only when several messages wait (uvicorn does after each one), and sends
 no WebSocket pings: the call page pings every 15 s and the hub closes a socket that sent
 nothing for `signaling_idle_timeout_s` (docs/signaling.md), which also finds dead peers.
 
@@ -21,6 +22,8 @@ import asyncio
 from typing import Any
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+
+PAUSE_AFTER = 8  # messages waiting for the app before the socket is no longer read
 
 
 class _Inbox:
@@ -41,6 +44,9 @@ class _Inbox:
 
     def empty(self) -> bool:
         return not self._items
+
+    def __len__(self) -> int:
+        return len(self._items)
 
     async def get(self) -> Any:
         while not self._items:
@@ -92,6 +98,19 @@ class SignalingProtocol(WebSocketsSansIOProtocol):
         super().__init__(*args, **kwargs)
         self.queue = _Inbox()  # type: ignore[assignment]
         self.writable = _Writable()  # type: ignore[assignment]
+
+    def send_receive_event_to_app(self) -> None:
+        """uvicorn stops reading the socket after every message until the app has taken it
+        (two calls into the event loop per message, and an epoll change); here only once
+        `PAUSE_AFTER` messages wait, and reading resumes, as in uvicorn, once the app has
+        taken them all. A flooder is closed by the hub's rate limit long before."""
+        paused = self.read_paused
+        self.read_paused = True  # (uvicorn pauses only when this is False)
+        super().send_receive_event_to_app()
+        self.read_paused = paused
+        if not paused and len(self.queue) >= PAUSE_AFTER:  # type: ignore[arg-type]
+            self.read_paused = True
+            self.transport.pause_reading()
 
     def start_keepalive(self) -> None:
         """Called once the handshake's answer is written, the place to let go of it: the

@@ -626,7 +626,15 @@ def report(
         (api/pauses.py; histogram buckets, so a longest pause is a range): how late a 10 ms
         timer on the event loop fired (any cause), and the cyclic garbage collector's
         collections by generation (count, longest, how many over 10 ms). Objects built at
-        startup are frozen out of collection (`gc.freeze()`).
+        startup are frozen out of collection (`gc.freeze()`) and the collector's thresholds
+        are (10,000, 10, 100), so a full collection walks only the sockets' objects and comes
+        minutes apart; what remains in the loop lag is the node falling behind the offered
+        load (each loop iteration then handles a backlog) and the machine lending the core
+        to other processes. Where a node's CPU goes (py-spy, one node at 5,000/s, not
+        re-measured by this benchmark): most in the socket writes, the event loop's own code
+        and the WebSocket frame parsing, which the bare relay does too; reading a message
+        (`read_client`) about 2%; a good part of the rest in the node's periodic database
+        work (webhook sender, ledger integrity watch, lifecycle sweep).
 
         | server | loop lag (timer firings) | gen 0 collections | gen 1 | gen 2 (full) | quiet, s |
         |---|---|---|---|---|---|

@@ -116,7 +116,8 @@ def start_server(
         sys.executable, "-m", "uvicorn", "api.app:create_app", "--factory",
         "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
         "--ws-max-size", str(64 * 1024), "--ws-per-message-deflate", "false",
-        "--ws", "api.wsprotocol:SignalingProtocol",  # as `callgate serve` runs it
+        # as `callgate serve` runs it: its WebSocket protocol, X-Forwarded-For read by the app
+        "--ws", "api.wsprotocol:SignalingProtocol", "--no-proxy-headers",
     ]
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
