@@ -13,6 +13,7 @@ from datetime import datetime
 
 from cryptography.exceptions import InvalidTag
 from sqlalchemy import LargeBinary, String, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -41,12 +42,18 @@ async def access_data_key(
     row = await session.get(DataKey, external_id)
     if row is None:
         key = Keyring.new_data_key()
-        session.add(
-            DataKey(external_id=external_id, wrapped=keys.wrap(key, _context(external_id)),
-                    created_at=now)
+        made = DataKey(
+            external_id=external_id, wrapped=keys.wrap(key, _context(external_id)), created_at=now
         )
-        await session.flush()
-        return key
+        try:
+            async with session.begin_nested():  # a savepoint: the caller's transaction lives on
+                session.add(made)
+        except IntegrityError:  # the person's other page made it at the same moment: theirs
+            row = await session.get(DataKey, external_id, populate_existing=True)
+            if row is None:
+                raise
+        else:
+            return key
     if row.wrapped is None:
         raise Gone("this person's data key was destroyed (erased)")
     try:
