@@ -249,6 +249,10 @@ class Settings(BaseSettings):
         default=3600, ge=0,
         description="How often the retention purge runs (s); 0 turns the periodic purge off.",
     )
+    heap_trim_interval_s: float = Field(
+        default=60, ge=0, description="How often each node gives the C heap's free memory back "
+        "to the system (glibc `malloc_trim`, s); 0 turns it off. See core/heap.py.",
+    )
     lifecycle_sweep_interval_s: float = Field(
         default=1, ge=0, description="How often each node sweeps bookings through their "
         "lifecycle (s); 0 turns the periodic sweep off.",
