@@ -15,6 +15,14 @@ Every `SAMPLE_S` it reads the server's resident memory, open file descriptors an
 values after warm-up and at the end, every unexpected answer, and plots the curves as a PNG in
 bench/results/. No baseline process: the comparison is the node with itself, after warm-up
 against the end.
+
+`CALLGATE_SOAK_PROBE=N` (a leak hunt) runs the server through `bench._traced` and every
+`PROBE_S` asks it where its memory is: resident, the C heap as glibc counts it (in use, kept
+free, mmapped), pymalloc's arenas, and with N > 0 tracemalloc (N frames per allocation,
+started once the node answers; tracing slows the node several times, so the churn is not
+the measured one then). At the end it asks glibc to give back free heap (`malloc_trim`) and
+probes again. bench/results/soak-probe.txt gets the table and, when tracing, the allocations
+that grew most from the first probe after warm-up to the last, grouped by traceback.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ import os
 import random
 import re
 import secrets
+import signal
 import subprocess
 import sys
 import tempfile
@@ -61,6 +70,8 @@ RECORDED = 4
 SECRET = "soak-server-secret-" + "s" * 32
 MASTER = base64.b64encode(b"s" * 32).decode()
 RESULTS = Path(__file__).resolve().parent / "results"
+PROBE = os.environ.get("CALLGATE_SOAK_PROBE")
+PROBE_S = 30.0
 
 
 @dataclass
@@ -126,19 +137,26 @@ def _proc(pid: int) -> tuple[float, int, int]:
 
 
 async def _tasks(client: httpx.AsyncClient, key: str) -> int:
-    text = (await client.get("/metrics", headers={"Authorization": f"Bearer {key}"})).text
+    try:
+        text = (await client.get("/metrics", headers={"Authorization": f"Bearer {key}"})).text
+    except httpx.TransportError:
+        return -1
     found = re.search(r"^callgate_asyncio_tasks ([0-9.e+]+)$", text, re.M)
     return int(float(found.group(1))) if found else -1
 
 
-async def _paced(rate: float, until: float, step: Any) -> None:
-    """Call `step()` `rate` times a second until `until`, on a fixed schedule (no drift)."""
+async def _paced(rate: float, until: float, step: Any, what: str, t: Tally) -> None:
+    """Call `step()` `rate` times a second until `until`, on a fixed schedule (no drift); a
+    step that raises (a timeout) is counted as an error of `what`, and the schedule goes on."""
     began, n = time.monotonic(), 0
     while (now := time.monotonic()) < until:
         wait = began + n / rate - now
         if wait > 0:
             await asyncio.sleep(wait)
-        await step()
+        try:
+            await step()
+        except Exception as exc:
+            t.fail(f"{what} ({type(exc).__name__})")
         n += 1
 
 
@@ -147,14 +165,18 @@ async def _joins(client: httpx.AsyncClient, people: list[str], until: float, t: 
         response = await client.post("/v1/join", json={"credential": random.choice(people)})
         (t.ok if response.status_code == 200 else t.fail)("join")
 
-    await _paced(JOINS_PER_S, until, step)
+    await _paced(JOINS_PER_S, until, step, "join", t)
 
 
 async def _socket_loop(
     client: httpx.AsyncClient, people: list[str], origin: str, until: float, t: Tally
 ) -> None:
     while time.monotonic() < until:
-        joined = await client.post("/v1/join", json={"credential": random.choice(people)})
+        try:
+            joined = await client.post("/v1/join", json={"credential": random.choice(people)})
+        except httpx.TransportError as exc:
+            t.fail(f"socket-join ({type(exc).__name__})")
+            continue
         if joined.status_code != 200:
             t.fail("socket-join")
             await asyncio.sleep(1)
@@ -204,7 +226,7 @@ async def _decisions(
         else:
             t.fail("decision")
 
-    await _paced(DECISIONS_PER_S, until, step)
+    await _paced(DECISIONS_PER_S, until, step, "decision", t)
 
 
 async def _switching(
@@ -219,7 +241,7 @@ async def _switching(
         )
         (t.ok if response.status_code == 200 else t.fail)("recording-switch")
 
-    await _paced(2.0, until, step)
+    await _paced(2.0, until, step, "recording-switch", t)
 
 
 async def _recorded(
@@ -254,12 +276,54 @@ async def _sample(
     client: httpx.AsyncClient, key: str, pid: int, began: float, until: float,
     samples: list[Sample],
 ) -> None:
+    next_probe = began
     while time.monotonic() < until:
         rss, fds, threads = _proc(pid)
         samples.append(
             Sample(time.monotonic() - began, rss, fds, threads, await _tasks(client, key))
         )
+        if PROBE is not None and time.monotonic() >= next_probe:
+            os.kill(pid, signal.SIGUSR1)  # bench._traced writes a line (and a snapshot)
+            next_probe += PROBE_S
         await asyncio.sleep(SAMPLE_S)
+
+
+def _probe_report(folder: Path, path: Path) -> None:
+    """The probe's table in MiB, and what grew between snapshots, by traceback."""
+    import tracemalloc
+
+    rows = (folder / "sizes.txt").read_text().splitlines()
+    mib = 2**20
+    lines = [
+        "MiB (py-arenas: pymalloc arenas of 1 MiB each)",
+        "probe  at      resident  traced  C-used  C-free  C-mmap  py-arenas  py-used",
+    ]
+    for row in rows[1:]:
+        n, rss, traced, used, free, mmap, arenas, py_used, note = row.split()
+        lines.append(
+            f"{n:>5}  {note:10} {int(rss) / 1024:7.1f} {int(traced) / mib:7.1f} "
+            f"{int(used) / mib:7.1f} {int(free) / mib:7.1f} {int(mmap) / mib:7.1f} "
+            f"{int(arenas):9d} {int(py_used) / mib:8.1f}"
+        )
+    last_probe = len(rows) - 3  # before the trim
+    tasks = folder / f"tasks-{last_probe}.txt"
+    if tasks.exists():
+        lines += ["\nTasks at the last probe, by coroutine and where each waits:"]
+        lines.append(tasks.read_text())
+    snaps = sorted(folder.glob("snap-*.pickle"), key=lambda p: int(p.stem.split("-")[1]))
+    settled = snaps[int(WARMUP_S // PROBE_S) + 1:]
+    if len(settled) >= 2:
+        first = tracemalloc.Snapshot.load(str(settled[0]))
+        last = tracemalloc.Snapshot.load(str(settled[-1]))
+        lines.append(f"\nGrowth {settled[0].name} -> {settled[-1].name}, by traceback:")
+        for stat in last.compare_to(first, "traceback")[:30]:
+            lines.append(
+                f"\n{stat.size_diff / 1024:+10.1f} KiB {stat.count_diff:+8d} blocks"
+                f" (now {stat.size / 1024:.1f} KiB)"
+            )
+            lines.extend(f"    {line}" for line in stat.traceback.format(most_recent_first=True))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
 
 
 def _plot(samples: list[Sample], path: Path) -> None:
@@ -322,11 +386,15 @@ async def run() -> str:
             finally:
                 await runtime.close()
             video, audio = encode_vp8(90, width=320, height=240, bit_rate=300_000), encode_opus(50)
+            server, env = ["-m", "uvicorn"], _env(settings)
+            probes = Path(tmp) / "probes"
+            if PROBE is not None:
+                server = ["-m", "bench._traced", str(probes), PROBE]
             process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "uvicorn", "api.app:create_app", "--factory",
+                sys.executable, *server, "api.app:create_app", "--factory",
                 "--host", "127.0.0.1", "--port", str(port), "--loop", "uvloop",
                 "--http", "httptools", "--no-access-log", "--log-level", "warning",
-                env=_env(settings), stdout=subprocess.DEVNULL,
+                env=env, stdout=subprocess.DEVNULL,
             )
             try:
                 async with httpx.AsyncClient(base_url=base, timeout=30) as client:
@@ -351,9 +419,14 @@ async def run() -> str:
                     samples.append(Sample(time.monotonic() - began, rss, fds, threads,
                                           await _tasks(client, key)))
                     files = sum(1 for _ in (Path(tmp) / "recordings").rglob("*") if _.is_file())
+                    if PROBE is not None:
+                        await _probe(process.pid, probes, signal.SIGUSR1)
+                        await _probe(process.pid, probes, signal.SIGUSR2)  # malloc_trim
             finally:
                 process.terminate()
                 await asyncio.wait_for(process.wait(), 30)
+            if PROBE is not None:
+                _probe_report(probes, RESULTS / "soak-probe.txt")
     finally:
         await _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     _plot(samples, png)
@@ -367,6 +440,17 @@ def socket_port() -> Any:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         yield sock.getsockname()[1]
+
+
+async def _probe(pid: int, folder: Path, signum: int) -> None:
+    """Ask `bench._traced` for a probe and wait until its line is written."""
+    sizes = folder / "sizes.txt"
+    wanted = 1 + (len(sizes.read_text().splitlines()) if sizes.exists() else 0)
+    os.kill(pid, signum)
+    for _ in range(600):
+        if sizes.exists() and len(sizes.read_text().splitlines()) >= wanted:
+            return
+        await asyncio.sleep(0.5)
 
 
 async def _ready(client: httpx.AsyncClient, process: asyncio.subprocess.Process) -> None:
