@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
 
@@ -54,15 +53,6 @@ WATCHED = (
 )
 
 
-@dataclass
-class Stay:
-    """One presence interval of a person in a live session."""
-
-    subject_id: uuid.UUID
-    joined_at: datetime
-    left_at: datetime | None = None
-
-
 class LiveGate:
     """Consent answers for live sessions; enter it on the app lifespan (`async with`)."""
 
@@ -77,7 +67,6 @@ class LiveGate:
         self._health_interval = health_interval_s
         self._retry_s = retry_s
         self._bookings: dict[uuid.UUID, BookingConsent] = {}
-        self._stays: dict[uuid.UUID, list[Stay]] = {}
         self._subscribed = False
         self._db_ok = False
         self._checked_at: float | None = None  # time.monotonic() of the last good check
@@ -180,25 +169,15 @@ class LiveGate:
         state = self._bookings.get(booking_id)
         if state is not None:
             state.present.add(subject_id)
-        stays = self._stays.setdefault(booking_id, [])
-        if not any(s.subject_id == subject_id and s.left_at is None for s in stays):
-            stays.append(Stay(subject_id, self._rt.clock.now()))
 
     def left(self, booking_id: uuid.UUID, subject_id: uuid.UUID) -> None:
         state = self._bookings.get(booking_id)
         if state is not None:
             state.present.discard(subject_id)
-        for stay in self._stays.get(booking_id, []):
-            if stay.subject_id == subject_id and stay.left_at is None:
-                stay.left_at = self._rt.clock.now()
 
     def present(self, booking_id: uuid.UUID) -> frozenset[uuid.UUID]:
         state = self._bookings.get(booking_id)
         return frozenset(state.present) if state is not None else frozenset()
-
-    def presence(self, booking_id: uuid.UUID) -> list[Stay]:
-        """Presence intervals this node saw (for the admin timeline)."""
-        return list(self._stays.get(booking_id, []))
 
     def _load_soon(self, booking_id: uuid.UUID) -> None:
         if booking_id in self._loading:

@@ -143,6 +143,12 @@ async def end_all_stays(
             end_stay(session, booking, person, stay, at, how)
 
 
+async def booking_stays(session: AsyncSession, booking_id: uuid.UUID) -> list[Stay]:
+    """Every stay in the booking, in the order people came in."""
+    query = select(Stay).where(Stay.booking_id == booking_id).order_by(Stay.joined_at)
+    return list((await session.scalars(query)).all())
+
+
 async def attended(session: AsyncSession, booking_id: uuid.UUID) -> set[uuid.UUID]:
     """Who came in at least once."""
     query = select(Stay.participant_id).where(Stay.booking_id == booking_id).distinct()
@@ -161,8 +167,7 @@ class PersonAttendance:
 async def get_attendance(
     session: AsyncSession, booking: Booking, now: datetime
 ) -> list[PersonAttendance]:
-    query = select(Stay).where(Stay.booking_id == booking.id).order_by(Stay.joined_at)
-    stays = list((await session.scalars(query)).all())
+    stays = await booking_stays(session, booking.id)
     decided = booking.status in (BookingStatus.ENDED, BookingStatus.CLOSED)
     out: list[PersonAttendance] = []
     for person in booking.participants:

@@ -52,6 +52,7 @@ from core.bus import publish_all
 from core.errors import InvalidInput, NotFound, Unavailable
 from core.inputs import FILLED_PARAGRAPH_PATTERN, Instant, Line, Paragraph
 from media.recordings import Recording
+from signaling.attendance import booking_stays
 
 router = APIRouter(prefix="/v1/admin", tags=["admin: consent"])
 
@@ -323,7 +324,7 @@ async def export_checkpoints(runtime: RuntimeDep, _caller: ReviewerCaller) -> JS
     responses=responses(401, 403, 404),
 )
 async def consent_timeline(
-    runtime: RuntimeDep, gate: GateDep, caller: ReviewerCaller, booking_id: uuid.UUID
+    runtime: RuntimeDep, caller: ReviewerCaller, booking_id: uuid.UUID
 ) -> dict[str, Any]:
     async with runtime.db.session() as session:
         booking = await session.get(Booking, booking_id)
@@ -335,7 +336,7 @@ async def consent_timeline(
             .order_by(Recording.started_at)
         )
         recordings = list((await session.execute(query)).scalars())
-    stays = gate.presence(booking_id) if gate is not None else []
+        stays = await booking_stays(session, booking_id)  # attendance, as every node stored it
     return {
         "booking": {
             "id": str(booking.id),
@@ -358,7 +359,7 @@ async def consent_timeline(
         "entries": [entry_view(e) for e in entries],
         "presence": [
             {
-                "subject_id": str(s.subject_id),
+                "subject_id": str(s.participant_id),
                 "joined_at": s.joined_at.isoformat(),
                 "left_at": s.left_at.isoformat() if s.left_at else None,
             }

@@ -16,6 +16,7 @@ from core.accounts import Scope
 from core.clock import ManualClock
 from core.runtime import Runtime
 from media.recordings import Recording, RecordingState, TrackKind
+from signaling.attendance import LeaveHow, do_mark_joined, do_mark_left
 from tests.support.bookings import bearer
 from tests.support.consent import decide
 from tests.support.consent_bookings import Seeded, seed_booking
@@ -204,11 +205,12 @@ async def test_booking_timeline_with_presence(
     world: tuple[Seeded, Seeded],
 ) -> None:
     first, _ = world
-    gate = app.state.services.gate
-    gate.joined(first.booking_id, first.people[0].id)
-    gate.joined(first.booking_id, first.people[1].id)
-    gate.left(first.booking_id, first.people[1].id)
     runtime: Runtime = app.state.runtime
+    # Attendance as the hub (on any node) or LiveKit's webhooks store it.
+    now = runtime.clock.now()
+    await do_mark_joined(runtime, first.booking_id, first.people[0].id, now)
+    await do_mark_joined(runtime, first.booking_id, first.people[1].id, now)
+    await do_mark_left(runtime, first.booking_id, first.people[1].id, now, LeaveHow.LEFT)
     started = runtime.clock.now() - timedelta(minutes=6)
     async with runtime.db.session() as session:
         session.add(
@@ -242,7 +244,7 @@ async def test_booking_timeline_with_presence(
     ]
     presence = {p["subject_id"]: p for p in body["presence"]}
     assert presence[str(first.people[0].id)]["left_at"] is None
-    assert presence[str(first.people[1].id)]["left_at"] is not None
+    assert presence[str(first.people[1].id)]["left_at"] == now.isoformat()
     missing = await client.get(
         "/v1/admin/bookings/00000000-0000-0000-0000-000000000000/consent-timeline", headers=key
     )
