@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from api.subjects import privacy_service
 from consent.live import LiveGate
-from core.heap import HeapTrim
+from core.heap import fix_thresholds
 from core.runtime import Runtime
 from core.webhooks import Sender
 from media.audio import RecordedAudio
@@ -46,7 +46,7 @@ class Services:
     @classmethod
     async def open(cls, runtime: Runtime, stack: AsyncExitStack) -> Services:
         """Enter every service on `stack`, in the order they depend on each other."""
-        await stack.enter_async_context(HeapTrim(runtime.settings.heap_trim_interval_s))
+        fix_thresholds(runtime.settings.heap_threshold_kib)
         gate = await stack.enter_async_context(LiveGate(runtime))
         built: list[Services] = []
 

@@ -1,66 +1,36 @@
-"""Giving the C heap's free memory back to the system now and then (glibc's `malloc_trim`).
+"""Fixed thresholds for glibc's malloc, so the C heap does not grow under churn.
 
-Python hands every object over 512 bytes (request bodies, SDP, media frames, JSON) to the C
-allocator. glibc keeps what is freed for reuse and returns it to the system only from the top
-of the heap, and only past a threshold it raises itself after large blocks were freed; free
-pages between live blocks stay resident. In the soak (bench/soak.py, probed with
-`CALLGATE_SOAK_PROBE=0`) the bytes in use by C allocations stayed flat at about 52 MiB while
-the free bytes glibc kept grew from 10 to 18 MiB in three minutes, resident memory with them;
-one `malloc_trim(0)` gave back 12-15 MiB, and fewer arenas (`MALLOC_ARENA_MAX=2`) changed
-nothing. So every node trims periodically: the call releases every whole free page of every
-arena (`madvise`), takes a few milliseconds, and is a no-op where the C library is not glibc.
+Python hands every object over 512 bytes (request bodies, SDP, media frames, TLS buffers of
+database connections) to the C allocator. glibc serves blocks from 128 KiB up with their own
+mmap, given back on free, but it raises that threshold to the size of each such block freed
+(up to 32 MiB) and the heap's trim threshold to twice that: after the first freed 256 KiB
+buffer, every buffer of that size comes from the heap, and free memory at the heap's top is
+kept. In the soak (bench/soak.py) the C heap's bytes in use stayed flat at about 51 MiB while
+the free bytes glibc kept grew from 10 to 20 MiB in three minutes, and resident memory with
+them; one `malloc_trim(0)` at the end gave back 10-15 MiB. Fewer arenas
+(`MALLOC_ARENA_MAX=2`) changed nothing, nor did trimming once a minute. Both thresholds fixed
+at 128 KiB (setting them turns the adjustment off): resident memory stayed flat and the final
+trim found 2 MiB to give back. `mallopt` is glibc's; elsewhere this does nothing.
 """
 
 from __future__ import annotations
 
-import asyncio
 import ctypes
-from collections.abc import Callable
-from types import TracebackType
 
-import structlog
-
-from core.tasks import stop_tasks
-
-log = structlog.get_logger(__name__)
-
-Trim = Callable[[], object]
+M_TRIM_THRESHOLD = -1  # glibc's malloc.h
+M_MMAP_THRESHOLD = -3
 
 
-def glibc_trim() -> Trim | None:
-    """`malloc_trim(0)` of this process's glibc, or None with another C library."""
+def fix_thresholds(kib: int) -> bool:
+    """Serve blocks of `kib` KiB and more by mmap and give back free heap tops over that
+    size, from now on; False when `kib` is 0 or the C library is not glibc."""
+    if kib <= 0:
+        return False
     try:
-        function = ctypes.CDLL("libc.so.6").malloc_trim
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
     except (OSError, AttributeError):  # musl, macOS: they return memory their own way
-        return None
-    function.argtypes = [ctypes.c_size_t]
-    function.restype = ctypes.c_int
-    return lambda: function(0)
-
-
-class HeapTrim:
-    """Trims the C heap every `interval_s` (0: never); enter it on the app lifespan."""
-
-    def __init__(self, interval_s: float, trim: Trim | None = None) -> None:
-        self._interval_s = interval_s
-        self._trim = trim if trim is not None else glibc_trim()
-        self._task: asyncio.Task[None] | None = None
-
-    async def __aenter__(self) -> HeapTrim:
-        if self._interval_s > 0 and self._trim is not None:
-            self._task = asyncio.create_task(self._run(self._trim), name="heap-trim")
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await stop_tasks([self._task])
-
-    async def _run(self, trim: Trim) -> None:
-        while True:
-            await asyncio.sleep(self._interval_s)
-            try:
-                trim()
-            except Exception:  # never worth stopping the node for
-                log.warning("heap.trim_failed", exc_info=True)
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    size = kib * 1024
+    return bool(mallopt(M_MMAP_THRESHOLD, size)) and bool(mallopt(M_TRIM_THRESHOLD, size))

@@ -249,9 +249,11 @@ class Settings(BaseSettings):
         default=3600, ge=0,
         description="How often the retention purge runs (s); 0 turns the periodic purge off.",
     )
-    heap_trim_interval_s: float = Field(
-        default=60, ge=0, description="How often each node gives the C heap's free memory back "
-        "to the system (glibc `malloc_trim`, s); 0 turns it off. See core/heap.py.",
+    heap_threshold_kib: int = Field(
+        default=128, ge=0, le=32 * 1024, description="C allocations of this size and more are "
+        "mmapped and free heap tops over it given back (glibc `mallopt`, KiB), fixed so the "
+        "heap does not grow under churn; 0 keeps glibc's own moving thresholds. See "
+        "core/heap.py.",
     )
     lifecycle_sweep_interval_s: float = Field(
         default=1, ge=0, description="How often each node sweeps bookings through their "

@@ -1,55 +1,36 @@
-"""The node gives the C heap's free memory back on a schedule (core/heap.py): trims while
-entered, stops when left, never with the interval 0, and a failing trim does not stop it."""
+"""glibc's malloc thresholds fixed (core/heap.py): a large block freed no longer moves large
+blocks after it into the heap, where their memory would stay after they are freed."""
 
 from __future__ import annotations
 
-import asyncio
 import ctypes
 
-from core.heap import HeapTrim, glibc_trim
-from tests.support.waiting import eventually
+from core.heap import fix_thresholds
 
 
-async def test_trims_every_interval_until_left() -> None:
-    calls: list[int] = []
-    async with HeapTrim(0.01, trim=lambda: calls.append(1)):
-        await eventually(lambda: len(calls) >= 3, "three trims")
-    seen = len(calls)
-    await asyncio.sleep(0.05)
-    assert len(calls) == seen
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+        "fordblks", "keepcost",
+    )]
 
 
-async def test_interval_zero_never_trims() -> None:
-    calls: list[int] = []
-    async with HeapTrim(0, trim=lambda: calls.append(1)):
-        await asyncio.sleep(0.05)
-    assert calls == []
-
-
-async def test_a_failing_trim_is_tried_again() -> None:
-    calls: list[int] = []
-
-    def trim() -> None:
-        calls.append(1)
-        raise OSError("no")
-
-    async with HeapTrim(0.01, trim=trim):
-        await eventually(lambda: len(calls) >= 2, "a second trim after a failure")
-
-
-def test_glibc_trim_returns_free_heap() -> None:
-    trim = glibc_trim()
-    assert trim is not None  # the images and this machine run glibc
-    libc = ctypes.CDLL("libc.so.6")
+def test_large_blocks_stay_mmapped_after_a_larger_one_was_freed() -> None:
+    libc = ctypes.CDLL("libc.so.6")  # the images and this machine run glibc
     libc.malloc.restype = ctypes.c_void_p
+    libc.malloc.argtypes = [ctypes.c_size_t]
     libc.free.argtypes = [ctypes.c_void_p]
-    # Every other block freed: free pages between live blocks, which glibc keeps (it trims
-    # only the top of the heap by itself); malloc_trim says 1 when it released memory.
-    blocks = [libc.malloc(16_384) for _ in range(4_000)]
+    libc.mallinfo2.restype = _MallInfo2
+    assert fix_thresholds(128)
+    # Unfixed, freeing this 4 MiB block would raise the mmap threshold to 4 MiB.
+    libc.free(libc.malloc(4 * 1024 * 1024))
+    before = libc.mallinfo2().hblkhd
+    block = libc.malloc(512 * 1024)
     try:
-        for block in blocks[::2]:
-            libc.free(block)
-        assert trim() == 1
+        assert libc.mallinfo2().hblkhd - before >= 512 * 1024  # its own mapping
     finally:
-        for block in blocks[1::2]:
-            libc.free(block)
+        libc.free(block)
+
+
+def test_zero_keeps_glibc_defaults() -> None:
+    assert not fix_thresholds(0)
