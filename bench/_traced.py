@@ -90,8 +90,8 @@ def main() -> None:
 
     def line(note: str) -> None:
         nonlocal taken
-        gc.collect()
         if tracemalloc.is_tracing():
+            gc.collect()  # only then: a full collection every probe would change what is measured
             tracemalloc.take_snapshot().dump(str(out / f"snap-{taken}.pickle"))
         traced = tracemalloc.get_traced_memory()[0] if tracemalloc.is_tracing() else -1
         status = Path("/proc/self/status").read_text()

@@ -16,13 +16,15 @@ values after warm-up and at the end, every unexpected answer, and plots the curv
 bench/results/. No baseline process: the comparison is the node with itself, after warm-up
 against the end.
 
-`CALLGATE_SOAK_PROBE=N` (a leak hunt) runs the server through `bench._traced` and every
-`PROBE_S` asks it where its memory is: resident, the C heap as glibc counts it (in use, kept
-free, mmapped), pymalloc's arenas, and with N > 0 tracemalloc (N frames per allocation,
-started once the node answers; tracing slows the node several times, so the churn is not
-the measured one then). At the end it asks glibc to give back free heap (`malloc_trim`) and
-probes again. bench/results/soak-probe.txt gets the table and, when tracing, the allocations
-that grew most from the first probe after warm-up to the last, grouped by traceback.
+The server runs through `bench._traced` (uvicorn with a memory probe), which every `PROBE_S`
+says where its memory is: the C heap as glibc counts it (in use, kept free, mmapped) and
+pymalloc's arenas and used bytes; at the end it asks glibc to give back its free heap
+(`malloc_trim`) and probes again, so the report splits resident memory into what Python holds,
+what C code holds and what the allocator keeps. `CALLGATE_SOAK_PROBE=N` with N > 0 adds
+tracemalloc (N frames per allocation, started once the node answers; a leak hunt, not a
+measurement: tracing slows the node several times). bench/results/soak-probe.txt gets the
+probe's table, the tasks by where they wait and, when tracing, the allocations that grew most
+from the first probe after warm-up to the last, grouped by traceback.
 """
 
 from __future__ import annotations
@@ -70,7 +72,7 @@ RECORDED = 4
 SECRET = "soak-server-secret-" + "s" * 32
 MASTER = base64.b64encode(b"s" * 32).decode()
 RESULTS = Path(__file__).resolve().parent / "results"
-PROBE = os.environ.get("CALLGATE_SOAK_PROBE")
+PROBE = os.environ.get("CALLGATE_SOAK_PROBE", "0")
 PROBE_S = 30.0
 
 
@@ -81,6 +83,27 @@ class Sample:
     fds: int
     threads: int
     tasks: int
+
+
+@dataclass
+class Probe:
+    at: float  # seconds since the start; -1 for the one after the final trim
+    rss_mib: float
+    c_used_mib: float
+    c_free_mib: float
+    py_arenas_mib: float
+    py_used_mib: float
+
+
+def _probes(folder: Path, times: list[float]) -> list[Probe]:
+    mib, out = 2**20, []
+    for i, row in enumerate((folder / "sizes.txt").read_text().splitlines()[1:]):
+        _, rss, _, used, free, _, arenas, py_used, _ = row.split()
+        out.append(Probe(
+            times[i] if i < len(times) else -1, int(rss) / 1024, int(used) / mib,
+            int(free) / mib, float(arenas), int(py_used) / mib,
+        ))
+    return out
 
 
 @dataclass
@@ -274,7 +297,7 @@ async def _recorded(
 
 async def _sample(
     client: httpx.AsyncClient, key: str, pid: int, began: float, until: float,
-    samples: list[Sample],
+    samples: list[Sample], probed: list[float],
 ) -> None:
     next_probe = began
     while time.monotonic() < until:
@@ -282,8 +305,9 @@ async def _sample(
         samples.append(
             Sample(time.monotonic() - began, rss, fds, threads, await _tasks(client, key))
         )
-        if PROBE is not None and time.monotonic() >= next_probe:
+        if time.monotonic() >= next_probe:
             os.kill(pid, signal.SIGUSR1)  # bench._traced writes a line (and a snapshot)
+            probed.append(time.monotonic() - began)
             next_probe += PROBE_S
         await asyncio.sleep(SAMPLE_S)
 
@@ -326,7 +350,7 @@ def _probe_report(folder: Path, path: Path) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-def _plot(samples: list[Sample], path: Path) -> None:
+def _plot(samples: list[Sample], memory: list[Probe], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -334,8 +358,14 @@ def _plot(samples: list[Sample], path: Path) -> None:
 
     xs = [s.at / 60 for s in samples]
     fig, axes = plt.subplots(3, 1, sharex=True, figsize=(8, 7))
-    axes[0].plot(xs, [s.rss_mib for s in samples])
-    axes[0].set_ylabel("resident MiB")
+    axes[0].plot(xs, [s.rss_mib for s in samples], label="resident")
+    probes = [p for p in memory if p.at >= 0]
+    at = [p.at / 60 for p in probes]
+    axes[0].plot(at, [p.py_arenas_mib for p in probes], label="pymalloc arenas")
+    axes[0].plot(at, [p.c_used_mib for p in probes], label="C heap in use")
+    axes[0].plot(at, [p.c_free_mib for p in probes], label="C heap kept free")
+    axes[0].set_ylabel("MiB")
+    axes[0].legend(fontsize="small")
     axes[1].plot(xs, [s.tasks for s in samples])
     axes[1].set_ylabel("asyncio tasks")
     axes[2].plot(xs, [s.fds for s in samples], label="file descriptors")
@@ -366,7 +396,8 @@ async def run() -> str:
     name = f"cg_soak_{secrets.token_hex(4)}"
     await _admin(f'CREATE DATABASE "{name}"')
     url = _pg_url(name)
-    tally, samples = Tally(), []
+    tally, samples, probed = Tally(), [], []
+    load = os.getloadavg()[0]
     png = RESULTS / "soak.png"
     try:
         await upgrade(url)
@@ -388,8 +419,7 @@ async def run() -> str:
             video, audio = encode_vp8(90, width=320, height=240, bit_rate=300_000), encode_opus(50)
             server, env = ["-m", "uvicorn"], _env(settings)
             probes = Path(tmp) / "probes"
-            if PROBE is not None:
-                server = ["-m", "bench._traced", str(probes), PROBE]
+            server = ["-m", "bench._traced", str(probes), PROBE]
             process = await asyncio.create_subprocess_exec(
                 sys.executable, *server, "api.app:create_app", "--factory",
                 "--host", "127.0.0.1", "--port", str(port), "--loop", "uvloop",
@@ -405,7 +435,7 @@ async def run() -> str:
                     clients = [s.client.credential for s in seeded]
                     hosts = [(str(s.booking_id), s.host.credential) for s in seeded]
                     await asyncio.gather(
-                        _sample(client, key, process.pid, began, until, samples),
+                        _sample(client, key, process.pid, began, until, samples, probed),
                         _joins(client, people, until, tally),
                         _decisions(client, clients, until, tally),
                         _switching(client, hosts, until, tally),
@@ -419,18 +449,18 @@ async def run() -> str:
                     samples.append(Sample(time.monotonic() - began, rss, fds, threads,
                                           await _tasks(client, key)))
                     files = sum(1 for _ in (Path(tmp) / "recordings").rglob("*") if _.is_file())
-                    if PROBE is not None:
-                        await _probe(process.pid, probes, signal.SIGUSR1)
-                        await _probe(process.pid, probes, signal.SIGUSR2)  # malloc_trim
+                    probed.append(time.monotonic() - began)
+                    await _probe(process.pid, probes, signal.SIGUSR1)
+                    await _probe(process.pid, probes, signal.SIGUSR2)  # malloc_trim
             finally:
                 process.terminate()
                 await asyncio.wait_for(process.wait(), 30)
-            if PROBE is not None:
-                _probe_report(probes, RESULTS / "soak-probe.txt")
+            _probe_report(probes, RESULTS / "soak-probe.txt")
+            memory = _probes(probes, probed)
     finally:
         await _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    _plot(samples, png)
-    return _report(samples, tally, files, png)
+    _plot(samples, memory, png)
+    return _report(samples, memory, tally, files, png, (load, os.getloadavg()[0]))
 
 
 @contextlib.contextmanager
@@ -464,7 +494,38 @@ async def _ready(client: httpx.AsyncClient, process: asyncio.subprocess.Process)
     raise RuntimeError("uvicorn did not become ready")
 
 
-def _report(samples: list[Sample], tally: Tally, files: int, png: Path) -> str:
+def _breakdown(memory: list[Probe]) -> str:
+    """Resident memory split by who holds it, at warm-up, at the end and after a trim."""
+    timed = [p for p in memory if p.at >= 0]
+    trimmed = [p for p in memory if p.at < 0]
+    if not timed or not trimmed:
+        return ""
+    warm = min(timed, key=lambda p: abs(p.at - (WARMUP_S + 30)))
+    end, trim = timed[-1], trimmed[-1]
+
+    def row(name: str, pick: Any) -> str:
+        a, b, c = pick(warm), pick(end), pick(trim)
+        return f"| {name} | {a:.1f} | {b:.1f} | {b - a:+.1f} | {c:.1f} |"
+
+    return "\n".join([
+        "Where it is (MiB; one probe each: after warm-up at "
+        f"{warm.at:.0f} s, the end, and the end after `malloc_trim(0)`):",
+        "",
+        "| held by | after warm-up | end | change | end, trimmed |",
+        "|---|---|---|---|---|",
+        row("resident", lambda p: p.rss_mib),
+        row("pymalloc arenas (Python objects up to 512 bytes)", lambda p: p.py_arenas_mib),
+        row("... of which in use", lambda p: p.py_used_mib),
+        row("C heap in use (larger Python objects, C libraries)", lambda p: p.c_used_mib),
+        row("C heap kept free by glibc", lambda p: p.c_free_mib),
+        "",
+    ])
+
+
+def _report(
+    samples: list[Sample], memory: list[Probe], tally: Tally, files: int, png: Path,
+    load: tuple[float, float],
+) -> str:
     settled = [s for s in samples if s.at >= WARMUP_S]
     first = [s for s in settled if s.at < WARMUP_S + 60] or settled[:1]
     last = [s for s in settled if s.at >= settled[-1].at - 60] or settled[-1:]
@@ -487,7 +548,8 @@ connection), consent decisions at {DECISIONS_PER_S:.0f}/s (grant/withdraw `recor
 hosts switching recording on and off at 2/s, and {RECORDED} people sending pre-encoded
 audio+video to the recording peer through aiortc, reconnecting every 20-40 s. Sampled every
 {SAMPLE_S:.0f} s from /proc and `/metrics`; "after warm-up" is the median over the minute after
-the first {WARMUP_S:.0f} s, "end" the median over the last minute.
+the first {WARMUP_S:.0f} s, "end" the median over the last minute. Load average (1 min) at the
+start {load[0]:.1f}, at the end {load[1]:.1f} (2 cores, shared with other work).
 
 | measure | after warm-up | end | change |
 |---|---|---|---|
@@ -495,6 +557,7 @@ the first {WARMUP_S:.0f} s, "end" the median over the last minute.
 | asyncio tasks | {tasks0:.0f} | {tasks1:.0f} | {tasks1 - tasks0:+.0f} |
 | open file descriptors | {fds0:.0f} | {fds1:.0f} | {fds1 - fds0:+.0f} |
 
+{_breakdown(memory)}
 Done: {done}; recording files written: {files}. Unexpected answers: {failed}.
 
 Goal (memory at the end within 10% of after warm-up, no growth in tasks or descriptors, no
