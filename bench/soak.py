@@ -561,5 +561,23 @@ start {load[0]:.1f}, at the end {load[1]:.1f} (2 cores, shared with other work).
 Done: {done}; recording files written: {files}. Unexpected answers: {failed}.
 
 Goal (memory at the end within 10% of after warm-up, no growth in tasks or descriptors, no
-errors): **{goal}**. The curves: `bench/results/{png.name}` (written by the run, not committed).
+errors): **{goal}**.
+
+What grew before (208 -> 240 MiB, +15%, still rising 3.5 MiB a minute, tasks and descriptors
+flat): no Python object. Probed (`CALLGATE_SOAK_PROBE`, bench/_traced.py), tracemalloc's
+total stayed flat (19 MiB over four minutes, in a run slowed by tracing) and so did the C
+heap's bytes in use (about 51 MiB, untraced runs), while the free memory
+glibc kept grew from 10 to 20 MiB in three minutes; a `malloc_trim(0)` at the end gave back
+10-15 MiB. glibc moves its mmap threshold up to each large block freed (256 KiB TLS buffers
+of database connections, media frames) and keeps free heap tops up to twice that, so later
+large blocks come from the heap and their memory stays. Fixed thresholds
+(`CALLGATE_HEAP_THRESHOLD_KIB`, 128 KiB, core/heap.py) keep it flat; fewer arenas
+(`MALLOC_ARENA_MAX=2`) and a trim every minute did not. Found on the way: the live gate kept
+an entry per join for the life of the process (now read from attendance), and one person's
+pages making their data key at the same moment got a 500 (now they share it). On a machine
+loaded far past its two cores (load 15-35) the node's attendance writes, one at a time for the
+whole node, fell behind the joins and leaves: 900-1,300 tasks waited after 3-4 minutes, and
+memory grew with them.
+
+The curves: `bench/results/{png.name}` (written by the run, not committed).
 """
