@@ -571,8 +571,11 @@ glibc kept grew from 10 to 20 MiB in three minutes; a `malloc_trim(0)` at the en
 10-15 MiB. glibc moves its mmap threshold up to each large block freed (256 KiB TLS buffers
 of database connections, media frames) and keeps free heap tops up to twice that, so later
 large blocks come from the heap and their memory stays. Fixed thresholds
-(`CALLGATE_HEAP_THRESHOLD_KIB`, 128 KiB, core/heap.py) keep it flat; fewer arenas
-(`MALLOC_ARENA_MAX=2`) and a trim every minute did not. Found on the way: the live gate kept
+(`CALLGATE_HEAP_THRESHOLD_KIB`, 128 KiB, core/heap.py) stop that; fewer arenas
+(`MALLOC_ARENA_MAX=2`) and a trim every minute did not. What still rises (about 1.2 MiB a
+minute in the 2026-11-30 16:35 UTC run, C heap flat) is pymalloc's arenas: five more while their
+bytes in use grew 0.6 MiB, arenas kept by a few long-lived small objects each; whether that
+levels off needs a longer run. Found on the way: the live gate kept
 an entry per join for the life of the process (now read from attendance), and one person's
 pages making their data key at the same moment got a 500 (now they share it). On a machine
 loaded far past its two cores (load 15-35) the node's attendance writes, one at a time for the
