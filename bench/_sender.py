@@ -49,7 +49,7 @@ async def main() -> None:
                 offers.append(pc.localDescription.sdp)
             reply({"offers": offers})
         elif "answers" in msg:
-            fresh = pages[-len(msg["answers"]) :]
+            fresh = pages[len(pages) - len(msg["answers"]) :]
             for pc, sdp in zip(fresh, msg["answers"], strict=True):
                 await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
             reply({"ok": True})

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import secrets
@@ -34,6 +35,8 @@ from consent.live import LiveGate
 from consent.purposes import Decision, Purpose
 from consent.writer import ledger_writer
 from core.bookings import Booking, BookingStatus, Participant, Role, RoomState
+from core.bus import BusEvent, EventBus, Subscription, Topic
+from core.events import ConsentChanged
 from core.migrate import upgrade
 from core.purposes import RecordingPolicy
 from core.runtime import Runtime
@@ -56,50 +59,92 @@ REDIS_URL = os.environ.get("CALLGATE_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0
 
 
 class Sender:
-    """The child process holding the sending pages."""
+    """The child processes holding the sending pages, people spread evenly over them (one
+    Python process packetizing and encrypting for many people falls behind long before the
+    recorder does)."""
 
-    def __init__(self, process: asyncio.subprocess.Process) -> None:
-        self._process = process
+    def __init__(self, processes: list[asyncio.subprocess.Process]) -> None:
+        self._processes = processes
         self._seq = 0
+        self._placed: list[int] = []  # people per process, of the last offer
 
     @classmethod
-    async def start(cls) -> Sender:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "bench._sender",
-            cwd=ROOT,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            limit=PIPE_LIMIT,
+    async def start(cls, processes: int = 1) -> Sender:
+        started = [
+            await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "bench._sender",
+                cwd=ROOT,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                limit=PIPE_LIMIT,
+            )
+            for _ in range(processes)
+        ]
+        return cls(started)
+
+    async def _ask_one(
+        self, process: asyncio.subprocess.Process, message: dict[str, Any], seq: int
+    ) -> dict[str, Any]:
+        assert process.stdin is not None
+        assert process.stdout is not None
+        process.stdin.write((json.dumps({**message, "seq": seq}) + "\n").encode())
+        await process.stdin.drain()
+        while True:  # skip replies to questions an abandoned step no longer waits for
+            line = await asyncio.wait_for(process.stdout.readline(), timeout=300)
+            answer: dict[str, Any] = json.loads(line)
+            if answer.pop("seq", None) == seq:
+                return answer
+
+    async def _ask_all(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        self._seq += 1
+        return await asyncio.gather(
+            *(
+                self._ask_one(process, message, self._seq)
+                for process, message in zip(self._processes, messages, strict=True)
+            )
         )
-        return cls(process)
+
+    async def offer(self, people: int) -> list[str]:
+        share, extra = divmod(people, len(self._processes))
+        self._placed = [share + (i < extra) for i in range(len(self._processes))]
+        replies = await self._ask_all([{"cmd": "offer", "n": n} for n in self._placed])
+        return [sdp for reply in replies for sdp in reply["offers"]]
+
+    async def answer(self, answers: list[str]) -> None:
+        parts, at = [], 0
+        for n in self._placed:
+            parts.append({"answers": answers[at : at + n]})
+            at += n
+        await self._ask_all(parts)
 
     async def ask(self, message: dict[str, Any]) -> dict[str, Any]:
-        assert self._process.stdin is not None
-        assert self._process.stdout is not None
-        self._seq += 1
-        self._process.stdin.write((json.dumps({**message, "seq": self._seq}) + "\n").encode())
-        await self._process.stdin.drain()
-        while True:  # skip replies to questions an abandoned step no longer waits for
-            line = await asyncio.wait_for(self._process.stdout.readline(), timeout=300)
-            answer: dict[str, Any] = json.loads(line)
-            if answer.pop("seq", None) == self._seq:
-                return answer
+        """One message to every process (`count`, `close`): the replies' counts summed."""
+        replies = await self._ask_all([message] * len(self._processes))
+        total: dict[str, Any] = dict(replies[0])
+        for reply in replies[1:]:
+            for key, value in reply.items():
+                if isinstance(value, int) and not isinstance(value, bool):
+                    total[key] = total.get(key, 0) + value
+        return total
 
     async def sent(self) -> int:
         counts = await self.ask({"cmd": "count"})
         return int(counts["audio"]) + int(counts["video"])
 
     async def stop(self) -> None:
-        if self._process.stdin is not None:
-            self._process.stdin.close()
-        await self._process.wait()
+        for process in self._processes:
+            if process.stdin is not None:
+                process.stdin.close()
+        for process in self._processes:
+            await process.wait()
 
     async def kill(self) -> None:
-        """For a sender too far behind to answer: its pages die with it."""
-        self._process.kill()
-        await self._process.wait()
+        """For senders too far behind to answer: their pages die with them."""
+        for process in self._processes:
+            process.kill()
+            await process.wait()
 
 
 def node_settings(
@@ -176,11 +221,11 @@ async def decide(
 
 
 async def connect_all(sender: Sender, recorder: Recorder, people: list[Participant]) -> None:
-    offers = (await sender.ask({"cmd": "offer", "n": len(people)}))["offers"]
+    offers = await sender.offer(len(people))
     answers = []
     for person, sdp in zip(people, offers, strict=True):
         answers.append((await recorder.answer(person, sdp, "offer")).sdp)
-    await sender.ask({"answers": answers})
+    await sender.answer(answers)
 
 
 FRAMES_PER_S = 30 + 50  # video + 20 ms audio
@@ -251,10 +296,10 @@ async def media_recorder_cpu(sender: Sender, folder: Path) -> tuple[Cpu, int]:
         tracks.append(track)
         counted.append(counting)
 
-    offers = (await sender.ask({"cmd": "offer", "n": 1}))["offers"]
+    offers = await sender.offer(1)
     await pc.setRemoteDescription(RTCSessionDescription(sdp=offers[0], type="offer"))
     await pc.setLocalDescription(await pc.createAnswer())
-    await sender.ask({"answers": [pc.localDescription.sdp]})
+    await sender.answer([pc.localDescription.sdp])
     await sink.start()
     await asyncio.sleep(WARMUP_S)
     frames = sum(t.count for t in counted)
@@ -324,34 +369,94 @@ async def withdrawal_latency(
     people: list[Participant],
 ) -> dict[str, list[float]]:
     """Withdraw and grant again, over and over, while the others keep recording. Decisions
-    are committed through `decider` (another node's runtime, or the same one)."""
-    out: dict[str, list[float]] = {"stop_ms": [], "last_frame_ms": [], "late_frames": []}
+    are committed through `decider` (another node's runtime, or the same one). Besides the
+    file closing, each withdrawal's way is timed: delivered on the recording node's bus (a
+    subscriber of its own beside the gate's) and applied by the gate."""
+    out: dict[str, list[float]] = {
+        "stop_ms": [], "last_frame_ms": [], "late_frames": [], "published_ms": [],
+        "delivered_ms": [], "applied_ms": [],
+    }
     subject = people[0]
-    async with Recorder(runtime, gate=lambda: gate) as recorder:
-        await recorder.start(subject.booking_id)
-        await connect_all(sender, recorder, people)
-        await asyncio.sleep(WARMUP_S)
-        for i in range(WITHDRAWALS):
-            purpose = Purpose.RECORDING_VIDEO if i % 2 == 0 else Purpose.RECORDING_AUDIO
-            kind = TrackKind.VIDEO if i % 2 == 0 else TrackKind.AUDIO
-            await decide(decider, subject.id, purpose, Decision.GRANTED)
-            await asyncio.sleep(1.0)  # a video span starts at a key frame (every 0.5 s)
-            with withdrawal_commits() as committed:
-                await decide(decider, subject.id, purpose, Decision.WITHDRAWN)
-            await asyncio.sleep(0.3)
-            spans = [
-                s for s in recorder.closed_spans if s.subject_id == subject.id and s.kind is kind
-            ]
-            if not spans or not committed:
-                continue
-            span, at = spans[-1], committed[0]
-            late = [t for t in span.arrivals if t > at]
-            out["stop_ms"].append(max(0.0, span.closed_at - at) * 1000)
-            out["last_frame_ms"].append(max(0.0, (span.last_arrival or at) - at) * 1000)
-            out["late_frames"].append(float(len(late)))
-        await recorder.stop(subject.booking_id)
-        await sender.ask({"cmd": "close"})
+    delivered: list[float] = []
+    applied: list[float] = []
+
+    def heard(event: ConsentChanged) -> None:
+        if event.subject_id == subject.id and event.decision is Decision.WITHDRAWN:
+            applied.append(time.time())
+
+    async def listen() -> None:
+        async with runtime.bus.subscribe(Topic.CONSENT_CHANGED) as events:
+            async for event in events:
+                if isinstance(event, ConsentChanged) and event.decision is Decision.WITHDRAWN:
+                    delivered.append(time.time())
+
+    listener = asyncio.create_task(listen())
+    gate.watch(heard)
+    published = StampedBus(decider.bus)
+    decider.bus = published
+    try:
+        async with Recorder(runtime, gate=lambda: gate) as recorder:
+            await recorder.start(subject.booking_id)
+            await connect_all(sender, recorder, people)
+            await asyncio.sleep(WARMUP_S)
+            for i in range(WITHDRAWALS):
+                purpose = Purpose.RECORDING_VIDEO if i % 2 == 0 else Purpose.RECORDING_AUDIO
+                kind = TrackKind.VIDEO if i % 2 == 0 else TrackKind.AUDIO
+                await decide(decider, subject.id, purpose, Decision.GRANTED)
+                await asyncio.sleep(1.0)  # a video span starts at a key frame (every 0.5 s)
+                delivered.clear()
+                applied.clear()
+                published.stamps.clear()
+                with withdrawal_commits() as committed:
+                    await decide(decider, subject.id, purpose, Decision.WITHDRAWN)
+                await asyncio.sleep(0.3)
+                spans = [
+                    s
+                    for s in recorder.closed_spans
+                    if s.subject_id == subject.id and s.kind is kind
+                ]
+                if not spans or not committed:
+                    continue
+                span, at = spans[-1], committed[0]
+                late = [t for t in span.arrivals if t > at]
+                out["stop_ms"].append(max(0.0, span.closed_at - at) * 1000)
+                out["last_frame_ms"].append(max(0.0, (span.last_arrival or at) - at) * 1000)
+                out["late_frames"].append(float(len(late)))
+                if delivered and applied and published.stamps:
+                    out["published_ms"].append(max(0.0, published.stamps[0] - at) * 1000)
+                    out["delivered_ms"].append(max(0.0, delivered[0] - at) * 1000)
+                    out["applied_ms"].append(max(0.0, applied[0] - at) * 1000)
+            await recorder.stop(subject.booking_id)
+            await sender.ask({"cmd": "close"})
+    finally:
+        decider.bus = published.inner
+        gate.unwatch(heard)
+        listener.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await listener
     return out
+
+
+class StampedBus:
+    """A node's bus, noting when a withdrawal is handed to it (after the commit)."""
+
+    def __init__(self, inner: EventBus) -> None:
+        self.inner = inner
+        self.stamps: list[float] = []
+
+    async def publish(self, event: BusEvent) -> None:
+        if isinstance(event, ConsentChanged) and event.decision is Decision.WITHDRAWN:
+            self.stamps.append(time.time())
+        await self.inner.publish(event)
+
+    def subscribe(self, *topics: str) -> contextlib.AbstractAsyncContextManager[Subscription]:
+        return self.inner.subscribe(*topics)
+
+    async def ping(self) -> None:
+        await self.inner.ping()
+
+    async def close(self) -> None:
+        await self.inner.close()
 
 
 def progress(message: str) -> None:

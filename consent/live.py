@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import Callable
 from datetime import datetime
 from types import TracebackType
 
@@ -53,6 +54,9 @@ WATCHED = (
 )
 
 
+ChangeListener = Callable[[ConsentChanged], None]
+
+
 class LiveGate:
     """Consent answers for live sessions; enter it on the app lifespan (`async with`)."""
 
@@ -78,6 +82,17 @@ class LiveGate:
         self.writer = ledger_writer(runtime)  # this process's group commit
         self.writer.watch(self.integrity.witness.saw)
         self._seeded = False
+        self._listeners: list[ChangeListener] = []
+
+    def watch(self, listener: ChangeListener) -> None:
+        """Call `listener(event)` right after a decision is applied here, before the next
+        event, so capture stops within the same step that taught the gate (a capture with its
+        own subscription could hear of the change before the gate and still be told yes)."""
+        self._listeners.append(listener)
+
+    def unwatch(self, listener: ChangeListener) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -229,6 +244,7 @@ class LiveGate:
             state = self._bookings.get(event.booking_id)
             if state is not None:
                 state.record(recorded_from_event(event))
+                self._tell(event)
         elif isinstance(event, ParticipantJoined):
             self.joined(event.booking_id, event.participant_id)
         elif isinstance(event, ParticipantLeft):
@@ -240,6 +256,13 @@ class LiveGate:
             and event.booking_id in self._bookings
         ):
             await self.ensure_booking(event.booking_id)
+
+    def _tell(self, event: ConsentChanged) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(event)
+            except Exception:  # one listener's failure must not stop the gate's updates
+                log.exception("consent_gate.listener_failed")
 
     async def check_health(self) -> bool:
         """Confirm the database and the bus answer; fail closed until they do."""

@@ -25,6 +25,19 @@ class ConsentGate(Protocol):
 
 
 GateSource = Callable[[], ConsentGate | None]
+DecisionListener = Callable[[Any], None]
+
+
+def watch_decisions(gate: ConsentGate, listener: DecisionListener) -> Callable[[], None] | None:
+    """Have the gate call `listener(event)` as soon as it has applied a decision
+    (`consent.live.LiveGate.watch`), so capture acts on a withdrawal in the same step that
+    taught the gate; returns how to stop, or None for a gate that cannot tell."""
+    watch: Any = getattr(gate, "watch", None)
+    unwatch: Any = getattr(gate, "unwatch", None)
+    if not callable(watch) or not callable(unwatch):
+        return None
+    watch(listener)
+    return lambda: unwatch(listener)
 
 
 def gate_confirmed(gate: ConsentGate | None) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 import time
 import uuid
+from collections import deque
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -24,6 +25,10 @@ from media.recordings import TrackKind
 from media.storage import Storage
 
 PLI_EVERY_S = 0.5  # while a video span waits for its first key frame
+# A frame is written this long after it arrived, so a withdrawal committed on another node
+# (heard over the bus a few milliseconds later) still finds every frame that arrived after
+# its commit unwritten, and drops it.
+HOLD_S = 0.05
 
 
 class CaptureState(enum.StrEnum):
@@ -84,6 +89,7 @@ class TrackCapture:
         self.state = CaptureState.IDLE
         self._last_pli = 0.0
         self.frames_seen = 0
+        self._held: deque[tuple[bytes, int, float]] = deque()  # (data, timestamp, arrival)
 
     def on_frame(self, codec: RTCRtpCodecParameters, frame: JitterFrame) -> None:
         arrival = time.time()
@@ -91,23 +97,39 @@ class TrackCapture:
         self._recorder.frames_arrived[self.kind] += 1
         state = self._recorder.decide(self.peer, self.kind)
         if state is CaptureState.RECORDING:
-            span = self.span or self._open_span()
-            if span.write(frame.data, frame.timestamp, arrival):
-                self._recorder.frames_written[self.kind] += 1
-                if span.frames == 1:
-                    self._recorder.row_opened(self.peer, span)  # starts at its first frame
-            if span.waiting_for_keyframe:
-                self._request_keyframe()
+            if self.span is None:
+                self._open_span()
+            self._held.append((frame.data, frame.timestamp, arrival))
+            self._release(arrival - HOLD_S)
         else:
-            self.close_span()
+            self._refuse()
         self._set_state(state)
 
     def evaluate(self) -> None:
         """Re-check between frames, so a span closes even when frames stop coming."""
         state = self._recorder.decide(self.peer, self.kind)
-        if state is not CaptureState.RECORDING:
-            self.close_span()
+        if state is CaptureState.RECORDING:
+            self._release(time.time() - HOLD_S)
+        else:
+            self._refuse()
             self._set_state(state)
+
+    def _release(self, arrived_by: float) -> None:
+        """Write the held frames that arrived by `arrived_by` (consent still holds)."""
+        held, span = self._held, self.span
+        while held and held[0][2] <= arrived_by and span is not None:
+            data, timestamp, arrival = held.popleft()
+            if span.write(data, timestamp, arrival):
+                self._recorder.frames_written[self.kind] += 1
+                if span.frames == 1:
+                    self._recorder.row_opened(self.peer, span)  # starts at its first frame
+            if span.waiting_for_keyframe:
+                self._request_keyframe()
+
+    def _refuse(self) -> None:
+        """Consent is not confirmed now: the frames still held are dropped, the span ends."""
+        self._held.clear()
+        self._end_span()
 
     def _open_span(self) -> Span:
         recording_id = uuid.uuid4()
@@ -119,6 +141,12 @@ class TrackCapture:
         return self.span
 
     def close_span(self) -> None:
+        """End the span (the connection is going): frames held under consent are written."""
+        self._release(float("inf"))
+        self._end_span()
+
+    def _end_span(self) -> None:
+        self._held.clear()
         span, self.span = self.span, None
         if span is not None:
             span.writer.close()

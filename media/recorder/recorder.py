@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import uuid
 from collections import deque
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from types import TracebackType
 from typing import Any
@@ -26,6 +26,7 @@ from core.datakeys import access_data_key
 from core.events import (
     BookingCancelled,
     BookingUpdated,
+    ConsentChanged,
     LinkRevoked,
     SubjectErased,
     TrackRecording,
@@ -35,13 +36,13 @@ from core.runtime import Runtime
 from core.subjects import Cleanup
 from media.backends import open_store
 from media.control import RecordingSwitch
-from media.gate import GateSource, gate_confirmed
+from media.gate import ConsentGate, GateSource, gate_confirmed, watch_decisions
 from media.recorder.capture import CaptureState, PeerSession, TrackCapture
 from media.recorder.grants import GrantEntries
 from media.recorder.recovery import STALE_AFTER_S, Recovery
 from media.recorder.rows import SpanRows
 from media.recorder.spans import Span, SpanSummary
-from media.recorder.tap import EncodedTap, install_tap
+from media.recorder.tap import EncodedTap, install_tap, throttle_remb
 from media.recordings import Recording, TrackKind
 from media.storage import Storage
 from media.subjects import delete_recordings
@@ -72,6 +73,8 @@ class Recorder:
         self.frames_arrived = dict.fromkeys(TrackKind, 0)  # complete frames received
         self.frames_written = dict.fromkeys(TrackKind, 0)
         self._closed = False
+        self._watched: ConsentGate | None = None  # the gate that tells us of each decision
+        self._unwatch: Callable[[], None] | None = None
 
     @property
     def closed_spans(self) -> deque[SpanSummary]:
@@ -101,6 +104,8 @@ class Recorder:
         if self._closed:
             return
         self._closed = True
+        if self._unwatch is not None:
+            self._unwatch()
         for task in self._background[1:]:
             task.cancel()
         for peer in list(self._peers.values()):
@@ -125,11 +130,26 @@ class Recorder:
         if not self.switch.is_active(peer.booking_id):
             return CaptureState.IDLE
         gate = self._gate()
+        if gate is not self._watched:
+            self._watch(gate)
         if gate is None or not gate_confirmed(gate):
             return CaptureState.PAUSED
         if gate.allows(peer.booking_id, peer.subject_id, kind.purpose):
             return CaptureState.RECORDING
         return CaptureState.IDLE
+
+    def _watch(self, gate: ConsentGate | None) -> None:
+        if self._unwatch is not None:
+            self._unwatch()
+        self._watched = gate
+        self._unwatch = None if gate is None else watch_decisions(gate, self._decided)
+
+    def _decided(self, event: ConsentChanged) -> None:
+        """The gate has just applied a decision: act on it now, before any other frame or
+        event is handled (a withdrawal closes the file and drops the frames still held)."""
+        peer = self._peers.get(event.subject_id)
+        if peer is not None and peer.booking_id == event.booking_id:
+            peer.evaluate()
 
     def writing(self) -> list[tuple[uuid.UUID, TrackKind, float]]:
         """(person, kind, seconds written so far) of every open span."""
@@ -188,6 +208,7 @@ class Recorder:
             receiver = next(t.receiver for t in pc.getTransceivers() if t.receiver.track is track)
             capture = TrackCapture(self, peer, TrackKind(track.kind), receiver)
             install_tap(receiver, EncodedTap(capture.on_frame))
+            throttle_remb(receiver)
             peer.captures.append(capture)
 
         @pc.on("connectionstatechange")

@@ -9,17 +9,21 @@ decoder thread idles until the receiver stops).
 
 from __future__ import annotations
 
+import math
 import queue
+import time
 from collections.abc import Callable
 
 import structlog
 from aiortc.jitterbuffer import JitterFrame
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtcrtpreceiver import RTCRtpReceiver
+from aiortc.rtp import RTCP_PSFB_APP, AnyRtcpPacket, RtcpPsfbPacket
 
 log = structlog.get_logger("media.recorder")
 
 FrameSink = Callable[[RTCRtpCodecParameters, JitterFrame], None]
+REMB_EVERY_S = 0.25
 
 
 class EncodedTap:
@@ -53,3 +57,23 @@ def install_tap(receiver: RTCRtpReceiver, tap: EncodedTap) -> None:
     if not hasattr(receiver, _QUEUE_ATTRIBUTE):
         raise RuntimeError("this aiortc version has no decoder queue to tap")
     setattr(receiver, _QUEUE_ATTRIBUTE, tap)
+
+
+def throttle_remb(receiver: RTCRtpReceiver) -> None:
+    """Send a receiver's REMB (RTCP PSFB APP, draft-alvestrand-rmcat-remb) at most every
+    REMB_EVERY_S. aiortc sends one with every packet while its estimator sees overuse, which on
+    a busy host is most packets: a third of the recorder's CPU went to those sends (py-spy),
+    and each sender spent as much taking them in. Four a second still steer the sender."""
+    send = receiver._send_rtcp
+    last = -math.inf
+
+    async def send_rtcp(packet: AnyRtcpPacket) -> None:
+        nonlocal last
+        if isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_APP:
+            now = time.monotonic()
+            if now - last < REMB_EVERY_S:
+                return
+            last = now
+        await send(packet)
+
+    setattr(receiver, "_send_rtcp", send_rtcp)  # noqa: B010 (an instance's, not the class's)
