@@ -114,6 +114,11 @@ class TrackCapture:
             self._refuse()
             self._set_state(state)
 
+    @property
+    def held(self) -> int:
+        """Frames arrived and allowed, waiting out HOLD_S before they are written."""
+        return len(self._held)
+
     def _release(self, arrived_by: float) -> None:
         """Write the held frames that arrived by `arrived_by` (consent still holds)."""
         held, span = self._held, self.span

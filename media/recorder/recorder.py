@@ -151,6 +151,10 @@ class Recorder:
         if peer is not None and peer.booking_id == event.booking_id:
             peer.evaluate()
 
+    def frames_held(self) -> int:
+        """Frames arrived and allowed but not yet written (`capture.HOLD_S`)."""
+        return sum(c.held for peer in self._peers.values() for c in peer.captures)
+
     def writing(self) -> list[tuple[uuid.UUID, TrackKind, float]]:
         """(person, kind, seconds written so far) of every open span."""
         return [

@@ -27,11 +27,12 @@ from aiortc import RTCPeerConnection
 from fastapi import FastAPI
 
 from api.app import create_app
-from consent.purposes import Purpose
+from consent.live import LiveGate
+from consent.purposes import Decision, Purpose
 from core.accounts import Scope
 from core.bus import Topic
 from core.clock import SystemClock
-from core.events import TrackRecording
+from core.events import ConsentChanged, TrackRecording
 from core.purposes import RecordingAccess
 from core.runtime import Runtime
 from core.settings import Settings
@@ -355,8 +356,20 @@ async def test_withdrawal_on_another_node_stops_the_recording(
             "node B records the video node A allowed",
         )
         await eventually(lambda: written(recorder, 1.0, 1), "a second of video on node B")
+        gate_b: LiveGate = app_b.state.services.gate
+        open_when_applied: list[bool] = []
+
+        def applied(event: ConsentChanged) -> None:
+            if event.subject_id == guest.id and event.decision is Decision.WITHDRAWN:
+                video = [kind for _, kind, _ in recorder.writing() if kind is TrackKind.VIDEO]
+                open_when_applied.append(bool(video))
+
+        gate_b.watch(applied)  # after the recorder, which the gate told first
         await decide(node_a, guest, Purpose.RECORDING_VIDEO, "withdrawn")
         await eventually(lambda: recorder.writing() == [], "node B stopped")
+        # The file closed in the very step node B's gate learnt of the withdrawal, so no frame
+        # arriving after that was let through on a stale yes.
+        assert open_when_applied == [False]
         [summary] = [s for s in recorder.closed_spans if s.kind is TrackKind.VIDEO]
         assert summary.frames > 20
 
