@@ -28,7 +28,7 @@ PLI_EVERY_S = 0.5  # while a video span waits for its first key frame
 # A frame is written this long after it arrived, so a withdrawal committed on another node
 # (heard over the bus a few milliseconds later) still finds every frame that arrived after
 # its commit unwritten, and drops it.
-HOLD_S = 0.05
+HOLD_S = 0.1
 
 
 class CaptureState(enum.StrEnum):
