@@ -557,6 +557,8 @@ async def run() -> str:
                 one_node = await withdrawal_latency(runtime, runtime, gate, sender, people[:5])
             progress("withdrawal latency: two nodes")
             two_nodes = await across_redis(folder, secret, master, sender, people[:5])
+            for purpose in (Purpose.RECORDING_AUDIO, Purpose.RECORDING_VIDEO):
+                await decide(runtime, people[0].id, purpose, Decision.GRANTED)  # withdrawn above
             await sender.stop()
             sender = await Sender.start(SENDER_PROCESSES)
             steps: list[Step] = []
