@@ -355,6 +355,7 @@ class Step:
     cpu: float
     cpu_per_frame: float
     load: float  # the host's one-minute load average at the end of the step
+    overflows: int  # datagrams the host's kernel dropped for a full socket buffer meanwhile
 
     @property
     def per_core(self) -> float:
@@ -373,6 +374,7 @@ async def capacity(
         sent_before = await sender.sent()
         arrived_before = sum(recorder.frames_arrived.values()) - recorder.frames_held()
         written_before = sum(recorder.frames_written.values())
+        overflows_before = udp_overflows()
         cpu_before, wall_before = time.process_time(), time.monotonic()
         await asyncio.sleep(CAPACITY_WINDOW_S)
         sent = await sender.sent() - sent_before
@@ -382,6 +384,7 @@ async def capacity(
         written = sum(recorder.frames_written.values()) - written_before
         used = time.process_time() - cpu_before
         cpu = used / (time.monotonic() - wall_before)
+        overflows = udp_overflows() - overflows_before
         await recorder.stop(people[0].booking_id)
         await sender.ask({"cmd": "close"})
     nominal = len(people) * FRAMES_PER_S * CAPACITY_WINDOW_S
@@ -393,7 +396,18 @@ async def capacity(
         cpu,
         used / max(written, 1),
         os.getloadavg()[0],
+        overflows,
     )
+
+
+def udp_overflows() -> int:
+    """The host's count of UDP datagrams dropped for a full receive buffer (Linux)."""
+    try:
+        lines = Path("/proc/net/snmp").read_text().splitlines()
+    except OSError:
+        return 0
+    names, values = [line.split() for line in lines if line.startswith("Udp:")][:2]
+    return int(values[names.index("RcvbufErrors")])
 
 
 async def settle(recorder: Recorder, people: int) -> None:
@@ -610,7 +624,7 @@ async def across_redis(
         await node_a.close()
 
 
-def stopped_by(steps: list[Step]) -> list[str]:
+def stopped_by(steps: list[Step], receive_only: Cpu) -> list[str]:
     """What kept the largest step from counting, read from its own figures."""
     if len(steps) < len(CAPACITY_STEPS):
         tried = CAPACITY_STEPS[len(steps)]
@@ -622,16 +636,33 @@ def stopped_by(steps: list[Step]) -> list[str]:
     step = steps[-1]
     if step.arrived >= 1 - DROP_LIMIT and 0.95 <= step.pace <= 1.05:
         return []
-    share = step.cpu
-    return [
+    lines = [
         f"- What stopped the count at {step.people}: frames lost before they reached the "
-        f"recorder ({1 - min(step.arrived, 1):.1%}), not in it. The host's load average was "
-        f"{step.load:.1f} on 2 cores, and this process got {share:.2f} of a core while it "
-        f"needed about {step.people / max(step.per_core, 1e-9):.2f} for {step.people} people "
-        "at its own CPU per frame; while it waited for a core the kernel's UDP buffers "
-        f"overflowed. The senders ({SENDER_PROCESSES} processes on the same two cores) kept "
-        f"{step.pace:.2f}x real time."
+        f"recorder ({1 - min(step.arrived, 1):.1%}), not in it (it wrote {step.kept:.1%} of "
+        f"what arrived). The host's kernel dropped {step.overflows:,} datagrams for full "
+        f"socket buffers during the step (load average {step.load:.1f} on 2 cores)."
     ]
+    if step.cpu < 0.8:
+        lines.append(
+            f"  The recorder had room (it used {step.cpu:.2f} of a core): the senders, "
+            f"{step.people // SENDER_PROCESSES} people per process on the same two cores, "
+            f"fell behind and caught up in bursts ({step.pace:.2f}x real time), and a burst "
+            "overflows the receiving socket's buffer. Two shared cores cannot carry senders "
+            f"for {step.people}."
+        )
+    else:
+        lines.append(
+            f"  The recorder used {step.cpu:.2f} of a core: it was the limit, and the "
+            "kernel dropped what it could not read in time."
+        )
+    lines.append(
+        f"  Even with senders elsewhere, one process would not receive {step.people} people "
+        f"at this bit rate: aiortc's receive path alone (SRTP, RTP, jitter buffer, bandwidth "
+        f"estimate, in Python) costs {receive_only.per_full_minute:.2f} CPU s per "
+        f"person-minute, about {60 / receive_only.per_full_minute:.0f} people per core, "
+        "before anything is recorded."
+    )
+    return lines
 
 
 STAGES = (
@@ -739,7 +770,7 @@ def report(
             if largest is not None
             else "- No capacity step finished."
         ),
-        *stopped_by(steps),
+        *stopped_by(steps, cpu.receive_only),
         "",
         f"Withdrawal latency ({len(one_node['stop_ms'])} withdrawals, alternating audio and "
         "video, while four other people keep recording): from the commit of the withdrawal "
