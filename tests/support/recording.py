@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from sqlalchemy import event
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import ORMExecuteState, Session
 
 from consent.ledger import Entry
 from consent.purposes import Decision
@@ -25,16 +25,25 @@ def withdrawal_commits() -> Iterator[list[float]]:
         if any(isinstance(o, Entry) and o.decision is Decision.WITHDRAWN for o in session.new):
             session.info["withdrawal"] = True
 
+    def on_execute(state: ORMExecuteState) -> None:
+        # The ledger writer's one-statement append on PostgreSQL (no ORM objects): the
+        # decisions travel as an array parameter.
+        params = state.parameters
+        if isinstance(params, dict) and Decision.WITHDRAWN.value in (params.get("decision") or ()):
+            state.session.info["withdrawal"] = True
+
     def after_commit(session: Session) -> None:
         if session.info.pop("withdrawal", False):
             times.append(time.time())
 
     event.listen(Session, "after_flush", after_flush)
+    event.listen(Session, "do_orm_execute", on_execute)
     event.listen(Session, "after_commit", after_commit)
     try:
         yield times
     finally:
         event.remove(Session, "after_flush", after_flush)
+        event.remove(Session, "do_orm_execute", on_execute)
         event.remove(Session, "after_commit", after_commit)
 
 
