@@ -15,7 +15,7 @@ from api.subjects import privacy_service
 from consent.live import LiveGate
 from core.heap import fix_thresholds
 from core.runtime import Runtime
-from core.webhooks import Sender
+from core.webhooksender import Sender
 from media.audio import RecordedAudio
 from media.egress import Egress
 from media.recorder import Recorder

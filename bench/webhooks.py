@@ -31,7 +31,8 @@ from core.migrate import upgrade
 from core.outbox import BookingCancelled, do_write
 from core.runtime import Runtime
 from core.settings import Settings
-from core.webhooks import Sender, do_create_endpoint
+from core.webhooks import do_create_endpoint
+from core.webhooksender import Sender
 
 BURST = 2000
 PACED = 300

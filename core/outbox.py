@@ -3,7 +3,7 @@
 A domain that changes something a scheduler cares about calls `do_write(session, event, at)`
 inside the same transaction; the event exists exactly when the change does (no event for a
 rolled-back change, none lost to a crash after the commit). The webhook sender
-(core/webhooks.py) reads the outbox afterwards and delivers it; nothing here talks HTTP.
+(core/webhooksender.py) reads the outbox afterwards and delivers it; nothing here talks HTTP.
 
 Each event type is a small frozen dataclass, one per type. Payloads carry ids only (booking,
 participant, recording, job ids and the scheduler's own external ids): never names, notice

@@ -13,16 +13,8 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from core.errors import InvalidInput
 from core.settings import Settings
-from core.webhooks import (
-    UnsafeTarget,
-    attempt,
-    check_target,
-    check_url,
-    headers_for,
-    new_secret,
-    parse_retry_after,
-    retry_delay,
-)
+from core.webhooks import UnsafeTarget, check_target, check_url, headers_for, new_secret
+from core.webhooksender import attempt, parse_retry_after, retry_delay
 
 STRICT = Settings(webhook_allow_private_targets=False)
 LAX = Settings(webhook_allow_private_targets=True)
