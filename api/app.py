@@ -17,7 +17,7 @@ from api import problems
 from api.limits import BodyLimit, ForwardedClient
 from api.observability import Metrics, RequestContext
 from api.pauses import Pauses, freeze_startup
-from api.routers import admin_consent, admin_page, health, pages, ws
+from api.routers import admin_consent, admin_notices, admin_page, health, pages, ws
 from api.routers import bookings as bookings_router
 from api.routers import consent as consent_router
 from api.routers import join as join_router
@@ -121,6 +121,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
     app.include_router(join_router.router)  # first: the hottest route matches at once
     app.include_router(consent_router.router)
     app.include_router(admin_consent.router)
+    app.include_router(admin_notices.router)
     app.include_router(admin_page.router)
     app.include_router(recordings_router.router)
     app.include_router(livekit_router.router)

@@ -1,4 +1,5 @@
-"""Admin review of consent: the log, a booking's timeline, integrity proof, exports, notices.
+"""Admin review of consent: the log, a booking's timeline, integrity proof, exports
+(notices: api/routers/admin_notices.py).
 
 Scope `admin` or read-only `auditor`; only `admin` creates checkpoints or publishes notices.
 """
@@ -15,7 +16,6 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, Field
 from sqlalchemy import select
 
 from api.deps import AdminCaller, GateDep, ReviewerCaller, RuntimeDep
@@ -27,8 +27,6 @@ from api.schemas import (
     CheckpointView,
     ConsentTimeline,
     LogPage,
-    NoticeList,
-    NoticeView,
 )
 from consent.checkpoints import Signer, checkpoint_view, list_checkpoints, verify
 from consent.integrity import IntegrityWatch, active_alarm, alarm_view, alarms, do_acknowledge
@@ -36,21 +34,13 @@ from consent.ledger import LogFilter, LogRow, booking_entries, entry_view, log_p
 from consent.live import LiveGate
 from consent.notices import (
     Notice,
-    NoticeText,
     Supersession,
-    bookings_asking,
-    do_publish_notice,
-    list_notices,
-    notice_changed_event,
-    notice_versions,
-    notice_view,
     supersessions,
 )
 from consent.purposes import Decision, Purpose
 from core.bookings import Booking
-from core.bus import publish_all
 from core.errors import InvalidInput, NotFound, Unavailable
-from core.inputs import FILLED_PARAGRAPH_PATTERN, Instant, Line, Paragraph
+from core.inputs import Instant, Line
 from media.recordings import Recording
 from signaling.attendance import booking_stays
 
@@ -376,87 +366,3 @@ async def consent_timeline(
             for r in recordings
         ],
     }
-
-
-class NoticeBody(BaseModel):
-    purpose: Purpose
-    language: str = Field(
-        min_length=2, max_length=35, pattern=r"^[A-Za-z]{2,8}(-[A-Za-z0-9]{1,8})*$"
-    )
-    text: Paragraph = Field(
-        min_length=1, max_length=20_000, description="The notice text (not only white space).",
-        json_schema_extra={"pattern": FILLED_PARAGRAPH_PATTERN},
-    )
-    material: bool = Field(
-        default=False,
-        description="A material change: grants given under earlier versions of this purpose's "
-        "notice stop counting for capture and AI jobs from `effective_at`, and the people of "
-        "affected bookings are asked again. False for a revision that changes nothing of "
-        "substance (a typo): earlier grants keep counting.",
-    )
-    change_note: Paragraph | None = Field(
-        default=None, max_length=500, description="What changed, shown to people asked again."
-    )
-    effective_at: Instant | None = Field(
-        default=None, description="When a material change takes effect (default: at once)."
-    )
-
-
-@router.get(
-    "/consent-notices",
-    response_model=NoticeList,
-    response_model_exclude_unset=True,
-    summary="The current notice of every purpose and language",
-    responses=responses(401, 403),
-)
-async def get_notices(runtime: RuntimeDep, caller: ReviewerCaller) -> dict[str, Any]:
-    async with runtime.db.session() as session:
-        items = await list_notices(session, caller.org_id)
-    return {"items": [notice_view(n) for n in items]}
-
-
-@router.post(
-    "/consent-notices",
-    response_model=NoticeView,
-    response_model_exclude_unset=True,
-    status_code=201,
-    summary="Publish a new notice version (old versions are never changed)",
-    description="In the caller's organization's notice set. Returns 200 with the existing "
-    "version when the text equals the current one.",
-    responses={200: {"description": "The text equals the current version, which is returned"},
-               **responses(401, 403, 422)},
-)
-async def publish_notice(
-    runtime: RuntimeDep, caller: AdminCaller, body: NoticeBody
-) -> JSONResponse:
-    now = runtime.clock.now()
-    if body.effective_at is not None and not body.material:
-        raise InvalidInput.field(("body", "effective_at"), "only a material change takes effect")
-    if body.effective_at is not None and body.effective_at < now:
-        raise InvalidInput.field(("body", "effective_at"), "cannot be in the past")
-    text = NoticeText(
-        body.purpose, body.language, body.text, f"api:{caller.key_id}",
-        material=body.material, change_note=body.change_note, effective_at=body.effective_at,
-    )
-    async with runtime.db.session() as session:
-        notice, created = await do_publish_notice(session, text, now, caller.org_id)
-        affected = (
-            await bookings_asking(session, notice.purpose, now, caller.org_id) if created else []
-        )
-    if created and notice.material:  # after commit: gates reload, pages are told
-        await publish_all(runtime.bus, [notice_changed_event(notice, affected)])
-    return JSONResponse(notice_view(notice), status_code=201 if created else 200)
-
-
-@router.get(
-    "/consent-notices/versions",
-    summary="Every version of one purpose's notice in one language, oldest first",
-    responses=responses(401, 403, 422),
-)
-async def get_notice_versions(
-    runtime: RuntimeDep, caller: ReviewerCaller, purpose: Purpose,
-    language: Annotated[str, Query(min_length=2, max_length=35)] = "en",
-) -> dict[str, Any]:
-    async with runtime.db.session() as session:
-        items = await notice_versions(session, purpose, language, caller.org_id)
-    return {"items": [notice_view(n) for n in items]}

@@ -1,7 +1,8 @@
 """Webhook endpoints for schedulers (register, list, change, rotate, disable, delete), each
 endpoint's delivery log and replay; and the OpenAPI `webhooks` section describing every event.
 
-Thin: the work is core/webhooks.py (endpoints, signing) and core/webhooksender.py (the sender) and core/outbox.py (the events).
+Thin: the work is core/webhooks.py (endpoints, signing), core/webhooksender.py (the sender)
+and core/outbox.py (the events).
 """
 
 from __future__ import annotations
