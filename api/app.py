@@ -18,6 +18,7 @@ from api.limits import BodyLimit, ForwardedClient
 from api.observability import Metrics, RequestContext
 from api.pauses import Pauses, freeze_startup
 from api.routers import admin_consent, admin_notices, admin_page, health, pages, ws
+from api.routers import attendance as attendance_router
 from api.routers import bookings as bookings_router
 from api.routers import consent as consent_router
 from api.routers import join as join_router
@@ -127,6 +128,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
     app.include_router(livekit_router.router)
     app.include_router(pages.router)
     app.include_router(bookings_router.router)
+    app.include_router(attendance_router.router)
     app.include_router(summaries_router.router)
     app.include_router(summaries_router.pages)
     app.include_router(privacy_router.router)

@@ -19,7 +19,6 @@ from core.purposes import RecordingAccess, RecordingPolicy
 from core.runtime import Runtime
 from signaling import bookinglist, participants
 from signaling import bookings as service
-from signaling.attendance import LeaveHow, get_attendance
 from signaling.ics import invite
 from signaling.join import JoinGrant, do_participant_token
 
@@ -379,59 +378,3 @@ async def revoke_link(
         runtime, caller.org_id, booking_id, participant_id, rooms=rooms
     )
     return participant_out(runtime, person.booking, person)
-
-
-
-class StayOut(BaseModel):
-    joined_at: datetime
-    left_at: datetime | None
-    how: LeaveHow | None = Field(description="How the stay ended (null: still present).")
-
-
-class PersonAttendanceOut(BaseModel):
-    participant_id: uuid.UUID
-    external_id: str
-    role: Role
-    present: bool
-    seconds_present: float = Field(description="Total time present so far (s).")
-    no_show: bool | None = Field(
-        description="Never came in; decided when the window closes (null until then)."
-    )
-    stays: list[StayOut]
-
-
-class AttendanceOut(BaseModel):
-    booking_id: uuid.UUID
-    status: BookingStatus
-    people: list[PersonAttendanceOut]
-
-
-@router.get(
-    "/{booking_id}/attendance",
-    summary="Who attended",
-    description="Per participant (pseudonymous id and your external id, never a name): each "
-    "join and leave with its time, the total time present, and `no_show` once the join "
-    "window closed. Scheduler and admin keys.",
-    responses=problems.responses(401, 403, 404, 422),
-)
-async def attendance(
-    runtime: RuntimeDep,
-    caller: Annotated[Caller, Depends(require(Scope.SCHEDULER, Scope.ADMIN))],
-    booking_id: BookingId,
-) -> AttendanceOut:
-    async with runtime.db.session() as session:
-        booking = await service.access_org_booking(session, caller.org_id, booking_id)
-        people = await get_attendance(session, booking, runtime.clock.now())
-    return AttendanceOut(
-        booking_id=booking.id, status=booking.status,
-        people=[
-            PersonAttendanceOut(
-                participant_id=p.participant.id, external_id=p.participant.external_id,
-                role=p.participant.role, present=p.present, seconds_present=p.seconds,
-                no_show=p.no_show,
-                stays=[StayOut(joined_at=s.joined_at, left_at=s.left_at, how=s.left_how)
-                       for s in p.stays],
-            )
-            for p in people
-        ],
-    )
