@@ -12,6 +12,9 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
+# Every process that opens a Runtime maps `bookings.org_id`'s foreign key: the table it names
+# must be registered even where nothing else imports core.organizations (a sweep worker).
+from core import organizations as _organizations  # noqa: F401
 from core.bus import EventBus, InProcessBus, RedisBus
 from core.clock import Clock, SystemClock
 from core.crypto import Keyring, load_or_create_key_file, private_folder
