@@ -14,6 +14,9 @@ Revoking a link or erasing a person removes them from the room (`RemoveParticipa
 they already hold stays valid until it expires, so the room keeps a list of who is kept out
 (`livekit_revocations`, in the database: every node sees it): a join LiveKit reports by webhook
 with a token older than the person's current link is removed again at once.
+
+Size (just over 400 lines): tokens and rooms share one LiveKit client and its settings;
+splitting them would put the token's grants and the room's limits, which must agree, apart.
 """
 
 from __future__ import annotations

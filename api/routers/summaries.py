@@ -3,6 +3,9 @@
 Outputs and jobs are readable by the booking's own participants (X-Join-Credential) and by
 admins (API key), nobody else (docs/privacy.md). The processing register is for admins and
 auditors. Job progress is pushed as server-sent events.
+
+Size (just over 400 lines): every route of the AI outputs shares one reader check
+(participant or admin) and one read log; kept together so no route can skip either.
 """
 
 from __future__ import annotations
