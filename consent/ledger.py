@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Select, String, Uuid, select, text
+from sqlalchemy import BigInteger, Select, String, Uuid, func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -253,6 +253,13 @@ def entry_view(entry: Entry) -> dict[str, Any]:
         "prev_hash": entry.prev_hash,
         "entry_hash": entry.entry_hash,
     }
+
+
+async def count_before(session: AsyncSession, before: datetime) -> int:
+    """How many entries were appended before `before` (what retention would have expired;
+    the ledger keeps them: it is append-only)."""
+    found = await session.scalar(select(func.count()).select_from(Entry).where(Entry.at < before))
+    return int(found or 0)
 
 
 async def booking_entries(session: AsyncSession, booking_id: uuid.UUID) -> list[Entry]:

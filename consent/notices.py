@@ -231,6 +231,14 @@ class Supersession:
     change_note: str | None
 
 
+async def versions_of(
+    session: AsyncSession, notice_ids: Iterable[uuid.UUID]
+) -> dict[uuid.UUID, int]:
+    """The version number of each given notice (ids that name no notice are left out)."""
+    query = select(Notice.id, Notice.version).where(Notice.id.in_(set(notice_ids)))
+    return {row[0]: row[1] for row in await session.execute(query)}
+
+
 async def supersessions(
     session: AsyncSession, notice_ids: Iterable[uuid.UUID]
 ) -> dict[uuid.UUID, Supersession]:

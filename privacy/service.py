@@ -23,7 +23,7 @@ import structlog
 from sqlalchemy import delete, func, or_, select, update
 
 from consent.decisions import DecisionRequest, do_decide
-from consent.ledger import Entry, entry_view
+from consent.ledger import count_before, entry_view
 from consent.notices import current_notice
 from consent.purposes import Decision, Method, Purpose
 from consent.restrictions import Restriction, get_restriction
@@ -351,10 +351,7 @@ class Privacy:
     async def _ledger_expired(self, now: Any) -> int:
         before = now - periods(self._rt.settings)[Category.CONSENT_LEDGER]
         async with self._rt.db.session() as session:
-            found = await session.scalar(
-                select(func.count()).select_from(Entry).where(Entry.at < before)
-            )
-        return int(found or 0)
+            return await count_before(session, before)
 
     async def retention_status(self) -> dict[str, Any]:
         """Per category: its period, what is expired now, and the last real run."""

@@ -33,9 +33,9 @@ from consent.integrity import IntegrityWatch, active_alarm, alarm_view, alarms, 
 from consent.ledger import LogFilter, LogRow, booking_entries, entry_view, log_page, stream_log
 from consent.live import LiveGate
 from consent.notices import (
-    Notice,
     Supersession,
     supersessions,
+    versions_of,
 )
 from consent.purposes import Decision, Purpose
 from core.bookings import Booking
@@ -113,8 +113,7 @@ async def get_log(
             limit=limit,
         )
         shown = {row.entry.notice_id for row in page}
-        query = select(Notice.id, Notice.version).where(Notice.id.in_(shown))
-        versions: dict[uuid.UUID, int] = {row[0]: row[1] for row in await session.execute(query)}
+        versions = await versions_of(session, shown)
         replaced = await supersessions(session, shown)
     return {
         "items": [_annotated(row, versions, replaced) for row in page],
