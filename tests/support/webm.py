@@ -78,3 +78,19 @@ def keyframe_times_ms(data: bytes) -> list[int]:
             for packet in container.demux(stream)
             if packet.pts is not None and packet.is_keyframe
         ]
+
+
+def playback(data: bytes) -> tuple[float | None, int, int]:
+    """What a player gets from the file through libavformat: its declared duration (seconds,
+    None if it declares none), the video packets with a timestamp, and how many of them
+    decoded to a frame (decoding a frame cut in half raises)."""
+    with av.open(io.BytesIO(data)) as container:
+        duration = None if container.duration is None else container.duration / av.time_base
+        stream = container.streams.video[0]
+        packets = decoded = 0
+        for packet in container.demux(stream):
+            if packet.pts is None:
+                continue
+            packets += 1
+            decoded += len(packet.decode())
+    return duration, packets, decoded

@@ -8,14 +8,19 @@ import io
 import os
 from pathlib import Path
 
-import av
 import pytest
 
 from media.finalize import SpillOutput, finalize_webm
 from media.storage import EncryptedWriter, LocalStore, decrypt
 from media.webm import WebmVp8Writer
 from tests.support.media import encode_vp8
-from tests.support.webm import CUES, cue_times_ms, keyframe_times_ms, segment_children
+from tests.support.webm import (
+    CUES,
+    cue_times_ms,
+    keyframe_times_ms,
+    playback,
+    segment_children,
+)
 
 INFO, TRACKS, CLUSTER = 0x1549A966, 0x1654AE6B, 0x1F43B675
 
@@ -51,16 +56,9 @@ def finished_file(path: Path, key: bytes, finished: tuple[int, str] | None) -> b
 def assert_plays(data: bytes, seconds: float, frames: int) -> None:
     """The declared duration is `seconds` (a frame's length either side), and each of the
     `frames` packets decodes to a frame."""
-    with av.open(io.BytesIO(data)) as container:
-        assert container.duration is not None
-        assert abs(container.duration / av.time_base - seconds) <= 0.034
-        stream = container.streams.video[0]
-        packets = decoded = 0
-        for packet in container.demux(stream):
-            if packet.pts is None:
-                continue
-            packets += 1
-            decoded += len(packet.decode())
+    duration, packets, decoded = playback(data)
+    assert duration is not None
+    assert abs(duration - seconds) <= 0.034
     assert packets == decoded == frames
 
 
