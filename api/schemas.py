@@ -150,6 +150,36 @@ class NoticeList(Body):
     items: list[NoticeView]
 
 
+class ReceiptKey(Body):
+    kid: str
+    alg: str
+    public_key: str = Field(description="Base64 of the raw Ed25519 public key.")
+    jwk: dict[str, str] = Field(description="The same key as a JWK (RFC 8037).")
+
+
+class IntegrityAlarm(Body):
+    id: str
+    detected_at: str = Field(description=TIME)
+    first_bad_seq: int | None
+    problem: str | None
+    detail: str | None
+    head_seq: int | None
+    acknowledged_at: str | None = Field(description=TIME)
+    acknowledged_by: str | None
+
+
+class IntegrityStatus(Body):
+    status: str = Field(description="`ok` or `tampered`.")
+    alarm: IntegrityAlarm | None = Field(description="The standing (unacknowledged) alarm.")
+    alarms: list[IntegrityAlarm] = Field(description="The recent alarms, newest first.")
+    last_check: ChainReport | None = Field(description="This node's last walk of the chain.")
+    last_check_at: str | None = Field(description=TIME)
+
+
+class Acknowledged(Body):
+    acknowledged: list[IntegrityAlarm]
+
+
 class TimelineBooking(Body):
     id: str
     title: str

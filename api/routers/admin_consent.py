@@ -21,11 +21,13 @@ from sqlalchemy import select
 from api.deps import AdminCaller, GateDep, ReviewerCaller, RuntimeDep
 from api.problems import responses
 from api.schemas import (
+    Acknowledged,
     ChainReport,
     CheckpointExport,
     CheckpointList,
     CheckpointView,
     ConsentTimeline,
+    IntegrityStatus,
     LogPage,
 )
 from consent.checkpoints import Signer, checkpoint_view, list_checkpoints, verify
@@ -229,6 +231,7 @@ async def create_checkpoint(
 
 @router.get(
     "/consent-log/integrity",
+    response_model=IntegrityStatus,
     summary="Whether the running servers found the ledger tampered with",
     description="`status` is `ok` or `tampered`; `alarm` is the standing (unacknowledged) "
     "alarm, `alarms` the recent ones. Every node re-verifies the whole chain every "
@@ -254,6 +257,7 @@ async def get_integrity(
 
 @router.post(
     "/consent-log/integrity/acknowledge",
+    response_model=Acknowledged,
     summary="Acknowledge the standing integrity alarm (capture resumes)",
     description="Only an admin. Capture and AI jobs stay stopped until this is called; the "
     "same finding is not raised again, a new one is. 404 `not_found` when no alarm stands.",

@@ -105,6 +105,8 @@ async def publish_notice(
 
 @router.get(
     "/consent-notices/versions",
+    response_model=NoticeList,
+    response_model_exclude_unset=True,
     summary="Every version of one purpose's notice in one language, oldest first",
     responses=responses(401, 403, 422),
 )

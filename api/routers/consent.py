@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field
 from api.deps import GateDep, ParticipantDep, RuntimeDep, SchedulerCaller
 from api.notices import notice_html
 from api.problems import responses
-from api.schemas import ConsentOverview, LedgerEntry
+from api.schemas import ConsentOverview, LedgerEntry, NoticeView, ReceiptKey
 from consent.checkpoints import LedgerTampered, Signer
 from consent.decisions import DecisionRequest, consent_overview, do_decide
 from consent.ledger import entry_view
@@ -89,6 +89,8 @@ async def get_receipt(
 
 @router.get(
     "/notices/{sha256}",
+    response_model=NoticeView,
+    response_model_exclude_unset=True,
     summary="A notice by its SHA-256 (any version, also earlier ones)",
     description="What a receipt or a ledger entry names by `notice_sha256`. No credential "
     "needed: notices are public texts.",
@@ -106,6 +108,7 @@ async def get_notice(
 
 @router.get(
     "/receipt-key",
+    response_model=ReceiptKey,
     summary="The public key that verifies receipts and checkpoints",
     description="`public_key` is base64 of the raw Ed25519 key; `jwk` the same as a JWK "
     "(RFC 8037). No credential needed.",
