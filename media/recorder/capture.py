@@ -97,8 +97,6 @@ class TrackCapture:
         self._recorder.frames_arrived[self.kind] += 1
         state = self._recorder.decide(self.peer, self.kind)
         if state is CaptureState.RECORDING:
-            if self.span is None:
-                self._open_span()
             self._held.append((frame.data, frame.timestamp, arrival))
             self._release(arrival - HOLD_S)
         else:
@@ -120,9 +118,13 @@ class TrackCapture:
         return len(self._held)
 
     def _release(self, arrived_by: float) -> None:
-        """Write the held frames that arrived by `arrived_by` (consent still holds)."""
-        held, span = self._held, self.span
-        while held and held[0][2] <= arrived_by and span is not None:
+        """Write the held frames that arrived by `arrived_by` (consent still holds). The span's
+        file is opened with the first frame it is given, so no file is made for frames that a
+        refusal drops while held; an audio file's row is queued in the same step (`row_opened`),
+        a video file's at its first key frame (one that never sees a key frame is deleted)."""
+        held = self._held
+        while held and held[0][2] <= arrived_by:
+            span = self.span or self._open_span()
             data, timestamp, arrival = held.popleft()
             if span.write(data, timestamp, arrival):
                 self._recorder.frames_written[self.kind] += 1
