@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import JSON, ForeignKey, Integer, String, Text, Uuid, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -87,6 +87,9 @@ class Agenda(Base):
     retain_until: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
 
 
+Output = TypeVar("Output", "Transcript", "Summary", "Agenda")
+
+
 async def get_for_job(
     session: AsyncSession, model: type[Transcript | Summary | Agenda], job_id: uuid.UUID
 ) -> uuid.UUID | None:
@@ -95,35 +98,15 @@ async def get_for_job(
     return (await session.execute(query)).scalar_one_or_none()
 
 
-async def get_latest_transcript(session: AsyncSession, booking_id: uuid.UUID) -> Transcript | None:
+async def get_latest(
+    session: AsyncSession, model: type[Output], booking_id: uuid.UUID, now: datetime
+) -> Output | None:
+    """The booking's newest output of this kind still within its retention (an expired one
+    is never read or reused, even before the retention job has deleted it)."""
     query = (
-        select(Transcript)
-        .where(Transcript.booking_id == booking_id)
-        .order_by(Transcript.created_at.desc())
-        .limit(1)
-    )
-    return (await session.execute(query)).scalar_one_or_none()
-
-
-async def get_latest_summary(
-    session: AsyncSession, booking_id: uuid.UUID, now: datetime
-) -> Summary | None:
-    query = (
-        select(Summary)
-        .where(Summary.booking_id == booking_id, Summary.retain_until > now)
-        .order_by(Summary.created_at.desc())
-        .limit(1)
-    )
-    return (await session.execute(query)).scalar_one_or_none()
-
-
-async def get_latest_agenda(
-    session: AsyncSession, booking_id: uuid.UUID, now: datetime
-) -> Agenda | None:
-    query = (
-        select(Agenda)
-        .where(Agenda.booking_id == booking_id, Agenda.retain_until > now)
-        .order_by(Agenda.created_at.desc())
+        select(model)
+        .where(model.booking_id == booking_id, model.retain_until > now)
+        .order_by(model.created_at.desc())
         .limit(1)
     )
     return (await session.execute(query)).scalar_one_or_none()

@@ -133,7 +133,9 @@ class JobRunner:
 
     async def _utterances(self, booking: Booking, job: Job) -> list[Utterance]:
         async with self._rt.db.session() as session:
-            transcript = await outputs.get_latest_transcript(session, booking.id)
+            transcript = await outputs.get_latest(
+                session, outputs.Transcript, booking.id, self._rt.clock.now()
+            )
             if transcript is None:
                 raise NotPermitted("there is no transcript to summarize")
             sealer = Sealer(session, self._rt.keys, self._rt.clock.now())

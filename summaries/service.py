@@ -230,7 +230,7 @@ class AiJobs:
             if deleted:
                 latest = await latest_job(session, booking_id, JobKind.SUMMARY)
                 excluded = (latest.excluded if latest else frozenset()) | {subject}
-                transcript = await outputs.get_latest_transcript(session, booking_id)
+                transcript = await outputs.get_latest(session, outputs.Transcript, booking_id, now)
                 others = {s.subject_id for s in (transcript.segments if transcript else [])}
                 if others - excluded:
                     created = await do_create_job(

@@ -281,7 +281,7 @@ async def get_summary(runtime: RuntimeDep, reader: ReaderDep) -> Response:
     now = runtime.clock.now()
     async with runtime.db.session() as session:
         readable = await _readable(session, runtime, reader)
-        row = await outputs.get_latest_summary(session, reader.booking_id, now)
+        row = await outputs.get_latest(session, outputs.Summary, reader.booking_id, now)
         if row is None or not readable.covers_any(row.subjects):
             raise NotFound("this booking has no summary")
         body = await Sealer(session, runtime.keys, now).open_summary(row.id, row.body)
@@ -302,7 +302,9 @@ async def get_summary(runtime: RuntimeDep, reader: ReaderDep) -> Response:
 )
 async def get_agenda(runtime: RuntimeDep, reader: ReaderDep) -> dict[str, Any]:
     async with runtime.db.session() as session:
-        row = await outputs.get_latest_agenda(session, reader.booking_id, runtime.clock.now())
+        row = await outputs.get_latest(
+            session, outputs.Agenda, reader.booking_id, runtime.clock.now()
+        )
     if row is None:
         raise NotFound("this booking has no agenda")
     return {**_meta(row), "items": row.items}
@@ -321,8 +323,8 @@ async def get_transcript(runtime: RuntimeDep, reader: ReaderDep) -> Response:
     now = runtime.clock.now()
     async with runtime.db.session() as session:
         readable = await _readable(session, runtime, reader)
-        row = await outputs.get_latest_transcript(session, reader.booking_id)
-        if row is None or row.retain_until <= now:
+        row = await outputs.get_latest(session, outputs.Transcript, reader.booking_id, now)
+        if row is None:
             raise NotFound("this booking has no transcript")
         sealer = Sealer(session, runtime.keys, now)
         mine, segments = [], []
