@@ -170,20 +170,27 @@ def keys_revoke(
 
 @keys.command("rotate-master")
 def keys_rotate_master() -> None:
-    """Re-wrap every person's data key under the current master key (CALLGATE_MASTER_KEY),
-    unwrapping with CALLGATE_PREVIOUS_MASTER_KEYS; safe to run again after an interruption.
-    Once it reports 0 left, the previous master keys can be removed."""
+    """Re-wrap every person's data key and re-seal every webhook signing secret under the
+    current master key (CALLGATE_MASTER_KEY), unwrapping with CALLGATE_PREVIOUS_MASTER_KEYS;
+    safe to run again after an interruption. Once it reports 0 left, the previous master keys
+    can be removed."""
     from core.datakeys import do_rewrap_data_keys
+    from core.webhooks import do_seal_secrets
 
     settings = Settings()
 
     async def run() -> str:
         db = Database(settings.database_url)
+        keyring = build_keyring(settings)
         try:
-            done = await do_rewrap_data_keys(db, build_keyring(settings))
+            done = await do_rewrap_data_keys(db, keyring)
+            secrets = await do_seal_secrets(db, keyring)
         finally:
             await db.close()
-        return f"re-wrapped {done.rewrapped} data keys ({done.current} were already current)"
+        return (
+            f"re-wrapped {done.rewrapped} data keys ({done.current} were already current), "
+            f"re-sealed {secrets} webhook secrets"
+        )
 
     typer.echo(asyncio.run(run()))
 

@@ -144,7 +144,7 @@ async def run() -> str:
         )
         runtime = Runtime.open(settings)
         async with runtime.db.session() as session:
-            do_create_endpoint(session, settings, org_id=ORG, url=f"{base}/hooks",
+            do_create_endpoint(session, settings, runtime.keys, org_id=ORG, url=f"{base}/hooks",
                                description="bench",
                                event_types=None, created_by="bench", now=runtime.clock.now())
         ours = await measure(runtime, base)

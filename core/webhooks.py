@@ -19,6 +19,10 @@ trying until the endpoint answers 2xx:
 Signatures follow the Standard Webhooks specification: `webhook-signature: v1,<base64 of
 HMAC-SHA256(key, "{webhook-id}.{webhook-timestamp}.{body}")>`, key = the base64 part of the
 `whsec_` secret; during a rotation's grace period both secrets sign (space-separated).
+
+Secrets are stored sealed under the master key (AES-256-GCM, bound to the endpoint's id), so a
+copy of the database alone cannot forge a webhook; `callgate keys rotate-master` re-seals them
+with the data keys, and a row stored in plaintext by an older version is sealed at start-up.
 """
 
 from __future__ import annotations
@@ -43,7 +47,8 @@ from sqlalchemy import JSON, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
-from core.database import Base, UTCDateTime, enum_column
+from core.crypto import SEALED_PREFIX, Keyring, is_sealed
+from core.database import Base, Database, UTCDateTime, enum_column
 from core.errors import InvalidInput, NotFound
 from core.outbox import EventType, OutboxEvent
 from core.settings import Settings
@@ -68,8 +73,8 @@ class Endpoint(Base):
     url: Mapped[str] = mapped_column(Text)
     description: Mapped[str] = mapped_column(String(200), default="")
     event_types: Mapped[list[str]] = mapped_column(JSON)
-    secret: Mapped[str] = mapped_column(Text)
-    previous_secret: Mapped[str | None] = mapped_column(Text, nullable=True)
+    secret: Mapped[str] = mapped_column(Text)  # sealed (`seal_secret`)
+    previous_secret: Mapped[str | None] = mapped_column(Text, nullable=True)  # sealed too
     previous_secret_until: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     disabled_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     disabled_reason: Mapped[str | None] = mapped_column(String(200), nullable=True)
@@ -78,12 +83,16 @@ class Endpoint(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
-    def secrets_at(self, now: datetime) -> list[str]:
+    def secrets_at(self, keys: Keyring, now: datetime) -> list[str]:
         """The secrets that sign now: the current one, and the previous one in its grace."""
-        out = [self.secret]
+        out = [self.current_secret(keys)]
         if self.previous_secret and self.previous_secret_until and now < self.previous_secret_until:
-            out.append(self.previous_secret)
+            out.append(open_secret(keys, self.id, self.previous_secret))
         return out
+
+    def current_secret(self, keys: Keyring) -> str:
+        """The `whsec_` secret in the clear (to sign, or to show once to the caller)."""
+        return open_secret(keys, self.id, self.secret)
 
 
 class Delivery(Base):
@@ -115,6 +124,49 @@ class Delivery(Base):
 
 def new_secret() -> str:
     return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(24)).decode()
+
+
+def _secret_context(endpoint_id: uuid.UUID) -> str:
+    return f"webhook-secret:{endpoint_id}"
+
+
+def seal_secret(keys: Keyring, endpoint_id: uuid.UUID, secret: str) -> str:
+    """The secret as stored: wrapped under the master key, bound to its endpoint."""
+    wrapped = keys.wrap(secret.encode(), _secret_context(endpoint_id))
+    return SEALED_PREFIX + base64.b64encode(wrapped).decode()
+
+
+def open_secret(keys: Keyring, endpoint_id: uuid.UUID, stored: str) -> str:
+    """The secret in the clear (a row an older version stored in plaintext is read as is,
+    until `do_seal_secrets` seals it); InvalidTag under a master key this server lacks."""
+    if not is_sealed(stored):
+        return stored
+    wrapped = base64.b64decode(stored.removeprefix(SEALED_PREFIX))
+    return keys.unwrap(wrapped, _secret_context(endpoint_id)).decode()
+
+
+async def do_seal_secrets(db: Database, keys: Keyring, *, rewrap: bool = True) -> int:
+    """Seal every stored secret under the current master key: those an older version kept in
+    plaintext, and (`rewrap`) those under a previous master key, after a rotation. Returns
+    how many were sealed; running it again finds none."""
+    changed = 0
+    async with db.session() as session:
+        for endpoint in (await session.scalars(select(Endpoint))).all():
+            context = _secret_context(endpoint.id)
+            for column in ("secret", "previous_secret"):
+                stored: str | None = getattr(endpoint, column)
+                if stored is None:
+                    continue
+                if is_sealed(stored):
+                    if not rewrap:
+                        continue
+                    wrapped = base64.b64decode(stored.removeprefix(SEALED_PREFIX))
+                    if keys.unwrap_current(wrapped, context) is not None:
+                        continue
+                setattr(endpoint, column, seal_secret(keys, endpoint.id, open_secret(
+                    keys, endpoint.id, stored)))
+                changed += 1
+    return changed
 
 
 def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
@@ -202,23 +254,25 @@ async def access_endpoint(
 
 
 def do_create_endpoint(
-    session: AsyncSession, settings: Settings, *, org_id: str, url: str, description: str,
-    event_types: Sequence[str] | None, created_by: str, now: datetime,
+    session: AsyncSession, settings: Settings, keys: Keyring, *, org_id: str, url: str,
+    description: str, event_types: Sequence[str] | None, created_by: str, now: datetime,
 ) -> Endpoint:
+    endpoint_id = uuid.uuid4()
     endpoint = Endpoint(
-        id=uuid.uuid4(), org_id=org_id, url=check_url(url, settings), description=description,
-        event_types=check_types(event_types), secret=new_secret(), created_by=created_by,
+        id=endpoint_id, org_id=org_id, url=check_url(url, settings), description=description,
+        event_types=check_types(event_types),
+        secret=seal_secret(keys, endpoint_id, new_secret()), created_by=created_by,
         created_at=now, updated_at=now,
     )
     session.add(endpoint)
     return endpoint
 
 
-def do_rotate_secret(endpoint: Endpoint, settings: Settings, now: datetime) -> None:
+def do_rotate_secret(endpoint: Endpoint, settings: Settings, keys: Keyring, now: datetime) -> None:
     """A new secret; the old one keeps signing (next to it) for the grace period."""
     endpoint.previous_secret = endpoint.secret
     endpoint.previous_secret_until = now + timedelta(hours=settings.webhook_secret_grace_hours)
-    endpoint.secret = new_secret()
+    endpoint.secret = seal_secret(keys, endpoint.id, new_secret())
     endpoint.updated_at = now
 
 

@@ -20,6 +20,7 @@ from types import TracebackType
 
 import httpx
 import structlog
+from cryptography.exceptions import InvalidTag
 from sqlalchemy import select
 from sqlalchemy import update as sql_update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -35,12 +36,17 @@ from core.webhooks import (
     UnsafeTarget,
     body_of,
     check_target,
+    do_seal_secrets,
     do_set_enabled,
     headers_for,
 )
 
 log = structlog.get_logger(__name__)
 
+UNREADABLE_SECRET = (  # the delivery's error text when this node cannot sign
+    "the signing secret is sealed under a master key this node does not have "  # noqa: S105
+    "(list it in CALLGATE_PREVIOUS_MASTER_KEYS)"
+)
 MAX_BODY = 64 * 1024  # what is read of a receiver's answer, at most
 BATCH = 100
 PARALLEL = 32  # deliveries in flight per node (each to another endpoint or booking)
@@ -171,6 +177,12 @@ class Sender:
             self._loop.call_soon_threadsafe(self._wake.set)
 
     async def _forever(self) -> None:
+        try:  # secrets an older version stored in plaintext (core.webhooks)
+            sealed = await do_seal_secrets(self._rt.db, self._rt.keys, rewrap=False)
+            if sealed:
+                log.info("webhooks.secrets_sealed", count=sealed)
+        except Exception:  # the next start tries again; signing reads either form
+            log.exception("webhooks.seal_failed")
         while True:
             busy = False
             try:
@@ -293,7 +305,12 @@ class Sender:
         # The signature's timestamp is the real time of the attempt: receivers compare it
         # with their own clock (replay protection), whatever clock schedules the retries.
         stamp = int(time.time())
-        headers = headers_for(endpoint.secrets_at(self._rt.clock.now()), event.id, stamp, body)
+        try:
+            signing = endpoint.secrets_at(self._rt.keys, self._rt.clock.now())
+        except InvalidTag:  # sealed under a master key this node lacks: another node may not
+            log.error("webhooks.secret_unreadable", endpoint_id=str(endpoint.id))
+            return Outcome(ok=False, retry=True, error=UNREADABLE_SECRET)
+        headers = headers_for(signing, event.id, stamp, body)
         try:
             await check_target(endpoint.url, self._settings)
             return await attempt(

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 from api import problems
 from api.deps import RuntimeDep, SchedulerCaller
 from core import webhooks as service
+from core.crypto import Keyring
 from core.outbox import EventType
 from core.purposes import Decision
 
@@ -104,8 +105,10 @@ def endpoint_out(endpoint: service.Endpoint) -> EndpointOut:
     )
 
 
-def with_secret(endpoint: service.Endpoint) -> EndpointWithSecret:
-    return EndpointWithSecret(**endpoint_out(endpoint).model_dump(), secret=endpoint.secret)
+def with_secret(endpoint: service.Endpoint, keys: Keyring) -> EndpointWithSecret:
+    return EndpointWithSecret(
+        **endpoint_out(endpoint).model_dump(), secret=endpoint.current_secret(keys)
+    )
 
 
 def delivery_out(delivery: service.Delivery) -> DeliveryOut:
@@ -129,11 +132,11 @@ async def create_endpoint(
 ) -> EndpointWithSecret:
     async with runtime.db.session() as session:
         endpoint = service.do_create_endpoint(
-            session, runtime.settings, org_id=caller.org_id, url=body.url,
+            session, runtime.settings, runtime.keys, org_id=caller.org_id, url=body.url,
             description=body.description,
             event_types=body.event_types, created_by=caller.key_id, now=runtime.clock.now(),
         )
-    return with_secret(endpoint)
+    return with_secret(endpoint, runtime.keys)
 
 
 @router.get("", summary="List webhook endpoints", responses=problems.responses(401, 403))
@@ -186,8 +189,8 @@ async def rotate_secret(
 ) -> EndpointWithSecret:
     async with runtime.db.session() as session:
         endpoint = await service.access_endpoint(session, caller.org_id, endpoint_id)
-        service.do_rotate_secret(endpoint, runtime.settings, runtime.clock.now())
-    return with_secret(endpoint)
+        service.do_rotate_secret(endpoint, runtime.settings, runtime.keys, runtime.clock.now())
+    return with_secret(endpoint, runtime.keys)
 
 
 @router.delete(

@@ -18,6 +18,7 @@ from datetime import timedelta
 from typing import Any
 
 import httpx
+import pytest
 from pydantic import SecretStr
 
 from api.app import create_app
@@ -29,6 +30,8 @@ from tests.support import databases as support
 from tests.support.bookings import bearer, booking_body, credential_of
 from tests.support.consent import decide
 from tests.support.privacy import add_recording, audio, book, person
+from tests.support.waiting import eventually
+from tests.support.webhooks import Receiver
 
 NEW_MASTER = base64.b64encode(b"n" * 32).decode()
 NEW_SECRET = "rotated-secret-" + "r" * 40
@@ -68,10 +71,33 @@ async def rotate_master(settings: Settings) -> str:
     return done.stdout.strip()
 
 
+@pytest.fixture
+def settings_overrides() -> dict[str, Any]:
+    return {"webhook_allow_private_targets": True, "webhook_poll_interval_s": 0.05}
+
+
 async def test_a_new_master_key_rewraps_every_data_key_and_recordings_stay_readable(
     client: httpx.AsyncClient, api_keys: dict[Scope, str], runtime: Runtime,
     settings: Settings, clock: ManualClock,
 ) -> None:
+    receiver = Receiver()
+    await receiver.start()
+    try:
+        await rewrap_and_read(client, api_keys, runtime, settings, clock, receiver)
+    finally:
+        await receiver.stop()
+
+
+async def rewrap_and_read(
+    client: httpx.AsyncClient, api_keys: dict[Scope, str], runtime: Runtime,
+    settings: Settings, clock: ManualClock, receiver: Receiver,
+) -> None:
+    scheduler = bearer(api_keys[Scope.SCHEDULER])
+    hook = await client.post(
+        "/v1/webhooks/endpoints", headers=scheduler, json={"url": receiver.url}
+    )
+    assert hook.status_code == 201, hook.text
+    receiver.secrets.append(hook.json()["secret"])
     booked = await book(
         client, api_keys, clock.now() + timedelta(minutes=5), person("host-rm", "Rena Host"),
         [person("client-rm", "Cato Client")], ["recording.audio"],
@@ -94,10 +120,22 @@ async def test_a_new_master_key_rewraps_every_data_key_and_recordings_stay_reada
     new, old = SecretStr(NEW_MASTER), SecretStr(support.MASTER)
     async with node(settings, clock, master_key=new, previous_master_keys=[old]) as c:
         assert await downloads(c) == expected  # no downtime: the old key still unwraps
-    assert await rotate_master(settings) == "re-wrapped 2 data keys (0 were already current)"
-    assert await rotate_master(settings) == "re-wrapped 0 data keys (2 were already current)"
+    assert await rotate_master(settings) == (
+        "re-wrapped 2 data keys (0 were already current), re-sealed 1 webhook secrets"
+    )
+    assert await rotate_master(settings) == (
+        "re-wrapped 0 data keys (2 were already current), re-sealed 0 webhook secrets"
+    )
     async with node(settings, clock, master_key=new, previous_master_keys=[]) as c:
         assert await downloads(c) == expected  # the old key is no longer needed
+        # and the webhook secret, re-sealed, still signs what the receiver verifies
+        made = await c.post("/v1/bookings", headers=scheduler, json=booking_body(clock.now()))
+        assert made.status_code == 201, made.text
+
+        async def signed() -> bool:
+            return any(r.data.get("booking_id") == made.json()["id"] for r in receiver.received)
+
+        await eventually(signed, "an event signed under the new master key")
     async with node(settings, clock, master_key=old, previous_master_keys=[]) as c:
         stale = await c.get(f"/v1/bookings/{booked.booking_id}/recordings/{rows[0].id}",
                             headers=admin)

@@ -4,15 +4,21 @@ is down, failing or slow, Retry-After, disabling after days of failure, replay, 
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import select, update
 
+from api.app import create_app
 from core.accounts import Scope
 from core.clock import ManualClock
+from core.runtime import Runtime
+from core.settings import Settings
+from core.webhooks import Endpoint
 from tests.support.bookings import bearer, book
 from tests.support.waiting import eventually
 from tests.support.webhooks import Mode, Received, Receiver, first_seen
@@ -323,3 +329,68 @@ async def test_openapi_describes_every_event(client: httpx.AsyncClient) -> None:
     } <= set(spec["webhooks"])
     created = spec["webhooks"]["booking.created"]["post"]["requestBody"]["content"]
     assert "application/json" in created
+
+
+async def stored_secrets(runtime: Runtime, endpoint_id: str) -> tuple[str, str | None]:
+    """The endpoint's secret columns as the database holds them (what a dump would show)."""
+    query = select(Endpoint.secret, Endpoint.previous_secret).where(
+        Endpoint.id == uuid.UUID(endpoint_id)
+    )
+    async with runtime.db.session() as session:
+        row = (await session.execute(query)).one()
+    return row.secret, row.previous_secret
+
+
+async def test_signing_secrets_are_stored_sealed_never_in_the_clear(
+    client: httpx.AsyncClient, api_keys: dict[Scope, str], clock: ManualClock,
+    receiver: Receiver, runtime: Runtime,
+) -> None:
+    endpoint = await register(client, api_keys, receiver)
+    first = endpoint["secret"]
+    stored, _ = await stored_secrets(runtime, endpoint["id"])
+    assert first.removeprefix("whsec_") not in stored
+    rotated = await client.post(
+        f"/v1/webhooks/endpoints/{endpoint['id']}/rotate", headers=hdr(api_keys)
+    )
+    second = rotated.json()["secret"]
+    stored, previous = await stored_secrets(runtime, endpoint["id"])
+    dump = f"{stored} {previous}"
+    for shown in (first, second):
+        assert shown.removeprefix("whsec_") not in dump
+    receiver.secrets = [second]  # both sign in the grace period; each verifies on its own
+    await book(client, api_keys[Scope.SCHEDULER], clock.now() + timedelta(days=3))
+
+    async def delivered() -> bool:
+        return len(receiver.received) == 1
+
+    await eventually(delivered, "an event signed with the sealed secrets")
+    assert receiver.received[0].signatures == 2
+
+
+async def test_a_secret_an_older_version_kept_in_plaintext_is_sealed_at_start(
+    client: httpx.AsyncClient, api_keys: dict[Scope, str], clock: ManualClock,
+    receiver: Receiver, runtime: Runtime, settings: Settings,
+) -> None:
+    endpoint = await register(client, api_keys, receiver)
+    plain = endpoint["secret"]
+    async with runtime.db.session() as session:  # the row as a version before sealing left it
+        await session.execute(
+            update(Endpoint).where(Endpoint.id == uuid.UUID(endpoint["id"])).values(secret=plain)
+        )
+    restarted = create_app(settings, clock=clock)
+    async with restarted.router.lifespan_context(restarted):
+
+        async def sealed() -> bool:
+            stored, _ = await stored_secrets(runtime, endpoint["id"])
+            return plain.removeprefix("whsec_") not in stored
+
+        await eventually(sealed, "the restarted node sealed the plaintext secret")
+        transport = httpx.ASGITransport(app=restarted)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as again:
+            await book(again, api_keys[Scope.SCHEDULER], clock.now() + timedelta(days=3))
+
+        async def delivered() -> bool:
+            return len(receiver.received) >= 1
+
+        await eventually(delivered, "an event signed with the same secret as before")
+    assert receiver.received[0].signatures == 1  # verified with the plaintext it was given
