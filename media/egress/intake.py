@@ -41,8 +41,11 @@ def shared_file(runtime: Runtime, filename: str) -> Path | None:
     base = root.resolve()
     path = Path(filename) if Path(filename).is_absolute() else base / filename
     path = path.resolve()
-    if not path.is_relative_to(base) or not path.is_file():
-        log.warning("egress.file_refused", filename=filename)
+    if not path.is_relative_to(base):
+        log.warning("egress.file_refused", filename=filename)  # outside: never touched
+        return None
+    if not path.is_file():  # another node already took it in or deleted it
+        log.info("egress.file_absent", filename=filename)
         return None
     return path
 
