@@ -14,7 +14,7 @@ from playwright.async_api import Browser, Page, expect
 from core.purposes import RecordingAccess
 from tests.e2e.test_call_page import choose, open_join, seed
 from tests.support.liveserver import LiveServer
-from tests.support.signaling import Person
+from tests.support.signaling import Person, Seeded
 
 pytestmark = pytest.mark.e2e
 
@@ -58,21 +58,30 @@ async def join(page: Page) -> None:
     await expect(page.locator("#call")).to_be_visible()
 
 
+async def both_in_call(
+    browser: Browser, live_server: LiveServer, seeded: Seeded,
+    host_allows: tuple[bool, bool], client_allows: tuple[bool, bool],
+) -> tuple[Page, Page]:
+    """The host's and the client's pages, each having answered (audio, video) before joining."""
+    host = await open_join(browser, live_server, seeded.host)
+    client = await open_join(browser, live_server, seeded.client)
+    for page, (audio, video) in ((host, host_allows), (client, client_allows)):
+        await expect(page.locator("#prejoin fieldset")).to_have_count(2)
+        await choose(page, "recording.audio", allow=audio)
+        await choose(page, "recording.video", allow=video)
+    await join(host)
+    await join(client)
+    return host, client
+
+
 async def test_page_sends_only_consented_tracks_and_a_withdrawal_ends_the_file(
     browser: Browser, live_server: LiveServer
 ) -> None:
     seeded = await seed(live_server, access=RecordingAccess.PARTICIPANTS)
     host_person, client_person = seeded.host, seeded.client
-    host = await open_join(browser, live_server, host_person)
-    client = await open_join(browser, live_server, client_person)
-    for page in (host, client):
-        await expect(page.locator("#prejoin fieldset")).to_have_count(2)
-    await choose(host, "recording.audio", allow=True)
-    await choose(host, "recording.video", allow=True)
-    await choose(client, "recording.audio", allow=True)
-    await choose(client, "recording.video", allow=False)
-    await join(host)
-    await join(client)
+    host, client = await both_in_call(
+        browser, live_server, seeded, host_allows=(True, True), client_allows=(True, False)
+    )
 
     # Only the host is offered the switch.
     start = host.get_by_role("button", name="Start recording")

@@ -13,8 +13,8 @@ import pytest
 from playwright.async_api import Browser, expect
 
 from core.purposes import RecordingAccess
-from tests.e2e.test_call_page import choose, open_join, seed
-from tests.e2e.test_call_recording import join, of, recordings_until
+from tests.e2e.test_call_page import seed
+from tests.e2e.test_call_recording import both_in_call, of, recordings_until
 from tests.support.liveserver import LiveServer
 from tests.support.waiting import eventually
 
@@ -87,16 +87,9 @@ async def test_a_downloaded_recording_knows_its_length_and_seeks(
 ) -> None:
     seeded = await seed(live_server, access=RecordingAccess.PARTICIPANTS)
     host_person, client_person = seeded.host, seeded.client
-    host = await open_join(browser, live_server, host_person)
-    client = await open_join(browser, live_server, client_person)
-    for page in (host, client):
-        await expect(page.locator("#prejoin fieldset")).to_have_count(2)
-    await choose(host, "recording.audio", allow=True)
-    await choose(host, "recording.video", allow=True)
-    await choose(client, "recording.audio", allow=False)
-    await choose(client, "recording.video", allow=False)
-    await join(host)
-    await join(client)
+    host, client = await both_in_call(
+        browser, live_server, seeded, host_allows=(True, True), client_allows=(False, False)
+    )
     await host.get_by_role("button", name="Start recording").click()
     await expect(host.get_by_role("button", name="Stop recording")).to_be_visible()
     booking_id = str(seeded.booking_id)
