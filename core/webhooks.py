@@ -44,6 +44,7 @@ from urllib.parse import urlsplit
 
 import structlog
 from sqlalchemy import JSON, ForeignKey, Integer, String, Text, UniqueConstraint, Uuid, select
+from sqlalchemy import update as sql_update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -276,15 +277,29 @@ def do_rotate_secret(endpoint: Endpoint, settings: Settings, keys: Keyring, now:
     endpoint.updated_at = now
 
 
-def do_set_enabled(endpoint: Endpoint, enabled: bool, now: datetime, reason: str) -> None:
-    if enabled:
-        endpoint.disabled_at = None
-        endpoint.disabled_reason = None
-        endpoint.failing_since = None
-    elif endpoint.disabled_at is None:
+def do_disable(endpoint: Endpoint, now: datetime, reason: str) -> None:
+    if endpoint.disabled_at is None:
         endpoint.disabled_at = now
         endpoint.disabled_reason = reason
     endpoint.updated_at = now
+
+
+async def do_enable(session: AsyncSession, endpoint: Endpoint, now: datetime) -> None:
+    """Enable the endpoint again; its pending deliveries are due at once (in order), not at
+    the end of the back-off their last failures set (up to 8 h): whoever enables it has
+    just fixed the receiver."""
+    was_disabled = endpoint.disabled_at is not None
+    endpoint.disabled_at = None
+    endpoint.disabled_reason = None
+    endpoint.failing_since = None
+    endpoint.updated_at = now
+    if was_disabled:
+        await session.execute(
+            sql_update(Delivery)
+            .where(Delivery.endpoint_id == endpoint.id, Delivery.status == DeliveryStatus.PENDING)
+            .values(next_attempt_at=now)
+            .execution_options(synchronize_session=False)
+        )
 
 
 async def access_delivery(

@@ -36,8 +36,8 @@ from core.webhooks import (
     UnsafeTarget,
     body_of,
     check_target,
+    do_disable,
     do_seal_secrets,
-    do_set_enabled,
     headers_for,
 )
 
@@ -370,5 +370,5 @@ class Sender:
         limit = timedelta(days=self._settings.webhook_disable_after_days)
         if endpoint.disabled_at is None and now - endpoint.failing_since >= limit:
             since = endpoint.failing_since.isoformat()
-            do_set_enabled(endpoint, False, now, f"every delivery failed since {since}")
+            do_disable(endpoint, now, f"every delivery failed since {since}")
 

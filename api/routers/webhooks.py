@@ -49,7 +49,7 @@ class EndpointPatch(BaseModel):
     event_types: list[EventType] | None = None
     enabled: bool | None = Field(
         default=None, description="false disables the endpoint (nothing is sent, pending "
-        "deliveries wait); true enables it again and resumes them."
+        "deliveries wait); true enables it again and makes them due at once, in order."
     )
 
 
@@ -173,7 +173,10 @@ async def update_endpoint(
         if body.event_types is not None:
             endpoint.event_types = service.check_types(body.event_types)
         if body.enabled is not None:
-            service.do_set_enabled(endpoint, body.enabled, now, "disabled through the API")
+            if body.enabled:
+                await service.do_enable(session, endpoint, now)
+            else:
+                service.do_disable(endpoint, now, "disabled through the API")
         endpoint.updated_at = now
     return endpoint_out(endpoint)
 
