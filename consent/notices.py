@@ -30,6 +30,8 @@ from core.errors import InvalidInput, NotFound
 from core.events import NoticeChanged
 from core.organizations import DEFAULT_ORG, effective_settings, get_orgs
 from core.settings import Settings
+from core.subjects import Category
+from core.subjects import retention_days as category_days
 
 DEFAULTS = Path(__file__).resolve().parent / "notices"
 DEFAULT_LANGUAGE = "en"
@@ -65,19 +67,22 @@ class NoticeText:
     effective_at: datetime | None = None  # default: at once
 
 
-# Which retention setting keeps each purpose's data (the notice states it in days).
-RETENTION_SETTING: dict[Purpose, str] = {
-    Purpose.RECORDING_AUDIO: "recording_retention_days",
-    Purpose.RECORDING_VIDEO: "recording_retention_days",
-    Purpose.TRANSCRIPTION: "summary_retention_days",
-    Purpose.AI_SUMMARY: "summary_retention_days",
-    Purpose.AI_AGENDA: "agenda_retention_days",
+# Which data category keeps each purpose's data (the notice states its period in days);
+# agendas have their own period, inside the summaries category.
+RETENTION_CATEGORY: dict[Purpose, Category] = {
+    Purpose.RECORDING_AUDIO: Category.RECORDINGS,
+    Purpose.RECORDING_VIDEO: Category.RECORDINGS,
+    Purpose.TRANSCRIPTION: Category.TRANSCRIPTS,
+    Purpose.AI_SUMMARY: Category.SUMMARIES,
 }
 
 
 def retention_days(settings: Settings, purpose: Purpose) -> int:
-    """How many days the data made for `purpose` is kept."""
-    return int(getattr(settings, RETENTION_SETTING[purpose]))
+    """How many days the data made for `purpose` is kept (`settings`: the organization's
+    effective ones, `core.organizations.effective_settings`)."""
+    if purpose is Purpose.AI_AGENDA:
+        return settings.agenda_retention_days
+    return category_days(settings)[RETENTION_CATEGORY[purpose]]
 
 
 def default_texts(settings: Settings, *, files: bool = True) -> list[NoticeText]:

@@ -93,9 +93,8 @@ class ConsentSubjects:
     async def purge(self, category: Category, cutoff: Cutoff, *, dry_run: bool) -> int | None:
         if category is Category.JOIN_LOGS:  # the read log is an access log like the join log
             table = table_of(DataRead)
-            return await delete_where(
-                self._rt.db, table, table.c.at < cutoff.before, dry_run=dry_run
-            )
+            expired = (table.c.at < cutoff.before) & cutoff.of_bookings(table.c.booking_id)
+            return await delete_where(self._rt.db, table, expired, dry_run=dry_run)
         if category is not Category.CONSENT_LEDGER:
             return None
         # Append-only (the database refuses DELETE): nothing goes, whatever its age.

@@ -6,11 +6,11 @@ is "not found", exactly as if it did not exist. Participants belong to their boo
 join link belongs to the booking's organization too.
 
 An organization may override some deployment settings (`OrgSettings`: the minimum age, how
-long participants may read their session, the names in its notices); what it leaves unset is
-the deployment's value (`CALLGATE_*`). Retention periods are the deployment's for every
-organization (the purge runs over all of them). A deployment that never creates an
-organization runs entirely in `DEFAULT_ORG`, which the migration creates and into which it
-moves every existing row.
+long participants may read their session, the names in its notices, its retention period
+per data category); what it leaves unset is the deployment's value (`CALLGATE_*`). The
+purge cuts each organization's data by its own periods (`privacy.service`). A deployment
+that never creates an organization runs entirely in `DEFAULT_ORG`, which the migration
+creates and into which it moves every existing row.
 """
 
 from __future__ import annotations
@@ -46,6 +46,49 @@ class Organization(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
+MAX_RETENTION_DAYS = 3653  # ten years: longer is a mistake (days typed as hours), not a policy
+
+
+def _days(what: str, setting: str) -> Any:
+    return Field(
+        default=None, ge=1, le=MAX_RETENTION_DAYS,
+        description=f"Days {what} (default `CALLGATE_{setting}`).",
+    )
+
+
+class RetentionDays(BaseModel):
+    """An organization's retention period per data category, in days (1 to 3653); unset
+    (null) means the deployment's. A shorter period applies to what is held already at the
+    next purge; a longer one to data made from then on (what exists keeps the deadline its
+    notice stated)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    recordings: int | None = _days("a recording is kept after it ends",
+                                   "RECORDING_RETENTION_DAYS")
+    transcripts: int | None = _days("a transcript is kept", "TRANSCRIPT_RETENTION_DAYS")
+    summaries: int | None = _days("a summary is kept", "SUMMARY_RETENTION_DAYS")
+    agendas: int | None = _days("an agenda is kept", "AGENDA_RETENTION_DAYS")
+    join_logs: int | None = _days("join, recording-download and read logs are kept",
+                                  "JOIN_LOG_RETENTION_DAYS")
+    attendance: int | None = _days("attendance is kept after the join",
+                                   "ATTENDANCE_RETENTION_DAYS")
+    bookings: int | None = _days("a booking (with its participants and all they hold) is "
+                                 "kept after it ends", "BOOKING_RETENTION_DAYS")
+
+
+# RetentionDays field -> the Settings field it overrides.
+_RETENTION_SETTING = {
+    "recordings": "recording_retention_days",
+    "transcripts": "transcript_retention_days",
+    "summaries": "summary_retention_days",
+    "agendas": "agenda_retention_days",
+    "join_logs": "join_log_retention_days",
+    "attendance": "attendance_retention_days",
+    "bookings": "booking_retention_days",
+}
+
+
 class OrgSettings(BaseModel):
     """What an organization may set for itself; unset (null) means the deployment's value.
     Strict: a number sent as a string or a boolean is refused, never converted."""
@@ -71,6 +114,13 @@ class OrgSettings(BaseModel):
         description="Days after a session its participants may read what `recording_access` "
         "gives them (default `CALLGATE_PARTICIPANT_ACCESS_DAYS`).",
     )
+    retention_days: RetentionDays | None = Field(
+        default=None,
+        description="Retention per data category in days (1 to 3653); a category left "
+        "unset keeps the deployment's period. The purge deletes this organization's data by "
+        "these periods, and its notices state them. The consent ledger is not here: it is "
+        "append-only, one chain for the deployment (`CALLGATE_LEDGER_RETENTION_DAYS`).",
+    )
 
 
 # OrgSettings field -> the Settings field it overrides.
@@ -85,14 +135,26 @@ def effective_settings(settings: Settings, org: Organization | None) -> Settings
     if org is None or not org.settings:
         return settings
     overrides = OrgSettings.model_validate(org.settings).model_dump(exclude_none=True)
-    if not overrides:
+    retention = overrides.pop("retention_days", {})
+    update = {_SETTING_OF.get(k, k): v for k, v in overrides.items()}
+    update.update({_RETENTION_SETTING[k]: v for k, v in retention.items()})
+    if not update:
         return settings
-    return settings.model_copy(update={_SETTING_OF.get(k, k): v for k, v in overrides.items()})
+    return settings.model_copy(update=update)
 
 
 async def org_settings(session: AsyncSession, settings: Settings, org_id: str) -> Settings:
     """The settings that hold for `org_id` (the deployment's, where it set nothing)."""
     return effective_settings(settings, await session.get(Organization, org_id))
+
+
+async def booking_settings(
+    session: AsyncSession, settings: Settings, booking_id: uuid.UUID
+) -> Settings:
+    """The settings that hold for a booking's organization (the deployment's for a booking
+    that is gone)."""
+    org_id = await session.scalar(select(Booking.org_id).where(Booking.id == booking_id))
+    return await org_settings(session, settings, org_id or DEFAULT_ORG)
 
 
 def check_org_id(org_id: str) -> str:
@@ -132,8 +194,12 @@ async def do_create_org(
 
 
 def do_update_settings(org: Organization, changes: dict[str, Any], now: datetime) -> None:
-    """Merge `changes` (an OrgSettings subset; null clears an override) into the org's."""
+    """Merge `changes` (an OrgSettings subset; null clears an override) into the org's;
+    `retention_days` merges per category the same way."""
     merged = {**org.settings, **changes}
+    retention = changes.get("retention_days")
+    if isinstance(retention, dict):
+        merged["retention_days"] = {**org.settings.get("retention_days", {}), **retention}
     org.settings = OrgSettings.model_validate(merged).model_dump(exclude_none=True)
     org.updated_at = now
 

@@ -219,7 +219,12 @@ class Settings(BaseSettings):
         default=4, ge=1, le=10, description="Tries per AI request on 429/5xx/timeouts."
     )
     summary_retention_days: int = Field(
-        default=90, ge=1, description="Days a transcript and summary are kept."
+        default=90, ge=1, description="Days a summary (and, unless "
+        "`CALLGATE_TRANSCRIPT_RETENTION_DAYS` says otherwise, a transcript) is kept."
+    )
+    transcript_retention_days: int | None = Field(
+        default=None, ge=1, description="Days a transcript is kept; unset: "
+        "`CALLGATE_SUMMARY_RETENTION_DAYS`.",
     )
     agenda_retention_days: int = Field(default=30, ge=1, description="Days an agenda is kept.")
     minimum_age: int = Field(

@@ -12,15 +12,17 @@ import enum
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
 import structlog
+from sqlalchemy import ColumnElement, Select, SQLColumnExpression, select, true
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from core.bookings import Participant
+from core.bookings import Booking, Participant
 from core.purposes import Purpose
+from core.settings import Settings
 
 log = structlog.get_logger(__name__)
 
@@ -113,13 +115,81 @@ class Erasure:
     cleanup: Cleanup
 
 
+def retention_days(settings: Settings) -> dict[Category, int]:
+    """The retention period of each category in days, from (an organization's effective)
+    settings."""
+    return {
+        Category.RECORDINGS: settings.recording_retention_days,
+        Category.TRANSCRIPTS: settings.transcript_retention_days
+        or settings.summary_retention_days,
+        Category.SUMMARIES: settings.summary_retention_days,
+        Category.JOIN_LOGS: settings.join_log_retention_days,
+        Category.ATTENDANCE: settings.attendance_retention_days,
+        Category.BOOKINGS: settings.booking_retention_days,
+        Category.CONSENT_LEDGER: settings.ledger_retention_days,
+    }
+
+
+def periods(settings: Settings) -> dict[Category, timedelta]:
+    """The retention period of each category."""
+    return {c: timedelta(days=days) for c, days in retention_days(settings).items()}
+
+
 @dataclass(frozen=True)
 class Cutoff:
     """Retention cut for one category: rows older than `before` (by age) or whose own
-    `retain_until` is not after `now` have expired."""
+    `retain_until` is not after `now` have expired.
+
+    Scope: with `orgs`, only those organizations' data; otherwise every organization's but
+    the `others` (those with their own period for the category, cut separately). Orgless
+    rows (their booking or participant already gone) fall in the latter, the default group.
+    With neither, the conditions are the plain ones: no join to bookings at all."""
 
     now: datetime
     before: datetime
+    orgs: frozenset[str] | None = None
+    others: frozenset[str] = frozenset()
+
+    @property
+    def everywhere(self) -> bool:
+        return self.orgs is None and not self.others
+
+    @property
+    def sweeps(self) -> bool:
+        """Whether this cut also takes what belongs to no organization (orphaned files)."""
+        return self.orgs is None
+
+    def of_orgs(self, org_id: SQLColumnExpression[str]) -> ColumnElement[bool]:
+        """Rows whose organization column is in scope."""
+        if self.orgs is not None:
+            return org_id.in_(sorted(self.orgs))
+        if self.others:
+            return org_id.not_in(sorted(self.others))
+        return true()
+
+    def of_bookings(self, booking_id: SQLColumnExpression[uuid.UUID]) -> ColumnElement[bool]:
+        """Rows whose booking is in scope (one subquery over the bookings' org index)."""
+        if self.everywhere:
+            return true()
+        return self._member(booking_id, select(Booking.id))
+
+    def of_participants(
+        self, participant_id: SQLColumnExpression[uuid.UUID]
+    ) -> ColumnElement[bool]:
+        """Rows whose participant's booking is in scope."""
+        if self.everywhere:
+            return true()
+        chosen = select(Participant.id).join(Booking, Booking.id == Participant.booking_id)
+        return self._member(participant_id, chosen)
+
+    def _member(
+        self, column: SQLColumnExpression[uuid.UUID], ids: Select[Any]
+    ) -> ColumnElement[bool]:
+        if self.orgs is not None:
+            return column.in_(ids.where(Booking.org_id.in_(sorted(self.orgs))).scalar_subquery())
+        # the complement of the overriding organizations, so orgless rows are in it
+        listed = ids.where(Booking.org_id.in_(sorted(self.others))).scalar_subquery()
+        return column.not_in(listed)
 
 
 class SubjectData(Protocol):

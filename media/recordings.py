@@ -22,8 +22,10 @@ from core.accounts import Viewer, access_booking_data
 from core.bookings import Booking, BookingStatus, Role
 from core.database import Base, UTCDateTime, enum_column
 from core.errors import Gone, NotFound, PermissionDenied
+from core.organizations import booking_settings
 from core.outbox import RecordingReady, RecordingStarted, RecordingStopped, do_write
 from core.purposes import Purpose
+from core.settings import Settings
 
 
 class TrackKind(enum.StrEnum):
@@ -87,6 +89,15 @@ class RecordingControl(Base):
     recording: Mapped[bool] = mapped_column(Boolean)
     changed_at: Mapped[datetime] = mapped_column(UTCDateTime())
     changed_by: Mapped[str] = mapped_column(String(80))
+
+
+async def retention_of(
+    session: AsyncSession, settings: Settings, booking_id: uuid.UUID
+) -> timedelta:
+    """How long a recording of the booking is kept after it ends: its organization's
+    period (`retain_until` is set from it; the purge also cuts by age)."""
+    return timedelta(days=(await booking_settings(session, settings, booking_id))
+                     .recording_retention_days)
 
 
 async def open_tracks(

@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy import ColumnElement, delete, func, not_, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.batches import BATCH, delete_where, table_of
@@ -223,19 +223,26 @@ class MediaSubjects:
                 func.coalesce(recordings.c.ended_at, recordings.c.started_at) < cutoff.before,
             )
             done = recordings.c.state != RecordingState.RECORDING.value
-            files = await self._purge_files(expired & done, dry_run=dry_run)
+            scope = cutoff.of_bookings(recordings.c.booking_id)
+            files = await self._purge_files(expired & done & scope, dry_run=dry_run)
+            if not cutoff.sweeps:
+                return files
             return files + await self._purge_orphans(cutoff.now, dry_run=dry_run)
         if category is Category.JOIN_LOGS:
             downloads = table_of(RecordingDownload)
-            return await delete_where(
-                self._rt.db, downloads, downloads.c.at < cutoff.before, dry_run=dry_run
-            )
+            condition = downloads.c.at < cutoff.before
+            if not cutoff.everywhere:
+                scoped = select(recordings.c.id).where(cutoff.of_bookings(recordings.c.booking_id))
+                condition = condition & downloads.c.recording_id.in_(scoped.scalar_subquery())
+            return await delete_where(self._rt.db, downloads, condition, dry_run=dry_run)
         if category is Category.BOOKINGS:
-            old = select(Booking.id).where(Booking.ends_at < cutoff.before)
+            old = select(Booking.id).where(
+                Booking.ends_at < cutoff.before, cutoff.of_orgs(Booking.org_id)
+            )
             files = await self._purge_files(
                 recordings.c.booking_id.in_(old.scalar_subquery()), dry_run=dry_run
             )
-            return files + await self._purge_keys(cutoff.before, dry_run=dry_run)
+            return files + await self._purge_keys(cutoff, dry_run=dry_run)
         return None
 
     async def _purge_files(self, condition: Any, *, dry_run: bool) -> int:
@@ -266,14 +273,24 @@ class MediaSubjects:
         before = (now - ORPHAN_GRACE).timestamp()
         return await asyncio.to_thread(self.store.sweep, known, before, dry_run=dry_run)
 
-    async def _purge_keys(self, before: datetime, *, dry_run: bool) -> int:
-        """Data keys of people left only in expired bookings (or in none)."""
+    async def _purge_keys(self, cutoff: Cutoff, *, dry_run: bool) -> int:
+        """Data keys of people left only in bookings this cut expires (or in none): a
+        person with a booking out of its scope keeps their key."""
         keys = table_of(DataKey)
+        kept: ColumnElement[bool] = Booking.ends_at >= cutoff.before
+        if not cutoff.everywhere:
+            kept = or_(kept, not_(cutoff.of_orgs(Booking.org_id)))
         live = (
             select(Participant.external_id)
             .join(Booking, Booking.id == Participant.booking_id)
-            .where(Booking.ends_at >= before)
+            .where(kept)
         )
-        return await delete_where(
-            self._rt.db, keys, keys.c.external_id.not_in(live.scalar_subquery()), dry_run=dry_run
-        )
+        condition: ColumnElement[bool] = keys.c.external_id.not_in(live.scalar_subquery())
+        if not cutoff.sweeps:  # keys of nobody's booking go with the default group's cut
+            people = (
+                select(Participant.external_id)
+                .join(Booking, Booking.id == Participant.booking_id)
+                .where(cutoff.of_orgs(Booking.org_id))
+            )
+            condition = condition & keys.c.external_id.in_(people.scalar_subquery())
+        return await delete_where(self._rt.db, keys, condition, dry_run=dry_run)

@@ -3,10 +3,11 @@
 `Privacy` finds a person by their platform id, streams their export bundle (logged first),
 erases them in one transaction across every domain (files unlinked after commit, then
 `subject.erased` per booking), restricts or frees their processing (`subject.restricted`),
-withdraws a consent and deletes what was captured under it, and runs the retention purge:
-periodically while entered on a lifespan, or once from `callgate retention run`.
+withdraws a consent and deletes what was captured under it, and runs the retention purge
+(each organization's data by its own periods): periodically while entered on a lifespan, or
+once from `callgate retention run`.
 
-Size (just over 400 lines): the requests and the retention run share the domain list and
+Size (about 425 lines): the requests and the retention run share the domain list and
 the one-transaction erasure; they change together.
 """
 
@@ -15,7 +16,8 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
+from itertools import chain
 from types import TracebackType
 from typing import Any
 
@@ -32,10 +34,10 @@ from core.bookings import TOMBSTONE_PREFIX, Booking, Participant
 from core.bus import publish_all
 from core.errors import NotFound
 from core.events import SubjectErased, SubjectRestricted
+from core.organizations import effective_settings, get_orgs, org_settings
 from core.outbox import SubjectErased as ErasedOut
 from core.outbox import do_write
 from core.runtime import Runtime
-from core.settings import Settings
 from core.subjects import (
     Category,
     Cleanup,
@@ -45,6 +47,8 @@ from core.subjects import (
     Part,
     Subject,
     SubjectData,
+    periods,
+    retention_days,
 )
 from core.tasks import stop_tasks
 from privacy.bundle import zip_stream
@@ -59,20 +63,6 @@ from privacy.records import (
 log = structlog.get_logger(__name__)
 
 RETENTION_LOCK = "privacy:retention"
-
-
-def periods(settings: Settings) -> dict[Category, timedelta]:
-    """The retention period of each category, from settings."""
-    days = {
-        Category.RECORDINGS: settings.recording_retention_days,
-        Category.TRANSCRIPTS: settings.summary_retention_days,
-        Category.SUMMARIES: settings.summary_retention_days,
-        Category.JOIN_LOGS: settings.join_log_retention_days,
-        Category.ATTENDANCE: settings.attendance_retention_days,
-        Category.BOOKINGS: settings.booking_retention_days,
-        Category.CONSENT_LEDGER: settings.ledger_retention_days,
-    }
-    return {category: timedelta(days=value) for category, value in days.items()}
 
 
 class Privacy:
@@ -326,20 +316,51 @@ class Privacy:
 
     # -- retention ------------------------------------------------------------------------
 
+    async def cutoffs(
+        self, now: datetime, org_id: str | None = None
+    ) -> dict[Category, list[Cutoff]]:
+        """Each category's cuts. With `org_id`, that organization's alone; otherwise one per
+        distinct period: the organizations with a period of their own in groups, and all the
+        rest (orgless rows too) by the deployment's, so each domain purges with one statement
+        per group, and with the plain one while no organization overrides the category."""
+        settings = self._rt.settings
+        async with self._rt.db.session() as session:
+            orgs = await get_orgs(session)
+        own = {org.id: periods(effective_settings(settings, org)) for org in orgs}
+        default = periods(settings)
+        if org_id is not None:
+            mine = own.get(org_id, default)
+            only = frozenset({org_id})
+            return {c: [Cutoff(now, now - p, orgs=only)] for c, p in mine.items()}
+        out: dict[Category, list[Cutoff]] = {}
+        for category, period in default.items():
+            groups: dict[timedelta, set[str]] = {}
+            for org, theirs in own.items():
+                if theirs[category] != period:
+                    groups.setdefault(theirs[category], set()).add(org)
+            others = frozenset(chain.from_iterable(groups.values()))
+            out[category] = [Cutoff(now, now - period, others=others)] + [
+                Cutoff(now, now - p, orgs=frozenset(ids)) for p, ids in sorted(groups.items())
+            ]
+        return out
+
     async def run_retention(
-        self, *, dry_run: bool = False, trigger: Trigger = Trigger.API
+        self, *, dry_run: bool = False, trigger: Trigger = Trigger.API, org_id: str | None = None
     ) -> dict[str, Any]:
-        """Delete (or with `dry_run` only count) what expired, per category; logged."""
+        """Delete (or with `dry_run` only count) what expired, per category, each
+        organization's data by its own periods (with `org_id`: only that organization's);
+        logged unless a dry run."""
         started = self._rt.clock.now()
         counts: dict[str, int] = {}
-        for category, period in periods(self._rt.settings).items():
-            cutoff = Cutoff(started, started - period)
+        for category, cuts in (await self.cutoffs(started, org_id)).items():
             total = 0
-            for domain in self.domains:
-                found = await domain.purge(category, cutoff, dry_run=dry_run)
-                total += found or 0
+            for cutoff in cuts:
+                for domain in self.domains:
+                    found = await domain.purge(category, cutoff, dry_run=dry_run)
+                    total += found or 0
             counts[category.value] = total
-            log.info("retention.purged", category=category.value, count=total, dry_run=dry_run)
+            log.info("retention.purged", category=category.value, count=total, dry_run=dry_run,
+                     groups=len(cuts))
         kept = {Category.CONSENT_LEDGER.value: await self._ledger_expired(started)}
         run = RetentionRun(id=uuid.uuid4(), started_at=started, finished_at=self._rt.clock.now(),
                            dry_run=dry_run, trigger=trigger, counts={**counts, "kept": kept})
@@ -348,14 +369,15 @@ class Privacy:
                 session.add(run)
         return {**run.view(), "counts": counts, "kept": kept}
 
-    async def _ledger_expired(self, now: Any) -> int:
+    async def _ledger_expired(self, now: datetime) -> int:
         before = now - periods(self._rt.settings)[Category.CONSENT_LEDGER]
         async with self._rt.db.session() as session:
             return await count_before(session, before)
 
-    async def retention_status(self) -> dict[str, Any]:
-        """Per category: its period, what is expired now, and the last real run."""
-        preview = await self.run_retention(dry_run=True)
+    async def retention_status(self, org_id: str) -> dict[str, Any]:
+        """Per category: the organization's period, what of its data is expired now, and
+        the last real run (of the whole deployment)."""
+        preview = await self.run_retention(dry_run=True, org_id=org_id)
         async with self._rt.db.session() as session:
             last = (
                 await session.execute(
@@ -365,12 +387,13 @@ class Privacy:
                     .limit(1)
                 )
             ).scalar_one_or_none()
+            days = retention_days(await org_settings(session, self._rt.settings, org_id))
         categories = []
-        for category, period in periods(self._rt.settings).items():
+        for category, period in days.items():
             append_only = category is Category.CONSENT_LEDGER
             categories.append({
                 "category": category.value,
-                "retention_days": period.days,
+                "retention_days": period,
                 "expired": (
                     preview["kept"][category.value] if append_only
                     else preview["counts"][category.value]

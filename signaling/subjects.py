@@ -186,19 +186,19 @@ class SignalingSubjects:
         return {}
 
     async def purge(self, category: Category, cutoff: Cutoff, *, dry_run: bool) -> int | None:
+        db = self._rt.db
         if category is Category.JOIN_LOGS:
-            table = table_of(UsedTicket)
-            return await delete_where(
-                self._rt.db, table, table.c.expires_at < cutoff.before, dry_run=dry_run
+            tickets = table_of(UsedTicket)
+            expired = (tickets.c.expires_at < cutoff.before) & cutoff.of_participants(
+                tickets.c.participant_id
             )
+            return await delete_where(db, tickets, expired, dry_run=dry_run)
         if category is Category.ATTENDANCE:
-            table = table_of(Stay)
-            return await delete_where(
-                self._rt.db, table, table.c.joined_at < cutoff.before, dry_run=dry_run
-            )
+            stays = table_of(Stay)
+            expired = (stays.c.joined_at < cutoff.before) & cutoff.of_bookings(stays.c.booking_id)
+            return await delete_where(db, stays, expired, dry_run=dry_run)
         if category is Category.BOOKINGS:
-            table = table_of(Booking)
-            return await delete_where(
-                self._rt.db, table, table.c.ends_at < cutoff.before, dry_run=dry_run, batch=500
-            )
+            bookings = table_of(Booking)
+            expired = (bookings.c.ends_at < cutoff.before) & cutoff.of_orgs(bookings.c.org_id)
+            return await delete_where(db, bookings, expired, dry_run=dry_run, batch=500)
         return None

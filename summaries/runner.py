@@ -21,9 +21,11 @@ from core.audio import AudioSource
 from core.bookings import Booking
 from core.bus import publish_all
 from core.events import JobProgress
+from core.organizations import org_settings
 from core.outbox import AgendaReady, SummaryReady, TranscriptReady, do_write
 from core.purposes import Purpose, RecordingPolicy
 from core.runtime import Runtime
+from core.subjects import Category, retention_days
 from summaries import outputs
 from summaries.jobs import (
     Job,
@@ -286,7 +288,9 @@ class JobRunner:
         if existing is not None:
             return _Stored(existing)
         now = self._rt.clock.now()
-        days = self._rt.settings.summary_retention_days
+        # the deadlines the booking's organization's notices stated
+        settings = await org_settings(session, self._rt.settings, booking.org_id)
+        days = settings.summary_retention_days
         entry_ids = [str(e) for e in payload.entry_ids]
         subjects = [str(s) for s in payload.subjects]
         output_id = uuid.uuid4()
@@ -295,7 +299,7 @@ class JobRunner:
             "purpose": payload.purpose, "language": booking.language, "created_at": now,
         }
         if job.kind is JobKind.AGENDA:
-            days = self._rt.settings.agenda_retention_days
+            days = settings.agenda_retention_days
             row: outputs.Agenda | outputs.Transcript | outputs.Summary = outputs.Agenda(
                 **common, items=result, subjects=subjects, entry_ids=entry_ids,
                 retain_until=now + timedelta(days=days),
@@ -312,6 +316,7 @@ class JobRunner:
             session.add(row)
             return _ready(session, job, booking, row.id, now)
         texts = list(result) if isinstance(result, list) else []
+        days = retention_days(settings)[Category.TRANSCRIPTS]
         transcript = outputs.Transcript(**common, retain_until=now + timedelta(days=days))
         session.add(transcript)
         for position, (piece, text) in enumerate(zip(payload.pieces, texts, strict=True)):

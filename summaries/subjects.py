@@ -243,6 +243,7 @@ class SummariesSubjects:
         if category is Category.TRANSCRIPTS:
             table = table_of(Transcript)
             expired = or_(table.c.retain_until <= cutoff.now, table.c.created_at < cutoff.before)
+            expired = expired & cutoff.of_bookings(table.c.booking_id)
             return await delete_where(db, table, expired, dry_run=dry_run, batch=500)
         if category is Category.SUMMARIES:
             total = 0
@@ -250,7 +251,7 @@ class SummariesSubjects:
                 table = table_of(model)
                 expired = or_(
                     table.c.retain_until <= cutoff.now, table.c.created_at < cutoff.before
-                )
+                ) & cutoff.of_bookings(table.c.booking_id)
                 total += await delete_where(db, table, expired, dry_run=dry_run)
             return total
         return None

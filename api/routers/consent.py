@@ -21,7 +21,7 @@ from consent.purposes import Actor, Decision, Method, Purpose
 from consent.receipts import MEDIA_TYPE, build_receipt, covering_checkpoint, receipt_entries
 from consent.writer import ledger_writer
 from core.errors import NotFound, Unavailable
-from core.organizations import access_org_participant
+from core.organizations import access_org_participant, booking_settings
 
 router = APIRouter(prefix="/v1/consent", tags=["consent"])
 
@@ -41,14 +41,17 @@ class DecisionBody(BaseModel):
     response_model=ConsentOverview,
     response_model_exclude_unset=True,
     summary="The purposes this booking requests, their notices, and my current decisions",
-    description="Each purpose carries `retention_days` (how long its data is kept) and its "
+    description="Each purpose carries `retention_days` (how long its data is kept: the "
+    "booking's organization's period) and its "
     "notice as `text` (Markdown, hashed) and `html` (rendered, raw HTML disabled, sanitized).",
     responses=responses(404, 410),
 )
 async def get_consent(runtime: RuntimeDep, participant: ParticipantDep) -> dict[str, Any]:
     overview = await consent_overview(runtime.db, participant.id)
+    async with runtime.db.session() as session:  # the booking's organization's periods
+        settings = await booking_settings(session, runtime.settings, participant.booking_id)
     for item in overview["purposes"]:
-        item["retention_days"] = retention_days(runtime.settings, Purpose(item["purpose"]))
+        item["retention_days"] = retention_days(settings, Purpose(item["purpose"]))
         item["notice"]["html"] = notice_html(item["notice"]["text"])
     return overview
 

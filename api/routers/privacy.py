@@ -131,10 +131,14 @@ async def lift_restriction(
     response_model=RetentionStatus,
     response_model_exclude_unset=True,
     summary="Retention per data category: period, expired now, last purge",
+    description="`retention_days` is the key's organization's period (its own where the "
+    "operator set one, `PATCH /v1/operator/orgs/{id}` `settings.retention_days`; else the "
+    "deployment's); `expired` counts that organization's data past it now. `last_run` and "
+    "`last_purged` are the last purge of the whole deployment.",
     responses=responses(401, 403),
 )
 async def retention_status(privacy: PrivacyDep, caller: AdminCaller) -> dict[str, Any]:
-    return await privacy.retention_status()
+    return await privacy.retention_status(caller.org_id)
 
 
 @router.post(
@@ -142,6 +146,8 @@ async def retention_status(privacy: PrivacyDep, caller: AdminCaller) -> dict[str
     response_model=RetentionRunResult,
     response_model_exclude_unset=True,
     summary="Run the retention purge now (`dry_run=true`: only count)",
+    description="The purge the schedule runs (`CALLGATE_RETENTION_INTERVAL_S`), over every "
+    "organization, each organization's data by its own periods.",
     responses=responses(401, 403),
 )
 async def run_retention(

@@ -8,7 +8,7 @@ or of a person erased meanwhile, is deleted unread. Only files inside the shared
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 import structlog
@@ -20,7 +20,7 @@ from core.datakeys import access_data_key
 from core.errors import Gone
 from core.runtime import Runtime
 from media.egress.records import EgressRecord
-from media.recordings import Recording, RecordingState, do_mark_ready
+from media.recordings import Recording, RecordingState, do_mark_ready, retention_of
 from media.storage import Storage
 
 log = structlog.get_logger(__name__)
@@ -97,7 +97,8 @@ async def take_in(
     size, digest = await asyncio.to_thread(_encrypt_file, store, source, relative, key)
     started = _from_ns(result.started_at or info.started_at) or now
     ended = _from_ns(result.ended_at or info.ended_at) or now
-    retention = timedelta(days=runtime.settings.recording_retention_days)
+    async with runtime.db.session() as session:
+        retention = await retention_of(session, runtime.settings, record.booking_id)
     recording.media_type = MEDIA_TYPES.get(suffix, "application/octet-stream")
     recording.started_at, recording.ended_at = started, ended
     recording.size, recording.sha256, recording.path = size, digest, relative

@@ -12,7 +12,6 @@ import contextlib
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
 from types import TracebackType
 from typing import Any
 
@@ -65,8 +64,7 @@ class Recorder:
         self.store: Storage = open_store(runtime.settings)
         self.grants = GrantEntries(runtime)
         self._rows = SpanRows(runtime, self.store, self.grants, self.spawn)
-        retention = timedelta(days=runtime.settings.recording_retention_days)
-        self._recovery = Recovery(runtime, self.store, retention)
+        self._recovery = Recovery(runtime, self.store)
         self._peers: dict[uuid.UUID, PeerSession] = {}
         self._tasks: set[asyncio.Future[Any]] = set()
         self._background: list[asyncio.Task[None]] = []

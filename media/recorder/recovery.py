@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import timedelta
 
 from sqlalchemy import select
 
@@ -17,17 +16,16 @@ from core.bookings import Participant
 from core.datakeys import access_data_key
 from core.runtime import Runtime
 from media.finalize import finalize_webm
-from media.recordings import Recording, RecordingState, TrackKind
+from media.recordings import Recording, RecordingState, TrackKind, retention_of
 from media.storage import Storage
 
 STALE_AFTER_S = 10.0  # a file untouched this long after a crash is salvaged on start
 
 
 class Recovery:
-    def __init__(self, runtime: Runtime, store: Storage, retention: timedelta) -> None:
+    def __init__(self, runtime: Runtime, store: Storage) -> None:
         self._runtime = runtime
         self._store = store
-        self._retention = retention
 
     async def recover_stale(self, *, min_age_s: float = STALE_AFTER_S) -> int:
         """Salvage files a killed process left open (rows still `recording`, file untouched
@@ -82,7 +80,9 @@ class Recovery:
             fresh.size = size
             fresh.sha256 = digest
             fresh.ended_at = now
-            fresh.retain_until = now + self._retention
+            fresh.retain_until = now + await retention_of(
+                session, self._runtime.settings, fresh.booking_id
+            )
         return True
 
     def _salvage(self, row: Recording, key: bytes) -> tuple[int, str]:

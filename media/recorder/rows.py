@@ -13,7 +13,7 @@ import functools
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import structlog
@@ -24,7 +24,13 @@ from media.finalize import finalize_webm
 from media.recorder.capture import PeerSession
 from media.recorder.grants import GrantEntries
 from media.recorder.spans import Span, SpanSummary
-from media.recordings import Recording, RecordingState, TrackKind, do_mark_ready
+from media.recordings import (
+    Recording,
+    RecordingState,
+    TrackKind,
+    do_mark_ready,
+    retention_of,
+)
 from media.storage import Storage
 
 log = structlog.get_logger("media.recorder")
@@ -46,7 +52,6 @@ class SpanRows:
         self._store = store
         self._grants = grants
         self._spawn = spawn
-        self._retention = timedelta(days=runtime.settings.recording_retention_days)
         self._ops: asyncio.Queue[Op | None] = asyncio.Queue()
         self.closed_spans: deque[SpanSummary] = deque(maxlen=10_000)
         self._finishing: set[asyncio.Task[None]] = set()
@@ -95,6 +100,7 @@ class SpanRows:
             purpose = span.kind.purpose
             entries = await self._grants.entries(peer.booking_id, peer.subject_id, purpose)
             async with self._runtime.db.session() as session:
+                retention = await retention_of(session, self._runtime.settings, peer.booking_id)
                 session.add(
                     Recording(
                         id=span.recording_id,
@@ -107,7 +113,7 @@ class SpanRows:
                         consent_entry_ids=entries,
                         frames=0,
                         size=0,
-                        retain_until=now + self._retention,
+                        retain_until=now + retention,
                         path=span.relative_path,
                     )
                 )
@@ -168,7 +174,9 @@ class SpanRows:
                 row.frames = span.frames
                 row.size = size
                 row.sha256 = digest
-                row.retain_until = now + self._retention
+                row.retain_until = now + await retention_of(
+                    session, self._runtime.settings, row.booking_id
+                )
                 do_mark_ready(session, row.booking_id, row.id, row.participant_id, row.kind, now)
         except Exception:  # rows are bookkeeping; the files are already safe
             log.exception("recorder.complete_failed")
