@@ -173,3 +173,145 @@ async def test_each_organization_is_purged_by_its_own_periods(
 
     status = (await client.get("/v1/admin/retention", headers=admin)).json()
     assert status["last_run"]["trigger"] == "schedule"
+
+
+async def consent_days(client: httpx.AsyncClient, who: Any) -> dict[str, tuple[int, str]]:
+    """Per purpose: the days `GET /v1/consent` states, and the notice's text."""
+    overview = (await client.get("/v1/consent", headers=who.headers)).json()
+    return {p["purpose"]: (p["retention_days"], p["notice"]["text"]) for p in overview["purposes"]}
+
+
+async def test_notices_state_the_organizations_days(
+    client: httpx.AsyncClient, api_keys: dict[Scope, str], runtime: Runtime
+) -> None:
+    operator = await operator_key(runtime)
+    acme = await new_org(client, operator, "acme", ACME)
+    purposes = ["recording.audio", "transcription", "ai.summary"]
+    starts = runtime.clock.now() + timedelta(minutes=5)
+    theirs = await book(client, acme, starts, person("a-host", "Ann"), [person("a-c", "Al")],
+                        purposes)
+    ours = await book(client, api_keys, starts, person("d-host", "Dan"), [person("d-c", "Di")],
+                      purposes)
+
+    shown = await consent_days(client, theirs.people[0])
+    assert {p: days for p, (days, _) in shown.items()} == {
+        "recording.audio": 7, "transcription": 10, "ai.summary": 20
+    }
+    assert "kept for 7 days" in shown["recording.audio"][1]
+    default = await consent_days(client, ours.people[0])
+    assert {p: days for p, (days, _) in default.items()} == {
+        "recording.audio": 30, "transcription": 90, "ai.summary": 90
+    }
+    assert "kept for 30 days" in default["recording.audio"][1]
+
+    # A change: the notices follow at once; null goes back to the deployment's period, and
+    # the categories left out stay.
+    changed = await client.patch("/v1/operator/orgs/acme", headers=operator, json={
+        "settings": {"retention_days": {"recordings": 14, "summaries": None}},
+    })
+    assert changed.status_code == 200, changed.text
+    assert {k: v for k, v in changed.json()["settings"]["retention_days"].items() if v} == {
+        "recordings": 14, "transcripts": 10, "join_logs": 5, "bookings": 40
+    }
+    shown = await consent_days(client, theirs.people[0])
+    assert {p: days for p, (days, _) in shown.items()} == {
+        "recording.audio": 14, "transcription": 10, "ai.summary": 90
+    }
+    assert "kept for 14 days" in shown["recording.audio"][1]
+    assert await consent_days(client, ours.people[0]) == default
+
+
+BAD: list[tuple[Any, str]] = [
+    ({"recordings": 0}, "recordings"),
+    ({"recordings": -3}, "recordings"),
+    ({"bookings": 3654}, "bookings"),
+    ({"summaries": 10**12}, "summaries"),
+    ({"recordings": "30"}, "recordings"),
+    ({"recordings": True}, "recordings"),
+    ({"recordings": 7.5}, "recordings"),
+    ({"forever": 30}, "forever"),
+    ({"consent_ledger": 30}, "consent_ledger"),
+    (30, "retention_days"),
+]
+
+
+@pytest.mark.parametrize(("days", "named"), BAD)
+async def test_bad_periods_are_refused_and_change_nothing(
+    client: httpx.AsyncClient, runtime: Runtime, days: Any, named: str
+) -> None:
+    operator = await operator_key(runtime)
+    await new_org(client, operator, "acme", ACME)
+    before = (await client.get("/v1/operator/orgs/acme", headers=operator)).json()
+    notices = (await client.get("/v1/admin/consent-notices/versions?purpose=recording.audio",
+                                headers=bearer(await new_keys(client, operator)))).json()
+    for method, path, body in (
+        ("PATCH", "/v1/operator/orgs/acme", {"settings": {"retention_days": days}}),
+        ("POST", "/v1/operator/orgs", {"id": "beta", "name": "Beta",
+                                       "settings": {"retention_days": days}}),
+    ):
+        answer = await client.request(method, path, headers=operator, json=body)
+        assert answer.status_code == 422, (method, answer.text)
+        assert answer.headers["content-type"].startswith("application/problem+json")
+        assert named in answer.text
+    assert (await client.get("/v1/operator/orgs/acme", headers=operator)).json() == before
+    assert (await client.get("/v1/operator/orgs/beta", headers=operator)).status_code == 404
+    after = (await client.get("/v1/admin/consent-notices/versions?purpose=recording.audio",
+                              headers=bearer(await new_keys(client, operator)))).json()
+    assert after == notices
+
+
+async def new_keys(client: httpx.AsyncClient, operator: dict[str, str]) -> str:
+    answer = await client.post("/v1/operator/orgs/acme/keys", headers=operator,
+                               json={"scope": "admin"})
+    assert answer.status_code == 201
+    return str(answer.json()["key"])
+
+
+@pytest.fixture
+async def pages() -> AsyncIterator[list[RTCPeerConnection]]:
+    opened: list[RTCPeerConnection] = []
+    yield opened
+    for pc in opened:
+        await pc.close()
+
+
+async def test_a_recording_is_kept_for_its_organizations_period(
+    client: httpx.AsyncClient, runtime: Runtime, services: Services,
+    pages: list[RTCPeerConnection],
+) -> None:
+    """The real recorder sets the deadline from the booking's organization's period."""
+    operator = await operator_key(runtime)
+    acme = await new_org(client, operator, "acme", ACME)
+    booked = await book(
+        client, acme, runtime.clock.now() + timedelta(minutes=5),
+        person("a-host", "Ann Host"), [person("a-guest", "Gus Guest")], ["recording.audio"],
+    )
+    host, guest = booked.people
+    await decide(client, guest, Purpose.RECORDING_AUDIO, "granted")
+    started = await client.post(f"/v1/bookings/{booked.booking_id}/recording/start",
+                                headers=host.headers)
+    assert started.status_code == 200, started.text
+    pc = RTCPeerConnection()
+    pages.append(pc)
+    pc.addTransceiver(EncodedTrack("audio", encode_opus(50)), direction="sendonly")
+    await offer_to_recorder(client, guest.headers, pc)
+    recorder: Recorder = services.recorder
+    await eventually(lambda: recorder.frames_written[TrackKind.AUDIO] >= 50, "a second of audio")
+    await decide(client, guest, Purpose.RECORDING_AUDIO, "withdrawn")  # closes the span
+
+    listing = f"/v1/bookings/{booked.booking_id}/recordings"
+
+    async def complete() -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = (
+            await client.get(listing, headers=bearer(acme[Scope.ADMIN]))
+        ).json()["recordings"]
+        return rows if rows and all(r["state"] == "complete" for r in rows) else []
+
+    await eventually(complete, "the recording complete")
+    (row,) = await complete()
+    async with runtime.db.session() as session:
+        stored = await session.get(Recording, uuid.UUID(row["id"]))
+        assert stored is not None
+        assert stored.ended_at is not None
+        assert stored.retain_until - stored.ended_at == timedelta(days=7)
+    assert datetime.fromisoformat(row["retain_until"]) == stored.retain_until
