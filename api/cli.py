@@ -13,13 +13,23 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from pydantic import ValidationError
 
 from core.accounts import Scope, do_create_key, do_revoke_key
 from core.clock import SystemClock
 from core.database import Database
 from core.errors import CallgateError
 from core.migrate import upgrade
-from core.organizations import DEFAULT_ORG, OrgSettings, access_org, do_create_org, get_orgs
+from core.organizations import (
+    DEFAULT_ORG,
+    OrgSettings,
+    RetentionDays,
+    access_org,
+    do_create_org,
+    do_update_settings,
+    effective_settings,
+    get_orgs,
+)
 from core.runtime import build_keyring
 from core.settings import Settings
 
@@ -101,27 +111,92 @@ def _or_exit(run: Callable[[], Coroutine[Any, Any, str]]) -> str:
         raise typer.Exit(1) from None
 
 
+RETENTION_HELP = (
+    "CATEGORY=DAYS (1 to 3653), or CATEGORY=default for the deployment's period; categories: "
+    + ", ".join(RetentionDays.model_fields)
+)
+
+
+def _retention(pairs: list[str]) -> dict[str, int | None]:
+    """`CATEGORY=DAYS` pairs as `OrgSettings.retention_days` changes, checked as the API
+    checks them (a bad one exits 2 and changes nothing)."""
+    out: dict[str, int | None] = {}
+    for pair in pairs:
+        category, _, days = pair.partition("=")
+        value = days.strip()
+        if value == "default":
+            out[category.strip()] = None
+            continue
+        if not value.lstrip("-").isdigit():
+            raise typer.BadParameter(f"{pair!r}: {RETENTION_HELP}")
+        out[category.strip()] = int(value)
+    try:
+        RetentionDays.model_validate(out)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise typer.BadParameter(f"{where}: {first['msg']}") from None
+    return out
+
+
 @orgs.command("create")
 def orgs_create(
     org_id: Annotated[str, typer.Argument(help="Lower-case letters, digits and '-'.")],
     name: Annotated[str, typer.Option(help="The organization's name.")],
+    retention: Annotated[
+        list[str] | None, typer.Option("--retention", help=RETENTION_HELP)
+    ] = None,
 ) -> None:
     """Create an organization (its settings are the deployment's until changed through
-    `PATCH /v1/operator/orgs/{id}`); then `callgate keys create --org ID --scope admin`."""
+    `PATCH /v1/operator/orgs/{id}` or `callgate orgs retention`); then `callgate keys create
+    --org ID --scope admin`."""
 
     from consent.notices import seed_notices
 
     settings = Settings()
+    periods = _retention(retention or [])
+    overrides = OrgSettings.model_validate({"retention_days": periods} if periods else {})
 
     async def run() -> str:
         db = Database(settings.database_url)
         try:
             async with db.session() as session:
                 org = await do_create_org(
-                    session, org_id, name, OrgSettings(), SystemClock().now()
+                    session, org_id, name, overrides, SystemClock().now()
                 )
-            await seed_notices(db, settings, SystemClock().now(), org.id)
+            await seed_notices(db, effective_settings(settings, org), SystemClock().now(), org.id)
             return f"created organization {org.id}"
+        finally:
+            await db.close()
+
+    typer.echo(_or_exit(run))
+
+
+@orgs.command("retention")
+def orgs_retention(
+    org_id: Annotated[str, typer.Argument(help="The organization's id.")],
+    periods: Annotated[list[str], typer.Argument(help=RETENTION_HELP)],
+) -> None:
+    """Set an organization's retention periods (as `PATCH /v1/operator/orgs/{id}` with
+    `settings.retention_days`); its notices state the new days at once. Prints the
+    organization's own periods as JSON."""
+
+    from consent.notices import seed_notices
+
+    settings = Settings()
+    changes = {"retention_days": _retention(periods)}
+
+    async def run() -> str:
+        db = Database(settings.database_url)
+        now = SystemClock().now()
+        try:
+            async with db.session() as session:
+                org = await access_org(session, org_id)
+                do_update_settings(org, changes, now)
+                own = org.settings.get("retention_days", {})
+                effective = effective_settings(settings, org)
+            await seed_notices(db, effective, now, org_id)
+            return json.dumps({"id": org_id, "retention_days": own})
         finally:
             await db.close()
 

@@ -6,6 +6,10 @@ refused with problem+json and change nothing."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import os
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
@@ -22,6 +26,7 @@ from core.accounts import Scope, do_create_key
 from core.bookings import Booking, Participant
 from core.clock import ManualClock
 from core.runtime import Runtime
+from core.settings import Settings
 from media.recorder import Recorder
 from media.recordings import Recording, TrackKind
 from signaling.tickets import UsedTicket
@@ -315,3 +320,45 @@ async def test_a_recording_is_kept_for_its_organizations_period(
         assert stored.ended_at is not None
         assert stored.retain_until - stored.ended_at == timedelta(days=7)
     assert datetime.fromisoformat(row["retain_until"]) == stored.retain_until
+
+
+async def test_the_cli_sets_an_organizations_periods(
+    client: httpx.AsyncClient, runtime: Runtime, settings: Settings
+) -> None:
+    operator = await operator_key(runtime)
+    await new_org(client, operator, "acme", ACME)
+    env = {
+        **os.environ,
+        "CALLGATE_DATABASE_URL": settings.database_url,
+        "CALLGATE_DATA_DIR": str(settings.data_dir),
+        "CALLGATE_LOG_LEVEL": "WARNING",
+    }
+
+    async def cli(*args: str) -> tuple[int, str, str]:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", "from api.cli import main; main()", "orgs", *args,
+            env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await process.communicate()
+        return process.returncode or 0, out.decode(), err.decode()
+
+    async def own() -> dict[str, Any]:
+        org = (await client.get("/v1/operator/orgs/acme", headers=operator)).json()
+        return {k: v for k, v in org["settings"]["retention_days"].items() if v is not None}
+
+    code, out, err = await cli("retention", "acme", "recordings=3", "transcripts=default")
+    assert code == 0, err
+    wanted = {"recordings": 3, "summaries": 20, "join_logs": 5, "bookings": 40}
+    assert json.loads(out) == {"id": "acme", "retention_days": wanted}
+    assert await own() == wanted
+    for bad in ("recordings=0", "recordings=-1", "bookings=4000", "forever=3", "recordings=x"):
+        code, _, err = await cli("retention", "acme", bad)
+        assert code == 2, (bad, err)
+        assert await own() == wanted
+    code, _, err = await cli("retention", "nope", "recordings=3")
+    assert (code, err.strip()) == (1, "error: no organization 'nope'")
+
+    code, _, err = await cli("create", "beta", "--name", "Beta", "--retention", "bookings=400")
+    assert code == 0, err
+    beta = (await client.get("/v1/operator/orgs/beta", headers=operator)).json()
+    assert beta["settings"]["retention_days"]["bookings"] == 400
