@@ -123,6 +123,12 @@ class OrgPatch(BaseModel):
 
 @router.patch(
     "/{org_id}", summary="Rename an organization or change its settings",
+    description="Settings left out stay; null for one goes back to the deployment's value. "
+    "`settings.retention_days` sets its retention period per data category (days, 1 to "
+    "3653; categories left out stay): the scheduled purge cuts this organization's data by "
+    "them from its next run, its notices are rendered again stating them, and recordings "
+    "and AI outputs made from then on get their deadline from them. A bad value or an "
+    "unknown category: 422, nothing changed.",
     responses=problems.responses(401, 403, 404, 422),
 )
 async def update_org(
