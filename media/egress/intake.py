@@ -97,13 +97,13 @@ async def take_in(
     size, digest = await asyncio.to_thread(_encrypt_file, store, source, relative, key)
     started = _from_ns(result.started_at or info.started_at) or now
     ended = _from_ns(result.ended_at or info.ended_at) or now
-    async with runtime.db.session() as session:
-        retention = await retention_of(session, runtime.settings, record.booking_id)
     recording.media_type = MEDIA_TYPES.get(suffix, "application/octet-stream")
     recording.started_at, recording.ended_at = started, ended
     recording.size, recording.sha256, recording.path = size, digest, relative
-    recording.retain_until = ended + retention
     async with runtime.db.session() as session:
+        # the booking's organization's period
+        retention = await retention_of(session, runtime.settings, record.booking_id)
+        recording.retain_until = ended + retention
         session.add(recording)
         do_mark_ready(
             session, record.booking_id, record.id, record.participant_id, record.kind, now

@@ -11,7 +11,6 @@ import json
 import os
 import sys
 import uuid
-from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -272,17 +271,8 @@ async def new_keys(client: httpx.AsyncClient, operator: dict[str, str]) -> str:
     return str(answer.json()["key"])
 
 
-@pytest.fixture
-async def pages() -> AsyncIterator[list[RTCPeerConnection]]:
-    opened: list[RTCPeerConnection] = []
-    yield opened
-    for pc in opened:
-        await pc.close()
-
-
 async def test_a_recording_is_kept_for_its_organizations_period(
-    client: httpx.AsyncClient, runtime: Runtime, services: Services,
-    pages: list[RTCPeerConnection],
+    client: httpx.AsyncClient, runtime: Runtime, services: Services
 ) -> None:
     """The real recorder sets the deadline from the booking's organization's period."""
     operator = await operator_key(runtime)
@@ -296,13 +286,17 @@ async def test_a_recording_is_kept_for_its_organizations_period(
     started = await client.post(f"/v1/bookings/{booked.booking_id}/recording/start",
                                 headers=host.headers)
     assert started.status_code == 200, started.text
-    pc = RTCPeerConnection()
-    pages.append(pc)
-    pc.addTransceiver(EncodedTrack("audio", encode_opus(50)), direction="sendonly")
-    await offer_to_recorder(client, guest.headers, pc)
-    recorder: Recorder = services.recorder
-    await eventually(lambda: recorder.frames_written[TrackKind.AUDIO] >= 50, "a second of audio")
-    await decide(client, guest, Purpose.RECORDING_AUDIO, "withdrawn")  # closes the span
+    pc = RTCPeerConnection()  # the guest's page, sending its microphone
+    try:
+        pc.addTransceiver(EncodedTrack("audio", encode_opus(50)), direction="sendonly")
+        await offer_to_recorder(client, guest.headers, pc)
+        recorder: Recorder = services.recorder
+        await eventually(
+            lambda: recorder.frames_written[TrackKind.AUDIO] >= 50, "a second of audio"
+        )
+        await decide(client, guest, Purpose.RECORDING_AUDIO, "withdrawn")  # closes the span
+    finally:
+        await pc.close()
 
     listing = f"/v1/bookings/{booked.booking_id}/recordings"
 
