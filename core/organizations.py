@@ -75,6 +75,8 @@ class RetentionDays(BaseModel):
                                    "ATTENDANCE_RETENTION_DAYS")
     bookings: int | None = _days("a booking (with its participants and all they hold) is "
                                  "kept after it ends", "BOOKING_RETENTION_DAYS")
+    webhook_log: int | None = _days("sent webhook events and their delivery log are kept",
+                                    "WEBHOOK_LOG_RETENTION_DAYS")
 
 
 # RetentionDays field -> the Settings field it overrides.
@@ -86,6 +88,7 @@ _RETENTION_SETTING = {
     "join_logs": "join_log_retention_days",
     "attendance": "attendance_retention_days",
     "bookings": "booking_retention_days",
+    "webhook_log": "webhook_log_retention_days",
 }
 
 

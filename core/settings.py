@@ -264,6 +264,10 @@ class Settings(BaseSettings):
         default=1, ge=0, description="How often each node sweeps bookings through their "
         "lifecycle (s); 0 turns the periodic sweep off.",
     )
+    webhook_log_retention_days: int = Field(
+        default=30, ge=1, description="Days sent webhook events and their delivery log are "
+        "kept (pending deliveries stay until sent); the events carry pseudonymous ids only.",
+    )
     attendance_retention_days: int = Field(
         default=90, ge=1, description="Days attendance (joins and leaves) is kept after the join.",
     )

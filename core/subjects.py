@@ -39,6 +39,7 @@ class Category(enum.StrEnum):
     ATTENDANCE = "attendance"
     BOOKINGS = "bookings"
     CONSENT_LEDGER = "consent_ledger"
+    WEBHOOK_LOG = "webhook_log"
 
 
 @dataclass(frozen=True)
@@ -127,6 +128,7 @@ def retention_days(settings: Settings) -> dict[Category, int]:
         Category.ATTENDANCE: settings.attendance_retention_days,
         Category.BOOKINGS: settings.booking_retention_days,
         Category.CONSENT_LEDGER: settings.ledger_retention_days,
+        Category.WEBHOOK_LOG: settings.webhook_log_retention_days,
     }
 
 

@@ -1,6 +1,8 @@
 """The identity side of data-subject rights (core.subjects.SubjectData): bookings,
 participant rows, join links, the join log (redeemed signaling tickets) and attendance.
 
+Retention also deletes the webhook log: sent events and their finished deliveries.
+
 Erasure replaces the person's external id and display name with the tombstone, ends
 their join links, deletes their attendance, and drops the purpose they stated and the
 Idempotency-Key fingerprints of their bookings; the participant rows stay (they anchor the
@@ -14,13 +16,13 @@ import secrets
 from collections.abc import AsyncIterator
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, or_, select, true, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.batches import delete_where, table_of
 from core.bookings import Booking, Participant
 from core.crypto import sha256_hex
-from core.outbox import do_scrub
+from core.outbox import OutboxEvent, do_scrub
 from core.purposes import Purpose
 from core.runtime import Runtime
 from core.subjects import (
@@ -33,6 +35,7 @@ from core.subjects import (
     Part,
     Subject,
 )
+from core.webhooks import Delivery, DeliveryStatus, Endpoint
 from signaling.attendance import Stay
 from signaling.participants import Correction
 from signaling.tickets import UsedTicket
@@ -201,4 +204,36 @@ class SignalingSubjects:
             bookings = table_of(Booking)
             expired = (bookings.c.ends_at < cutoff.before) & cutoff.of_orgs(bookings.c.org_id)
             return await delete_where(db, bookings, expired, dry_run=dry_run, batch=500)
+        if category is Category.WEBHOOK_LOG:
+            return await self._purge_webhook_log(cutoff, dry_run=dry_run)
         return None
+
+    async def _purge_webhook_log(self, cutoff: Cutoff, *, dry_run: bool) -> int:
+        """Deliveries done (delivered or failed) before the cut, then the sent events no
+        delivery names any more (one still listed can be replayed, so it stays). Pending
+        deliveries and the events they send are never purged. (The outbox lives here as its
+        erasure does, `core.outbox.do_scrub`.)"""
+        db = self._rt.db
+        deliveries = table_of(Delivery)
+        in_scope = deliveries.c.endpoint_id.in_(
+            select(Endpoint.id).where(cutoff.of_orgs(Endpoint.org_id)).scalar_subquery()
+        )
+        done = (
+            (deliveries.c.status != DeliveryStatus.PENDING.value)
+            & (deliveries.c.created_at < cutoff.before)
+        )
+        purged = await delete_where(
+            db, deliveries, done & (in_scope if not cutoff.everywhere else true()),
+            dry_run=dry_run,
+        )
+        events = table_of(OutboxEvent)
+        named = select(Delivery.id).where(Delivery.event_seq == events.c.seq).exists()
+        event_scope = or_(
+            events.c.booking_id.is_not(None) & cutoff.of_bookings(events.c.booking_id),
+            events.c.booking_id.is_(None) & cutoff.of_orgs(func.coalesce(events.c.org_id, "")),
+        )
+        sent = (
+            events.c.dispatched.is_(True) & (events.c.created_at < cutoff.before) & ~named
+            & (event_scope if not cutoff.everywhere else true())
+        )
+        return purged + await delete_where(db, events, sent, dry_run=dry_run)

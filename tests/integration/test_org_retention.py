@@ -65,7 +65,7 @@ async def new_org(
     assert made.status_code == 201, made.text
     assert made.json()["settings"]["retention_days"] == {
         **dict.fromkeys(("recordings", "transcripts", "summaries", "agendas", "join_logs",
-                         "attendance", "bookings")),
+                         "attendance", "bookings", "webhook_log")),
         **days,
     }
     keys = {}

@@ -89,6 +89,9 @@ async def test_each_category_goes_when_its_period_ends(
     assert set((await run(False)).values()) == {0}
     clock.advance(timedelta(days=31))
     preview = await run(True)
+    # The booking's sent events are the webhook log's (its purge: test_webhooks); how many
+    # the sender has marked sent by now is its own affair.
+    preview.pop("webhook_log")
     assert preview == {"recordings": 1, "transcripts": 0, "summaries": 0, "join_logs": 0,
                        "attendance": 0,
                        "bookings": 0, "consent_ledger": 0}

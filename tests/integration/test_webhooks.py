@@ -16,9 +16,11 @@ from sqlalchemy import select, update
 from api.app import create_app
 from core.accounts import Scope
 from core.clock import ManualClock
+from core.outbox import OutboxEvent
 from core.runtime import Runtime
 from core.settings import Settings
 from core.webhooks import Endpoint
+from tests.integration.test_org_retention import operator_key, purged_at
 from tests.support.bookings import bearer, book
 from tests.support.waiting import eventually
 from tests.support.webhooks import Mode, Received, Receiver, first_seen
@@ -394,3 +396,54 @@ async def test_a_secret_an_older_version_kept_in_plaintext_is_sealed_at_start(
 
         await eventually(delivered, "an event signed with the same secret as before")
     assert receiver.received[0].signatures == 1  # verified with the plaintext it was given
+
+
+@pytest.mark.parametrize("settings_overrides", [{
+    "webhook_allow_private_targets": True, "webhook_timeout_s": 1,
+    "webhook_poll_interval_s": 0.05, "lifecycle_sweep_interval_s": 0,
+    "retention_interval_s": 1,  # the server's own purge, every second of real time
+}])
+async def test_the_webhook_log_is_purged_after_its_period_but_pending_deliveries_stay(
+    client: httpx.AsyncClient, api_keys: dict[Scope, str], clock: ManualClock,
+    receiver: Receiver, runtime: Runtime,
+) -> None:
+    down = Receiver(mode=Mode.FAIL)
+    await down.start()
+    try:
+        sent = await register(client, api_keys, receiver)
+        stuck = await register(client, api_keys, down, types=["booking.cancelled"])
+        booking_id = await book_move_cancel(client, api_keys, clock)
+
+        async def all_sent() -> bool:
+            return len(receiver.received) == 3 and down.attempts >= 1
+
+        await eventually(all_sent, "three events delivered, the cancellation failing on")
+        (pending,) = await deliveries(client, api_keys, stuck["id"])
+        assert pending["status"] == "pending"
+        old = await deliveries(client, api_keys, sent["id"])
+        assert [d["status"] for d in old] == ["delivered"] * 3
+
+        # The organization keeps its webhook log 40 days, not the deployment's 30.
+        changed = await client.patch("/v1/operator/orgs/default", headers=await operator_key(
+            runtime), json={"settings": {"retention_days": {"webhook_log": 40}}})
+        assert changed.status_code == 200, changed.text
+        admin = bearer(api_keys[Scope.ADMIN])
+        clock.advance(timedelta(days=31))
+        await purged_at(client, admin, clock.now())
+        assert await deliveries(client, api_keys, sent["id"]) == old
+        clock.advance(timedelta(days=10))
+        await purged_at(client, admin, clock.now())
+        assert await deliveries(client, api_keys, sent["id"]) == []
+        replay = await client.post(
+            f"/v1/webhooks/endpoints/{sent['id']}/deliveries/{old[0]['id']}/replay",
+            headers=hdr(api_keys),
+        )
+        assert replay.status_code == 404
+        (kept,) = await deliveries(client, api_keys, stuck["id"])
+        assert (kept["id"], kept["status"]) == (pending["id"], "pending")
+        query = select(OutboxEvent.type).where(OutboxEvent.booking_id == uuid.UUID(booking_id))
+        async with runtime.db.session() as session:
+            left = list((await session.scalars(query)).all())
+        assert left == ["booking.cancelled"]  # the one a pending delivery still sends
+    finally:
+        await down.stop()
