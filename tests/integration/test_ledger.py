@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import select, text
 from sqlalchemy.exc import DBAPIError
 
 from consent import walk
@@ -423,3 +423,76 @@ async def test_a_new_mark_in_a_remembered_chunk_is_checked(
     finally:
         await db.close()
     assert (report.first_bad_seq, report.problem) == (6, "checkpoint_mismatch"), report.view()
+
+
+async def recompute_from(db: Database, first: int) -> None:
+    """Change entry `first` and recompute the hash of it and every later entry, each linked
+    to the one before (what an intruder without the seal key can do)."""
+    async with db.session() as session:
+        entries = list((await session.execute(
+            select(Entry).where(Entry.seq >= first).order_by(Entry.seq)
+        )).scalars())
+        for entry in entries:
+            session.expunge(entry)
+    prev = entries[0].prev_hash
+    statements = []
+    for entry in entries:
+        if entry.seq == first:
+            entry.decision = (
+                Decision.DENIED if entry.decision == Decision.GRANTED else Decision.GRANTED
+            )
+        entry.prev_hash = prev
+        prev = hash_of(entry)
+        statements.append(
+            f"UPDATE consent_ledger SET decision = '{entry.decision.value}', "  # noqa: S608
+            f"prev_hash = '{entry.prev_hash}', entry_hash = '{prev}' WHERE seq = {entry.seq}"
+        )
+    await unprotected(db, *statements)
+
+
+RANGE_TAMPERING = {
+    **WALK_TAMPERING,
+    "change-a-range-start": (["UPDATE consent_ledger SET method = 'api' WHERE seq = 9"], 9,
+                             "hash_mismatch"),
+    "quote-in-a-text-field": (["UPDATE consent_ledger SET purpose = 'a\",\"b' WHERE seq = 3"],
+                              3, "hash_mismatch"),
+    "delete-the-last-range": (["DELETE FROM consent_ledger WHERE seq BETWEEN 9 AND 12"], 9,
+                              "missing_entry"),
+}
+
+
+@pytest.mark.parametrize("kind", [*RANGE_TAMPERING, "change-and-recompute", "delete-newest"])
+async def test_the_full_walk_reads_ranges_in_parallel_and_names_the_bad_entry(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    """`callgate ledger verify` on PostgreSQL reads seq ranges over several connections at
+    once and checks them in order, each from the previous range's last entry: an edit at a
+    range's edge, a whole range gone, a reorder across two ranges, a rewrite rehashed to the
+    head, a deleted tail are each found at the same entry, as the same problem, as the walk
+    entry by entry finds them."""
+    monkeypatch.setattr(walk, "VERIFY_BATCH", 4)  # ranges 1-4, 5-8, 9-12, 13-16
+    monkeypatch.setattr(walk, "READERS", 3)
+    db, signer = Database(pg_url), Signer.from_keyring(KEYRING)
+    try:
+        await append(db, 14)
+        intact = await verify(db, signer)
+        if kind == "change-and-recompute":
+            await recompute_from(db, 6)
+            bad_seq, problem = 6, "bad_seal"
+        elif kind == "delete-newest":
+            await do_checkpoint(db, signer, T0 + timedelta(hours=1))
+            await unprotected(db, "DELETE FROM consent_ledger WHERE seq >= 12")
+            bad_seq, problem = 12, "truncated"
+        else:
+            statements, bad_seq, problem = RANGE_TAMPERING[kind]
+            await unprotected(db, *statements)
+        report = await verify(db, signer)
+        monkeypatch.setattr(walk, "VERIFY_BATCH", 1000)  # one range: the batch path
+        monkeypatch.setattr(walk, "READERS", 1)
+        whole = await verify(db, signer)
+    finally:
+        await db.close()
+    assert (intact.ok, intact.entries, intact.head_seq) == (True, 14, 14), intact.view()
+    assert (report.first_bad_seq, report.problem) == (bad_seq, problem), report.view()
+    assert (whole.first_bad_seq, whole.problem) == (bad_seq, problem), whole.view()
+    assert report.entries == whole.entries
