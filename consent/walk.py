@@ -3,7 +3,9 @@
 `walk_chain` checks every entry from a seq on (`callgate ledger verify`, a checkpoint's walk):
 contiguous seqs, each link, hash and seal, the signed and witnessed marks. Verification is done
 here, never by asking the database for a hash: PostgreSQL hands over the stored values (the
-canonical JSON of each entry rendered from its columns) and this process hashes them.
+canonical JSON of each entry rendered from its columns) and this process hashes them. On
+PostgreSQL it reads seq ranges over READERS connections at once (one snapshot), each range
+checked in order from the previous range's last entry.
 
 `walk_remembering` is the integrity watch's walk of the whole chain (every
 `consent_verify_interval_s`), without hashing again what did not change. On PostgreSQL it goes
@@ -22,7 +24,8 @@ renders the canonical JSON of a checked entry; callgate computes every hash). An
 stored bytes, so its chunk is checked entry by entry on the next walk, and fails there.
 The memory is per process (nothing to forge in the database) and keyed by the seal keys.
 
-Size (just over 400 lines): both walks share the row shapes and check_rows, the hot path.
+Size (over 400 lines): both walks share the snapshot readers, the read-ahead, the row shapes
+and the checks, the hot path.
 """
 
 from __future__ import annotations
@@ -32,10 +35,8 @@ import contextlib
 import hashlib
 import hmac
 import re
-from bisect import bisect_left, bisect_right
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from functools import cached_property
 from typing import Any, Generic, TypeVar
 
 from sqlalchemy import select
@@ -92,11 +93,6 @@ class WalkRules:
     start_prev: str = GENESIS
     sealed: bool = False
 
-    @cached_property
-    def mark_seqs(self) -> list[int]:
-        """The seqs of `marks`, sorted (each batch looks up the ones inside it)."""
-        return sorted(self.marks)
-
 
 Row = tuple[Any, ...]
 """(seq, body, prev_hash, entry_hash, entry_mac): `body` is the UTF-8 canonical JSON of the
@@ -123,15 +119,6 @@ PG_ROWS = (
     "prev_hash, entry_hash, entry_mac FROM consent_ledger "
     "WHERE seq >= $1 AND seq < $2 ORDER BY seq"
 )
-# The same range as one row of five arrays (seqs, bodies, prev hashes, hashes, seals): the
-# driver builds five lists instead of a record and five values per entry (half this process's
-# cost of reading a row).
-PG_COLUMNS = (
-    "SELECT array_agg(seq), array_agg(body), array_agg(prev_hash), array_agg(entry_hash), "
-    "array_agg(entry_mac) FROM ({rows}) AS batch"
-).replace("{rows}", PG_ROWS.replace("'UTF8'), prev_hash", "'UTF8') AS body, prev_hash"))
-Columns = tuple[list[int], list[bytes], list[str], list[str], list[str | None]]
-
 
 async def _sqlite_rows(db: Database, from_seq: int) -> list[Row]:
     columns = [getattr(Entry, name) for name in (*HASHED, "entry_hash", "entry_mac")]
@@ -172,18 +159,21 @@ async def walk_chain(db: Database, report: ChainReport, rules: WalkRules) -> Non
         )
         starts = list(range(expected, last + 1, VERIFY_BATCH))
 
-        async def load(reader: _Reader, start: int) -> Columns | None:
+        async def load(reader: _Reader, start: int) -> list[Row]:
             async with reader.busy:
-                row = await reader.connection.fetchrow(PG_COLUMNS, start, start + VERIFY_BATCH)
-            return None if row is None or row[0] is None else tuple(row)
+                # asyncpg's records unpack like tuples: no copy per row.
+                rows: list[Row] = await reader.connection.fetch(
+                    PG_ROWS, start, start + VERIFY_BATCH
+                )
+            return rows
 
         async with _ReadAhead(readers, starts, load) as ahead:
             for n in range(len(starts)):
-                columns = await ahead.get(n)
-                if columns is None:
+                batch = await ahead.get(n)
+                if not batch:
                     report.fail(expected, "missing_entry", f"entry {expected} is missing")
                     return
-                if not check_columns(report, columns, expected, prev, rules):
+                if not check_rows(report, batch, expected, prev, rules):
                     return
                 expected, prev = report.head_seq + 1, report.head_hash
 
@@ -191,63 +181,8 @@ async def walk_chain(db: Database, report: ChainReport, rules: WalkRules) -> Non
 def check_rows(
     report: ChainReport, batch: list[Row], expected: int, prev: str, rules: WalkRules
 ) -> bool:
-    """Check one batch of rows (see walk_chain); False at the first bad entry."""
-    if not batch:
-        return True
-    seqs, bodies, prevs, hashes, macs = map(list, zip(*batch, strict=True))
-    return check_columns(report, (seqs, bodies, prevs, hashes, macs), expected, prev, rules)
-
-
-def check_columns(
-    report: ChainReport, columns: Columns, expected: int, prev: str, rules: WalkRules
-) -> bool:
-    """Check one batch given column by column; False at the first bad entry, reported as
-    `_check_each` reports it."""
-    if _all_sealed_and_good(columns, expected, prev, rules):
-        report.sealed = True
-        report.entries += len(columns[0])
-        report.head_seq, report.head_hash = columns[0][-1], columns[3][-1]
-        return True
-    return _check_each(report, list(zip(*columns, strict=True)), expected, prev, rules)
-
-
-def _all_sealed_and_good(columns: Columns, expected: int, prev: str, rules: WalkRules) -> bool:
-    """True when every entry of the batch is sealed under the current key and passes (seqs,
-    links, hashes, seals, marks): the hot path, with the least work per entry. Seqs, links
-    and marks are compared list against list; the seals all at once (in constant time) after
-    the hashes. Anything else (a failure, an unsealed entry, a seal under an earlier key)
-    answers False, and the batch is checked entry by entry, which reports the first bad
-    entry."""
-    seqs, bodies, prevs, hashes, macs = columns
-    count = len(seqs)
-    if seqs != list(range(expected, expected + count)):
-        return False
-    if not count or prevs[0] != prev or prevs[1:] != hashes[:-1] or None in macs:
-        return False
-    sha256 = hashlib.sha256
-    new_seal = hashlib.blake2b(key=rules.seal_key, digest_size=32).copy
-    made: list[str] = []
-    add = made.append
-    for body, link_to, stored in zip(bodies, prevs, hashes, strict=True):
-        if sha256((link_to + sha256(body).hexdigest()).encode()).hexdigest() != stored:
-            return False
-        state = new_seal()
-        state.update(stored.encode())
-        add(state.hexdigest())
-    stored_macs: list[str] = macs  # type: ignore[assignment]  # no None: checked above
-    if not hmac.compare_digest("".join(made).encode(), "".join(stored_macs).encode()):
-        return False
-    marked = rules.mark_seqs
-    for at in range(bisect_left(marked, expected), bisect_right(marked, expected + count - 1)):
-        if hashes[marked[at] - expected] != rules.marks[marked[at]]:
-            return False
-    return True
-
-
-def _check_each(
-    report: ChainReport, batch: list[Row], expected: int, prev: str, rules: WalkRules
-) -> bool:
-    """Check a batch entry by entry; False at the first bad entry."""
+    """Check one batch (see walk_chain); False at the first bad entry. Written out, no call
+    per entry: this is the hot path of every walk."""
     sha256, marks, older = hashlib.sha256, rules.marks, rules.previous_seal_keys
     # The keyed BLAKE2b state after the key block, copied per entry (half the cost of a new one).
     keyed = hashlib.blake2b(key=rules.seal_key, digest_size=32)
