@@ -44,9 +44,9 @@ from sqlalchemy import select
 from consent.ledger import GENESIS, Entry, canonical_text, json_string, seal, timestamp
 from core.database import Database
 
-VERIFY_BATCH = 5000  # rows per fetch of walk_chain
+VERIFY_BATCH = 5000  # seqs per range read by walk_chain
 CHUNK = 8192  # seqs per chunk of the remembering walk
-READERS = 3  # connections reading chunks at once (PostgreSQL's side of a walk is the slow one)
+READERS = 3  # connections reading ranges or chunks at once, in one snapshot (both walks)
 _SNAPSHOT_ID = re.compile(r"[0-9A-Fa-f-]{1,64}")
 _T = TypeVar("_T")
 
