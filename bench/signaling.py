@@ -432,7 +432,10 @@ async def run() -> str:
     return out.decode()
 
 
-async def measure_all() -> str:
+async def measure_all(two_only: bool = False) -> str:
+    """Every phase, as Markdown for docs/performance.md; with `two_only` (`python -m
+    bench.signaling --two-nodes`, for profiling the cross-node path) only the bare relay and
+    the two nodes, as a few lines of figures."""
     raise_fd_limit()
     template = support.make_pg_template()
     work = Path(tempfile.mkdtemp(prefix="cg-bench-"))
@@ -471,6 +474,12 @@ async def measure_all() -> str:
         base_harness.start()
         base = await measure(base_harness, [baseline.pid])
 
+        if two_only:
+            two, bare_two = await measure_two(url, work, keys_settings, seeded, metrics_key,
+                                              base_harness, servers)
+            await base_harness.close()
+            return brief(base, two, bare_two)
+
         # one callgate node
         node = start_server(url, work / "one", keys_settings)
         servers.append(node)
@@ -489,28 +498,9 @@ async def measure_all() -> str:
         await harness.close()
         node.stop()
 
-        # two callgate nodes through Redis: every host on A, every client on B
-        shared = {
-            **keys_settings, "redis_url": support.REDIS_URL,
-            "redis_prefix": f"cgbench:{secrets.token_hex(4)}",
-        }
-        node_a = start_server(url, work / "a", shared)
-        node_b = start_server(url, work / "b", shared)
-        servers += [node_a, node_b]
-        progress("two nodes: connecting")
-        pairs = await callgate_pairs(seeded, node_a, node_b)
-        progress("two nodes: measuring")
-        harness = Harness(pairs, signal_message)
-        harness.start()
-        two = await measure(
-            harness, [node_a.process.pid, node_b.process.pid],
-            Scraper([node_a, node_b], metrics_key),
-        )
-        progress("two nodes: saturation, alternating with the bare relay")
-        bare_two, ours = await alternate(base_harness, harness)
-        saturate(two, bare_two, ours)
+        two, bare_two = await measure_two(url, work, keys_settings, seeded, metrics_key,
+                                          base_harness, servers)
         base["saturation"] = statistics.median(bare_one + bare_two)
-        await harness.close()
         await base_harness.close()
     finally:
         for server in servers:
@@ -523,6 +513,47 @@ async def measure_all() -> str:
     per_conn = (rss1 - rss0) / measured
     base_per_conn = (base_rss1 - base_rss0) / measured
     return report(base, one, two, per_conn, base_per_conn)
+
+
+async def measure_two(
+    url: str, work: Path, keys_settings: dict[str, Any], seeded: list[Seeded], metrics_key: str,
+    base_harness: Harness, servers: list[LiveServer],
+) -> tuple[dict[str, Any], list[float]]:
+    """Two callgate nodes through Redis: every host on A, every client on B."""
+    shared = {
+        **keys_settings, "redis_url": support.REDIS_URL,
+        "redis_prefix": f"cgbench:{secrets.token_hex(4)}",
+    }
+    node_a = start_server(url, work / "a", shared)
+    node_b = start_server(url, work / "b", shared)
+    servers += [node_a, node_b]
+    progress(f"two nodes: connecting (pids {node_a.process.pid}, {node_b.process.pid})")
+    pairs = await callgate_pairs(seeded, node_a, node_b)
+    progress("two nodes: measuring")
+    harness = Harness(pairs, signal_message)
+    harness.start()
+    two = await measure(
+        harness, [node_a.process.pid, node_b.process.pid],
+        Scraper([node_a, node_b], metrics_key),
+    )
+    progress("two nodes: saturation, alternating with the bare relay")
+    bare_two, ours = await alternate(base_harness, harness)
+    saturate(two, bare_two, ours)
+    await harness.close()
+    return two, bare_two
+
+
+def brief(base: dict[str, Any], two: dict[str, Any], bare_two: list[float]) -> str:
+    """The two-node figures beside the bare relay's, for `--two-nodes`."""
+    return (
+        f"bare relay: saturation {statistics.median(bare_two):,.0f} msg/s, "
+        f"{base['cpu_us']:.0f} us CPU/msg\n"
+        f"two nodes: saturation {two['saturation']:,.0f} msg/s, ratio {two['ratio']:.2f}x "
+        f"(rounds {', '.join(f'{r:.2f}' for r in two['ratios'])}), "
+        f"{two['cpu_us']:.0f} us CPU/msg (both nodes), at {RATE:,}/s p50 {two['p50']:.2f} "
+        f"p99 {two['p99']:.2f} p99.9 {two['p999']:.2f} ms, relayed {two['rate']:,.0f}/s\n"
+        f"load average {load_average()}"
+    )
 
 
 def start_settings(url: str, work: Path) -> Any:
@@ -660,4 +691,4 @@ def report(
 
 if __name__ == "__main__":
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    print(uvloop.run(measure_all()))
+    print(uvloop.run(measure_all(two_only="--two-nodes" in sys.argv)))

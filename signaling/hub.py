@@ -304,9 +304,10 @@ class Hub:
         node = room.nodes.get(to)
         if node == self.node_id:
             return None
-        return self.fanout.publish(
-            {"kind": "signal", "room": room.name, "to": to, "text": text}, node=node
-        )
+        if node is None:  # (not known where: every node hears it)
+            signal = {"kind": "signal", "room": room.name, "to": to, "text": text}
+            return self.fanout.publish(signal)
+        return self.fanout.relay(node, room.name, to, text)
 
     # events from the bus and from other nodes
 
@@ -323,7 +324,14 @@ class Hub:
             node = str(data.get("node"))
             if node == self.node_id:
                 return
-            if data.get("kind") == "batch":  # several in a row from one node (fanout.py)
+            kind = data.get("kind")
+            if kind == "signals":  # relayed signals for sockets here: [room, to, text, ...]
+                items, rooms = data["items"], self.rooms
+                for index in range(0, len(items) - 2, 3):
+                    room = rooms.get(items[index])
+                    if room is not None:
+                        room.deliver(items[index + 1], items[index + 2])
+            elif kind == "batch":  # several in a row from one node (fanout.py)
                 for item in data["items"]:
                     self._on_room_event(item, node)
             else:

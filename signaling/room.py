@@ -87,18 +87,22 @@ class Room:
         socket here, so the room may now be unused."""
         kind = data.get("kind")
         if kind == "signal":
-            target = self.local.get(str(data["to"]))
-            if target is not None:
-                text = data.get("text")
-                if not isinstance(text, str):  # from a node of the version before "text"
-                    sender, payload = str(data["from"]), data["payload"]
-                    text = encode(Signal.model_construct(from_=sender, payload=payload))
-                target.send(text)
+            text = data.get("text")
+            if not isinstance(text, str):  # from a node of the version before "text"
+                sender, payload = str(data["from"]), data["payload"]
+                text = encode(Signal.model_construct(from_=sender, payload=payload))
+            self.deliver(str(data["to"]), text)
         elif kind == "join":
             return self.remote_join(Peer.model_validate(data["peer"]), node)
         elif kind == "leave":
             self.remote_leave(str(data["id"]), node)
         return False
+
+    def deliver(self, to: str, text: str) -> None:
+        """A signal relayed from another node, as text, for `to`'s socket if it is here."""
+        target = self.local.get(to)
+        if target is not None and type(text) is str:
+            target.send(text)
 
     def remote_join(self, peer: Peer, node: str) -> bool:
         """Another node took `peer`'s socket. True when that replaced a socket here (the same
