@@ -537,7 +537,13 @@ async def measure_two(
         Scraper([node_a, node_b], metrics_key),
     )
     progress("two nodes: saturation, alternating with the bare relay")
+    cpu_before = cpu_s([node_a.process.pid, node_b.process.pid])
     bare_two, ours = await alternate(base_harness, harness)
+    # (the nodes' CPU over all rounds, theirs and the bare relay's, per message they relayed)
+    two["saturation_cpu_us"] = (
+        (cpu_s([node_a.process.pid, node_b.process.pid]) - cpu_before)
+        / max(1.0, sum(ours) * CLOSED_S) * 1e6
+    )
     saturate(two, bare_two, ours)
     await harness.close()
     return two, bare_two
@@ -551,7 +557,8 @@ def brief(base: dict[str, Any], two: dict[str, Any], bare_two: list[float]) -> s
         f"two nodes: saturation {two['saturation']:,.0f} msg/s, ratio {two['ratio']:.2f}x "
         f"(rounds {', '.join(f'{r:.2f}' for r in two['ratios'])}), "
         f"{two['cpu_us']:.0f} us CPU/msg (both nodes), at {RATE:,}/s p50 {two['p50']:.2f} "
-        f"p99 {two['p99']:.2f} p99.9 {two['p999']:.2f} ms, relayed {two['rate']:,.0f}/s\n"
+        f"p99 {two['p99']:.2f} p99.9 {two['p999']:.2f} ms, relayed {two['rate']:,.0f}/s; "
+        f"{two['saturation_cpu_us']:.0f} us CPU/msg over the saturation rounds\n"
         f"load average {load_average()}"
     )
 

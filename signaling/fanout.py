@@ -133,7 +133,7 @@ class RedisFanout:
         self._flusher: asyncio.Task[None] | None = None
         self._channels: dict[str, str] = {}  # topic -> its Redis channel
         self._prefix_bus = bus.channel("") if isinstance(bus, RedisBus) else ""
-        self._conn: Connection | None = None  # the writer's own, made on first use
+        self._link: _Link | None = None  # the writer's own connection, made on first use
 
     def key(self, room: str) -> str:
         return f"{self._prefix}:sig:presence:{room}"
@@ -183,21 +183,15 @@ class RedisFanout:
             self._flusher = None
 
     async def _send(self, commands: list[tuple[str, str, str]]) -> None:
-        """The commands on this fanout's own Redis connection, answers read before the next
-        batch: a client pipeline per batch (taking a pooled connection, building a pipeline
-        object and resetting it) cost three times as much CPU as the write and the read."""
-        conn = self._conn
-        if conn is None:
-            conn = self._conn = self._redis.connection_pool.make_connection()  # type: ignore[no-untyped-call]
-        try:
-            await conn.send_packed_command(conn.pack_commands(commands), check_health=False)
-            for _ in commands:
-                await conn.read_response()
-        except BaseException:  # a half-read answer must not be read as the next batch's
-            self._conn = None
-            with contextlib.suppress(Exception):
-                await conn.disconnect()
-            raise
+        """The commands on this fanout's own Redis connection (a client pipeline per batch,
+        taking a pooled connection, building a pipeline object and resetting it, cost three
+        times the CPU of the write and the read). The next batch is written without waiting
+        for this one's answers: those are read by a task of their own, so a node's relayed
+        signals never wait for Redis to be scheduled twice."""
+        link = self._link
+        if link is None or link.broken:
+            link = self._link = _Link(self._redis.connection_pool.make_connection())  # type: ignore[no-untyped-call]
+        await link.send(commands)
 
     def _merged(self, batch: list[_Queued]) -> Iterable[tuple[str, str]]:
         """Runs of the same topic as one encoded event each (channel, text), in order."""
@@ -232,10 +226,9 @@ class RedisFanout:
         if flusher is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(flusher, 2)
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            with contextlib.suppress(Exception):
-                await conn.disconnect()
+        link, self._link = self._link, None
+        if link is not None:
+            await link.close()
 
     async def present(self, entries: Iterable[tuple[str, Peer]]) -> None:
         expires = time.time() + self._ttl_s
@@ -280,6 +273,57 @@ class RedisFanout:
                     pipe.hdel(self.key(room), *fields)  # type: ignore[arg-type]
                 await pipe.execute()
         return out
+
+
+class _Link:
+    """One Redis connection written by the fanout's writer task and read by its own reader
+    task: commands go out in order as they come, their answers are read as they arrive. An
+    error on either side breaks the link (what was on it may be lost, as pub/sub allows);
+    the next batch opens a new one."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.broken = False
+        self._unread = 0
+        self._reader: asyncio.Task[None] | None = None
+        self._closing: asyncio.Task[None] | None = None
+
+    async def send(self, commands: list[tuple[str, str, str]]) -> None:
+        conn = self.conn
+        try:
+            await conn.send_packed_command(conn.pack_commands(commands), check_health=False)
+        except BaseException:
+            self._break()
+            raise
+        self._unread += len(commands)
+        if self._reader is None:
+            self._reader = asyncio.get_running_loop().create_task(self._read())
+
+    async def _read(self) -> None:
+        try:
+            while self._unread and not self.broken:
+                await self.conn.read_response()
+                self._unread -= 1
+        except Exception:
+            log.warning("signaling.publish_unanswered", exc_info=True)
+            self._break()
+        finally:
+            self._reader = None
+
+    def _break(self) -> None:
+        if not self.broken:
+            self.broken = True
+            self._closing = asyncio.get_running_loop().create_task(self.conn.disconnect())
+
+    async def close(self) -> None:
+        """Once every answer is in (a moment at most), disconnect."""
+        reader = self._reader
+        if reader is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(reader, 2)
+        self.broken = True
+        with contextlib.suppress(Exception):
+            await self.conn.disconnect()
 
 
 def _as_frame(data: dict[str, Any] | _Signal) -> dict[str, Any]:
