@@ -676,6 +676,27 @@ def report(
         (`read_client`) about 2%; a good part of the rest in the node's periodic database
         work (webhook sender, ledger integrity watch, lifecycle sweep).
 
+        Where the two-node path's CPU goes (py-spy on both nodes during the saturation rounds
+        of `python -m bench.signaling --two-nodes`, which runs only the bare relay and the two
+        nodes and also prints the nodes' CPU per message over those rounds; not re-measured
+        by this benchmark). At saturation node A merges about 85 signals into one PUBLISH, so
+        the cost per batch matters less than the cost per message. Before: a redis-py pipeline
+        per batch (a pooled connection, a pipeline object, its reset: 45 µs of CPU where the
+        write and the read take 15), waited on before the next batch could go, and each
+        signal a JSON object `{{kind, room, to, text}}` inside the batch (1.9 µs to write and
+        2.6 µs to read per signal); the nodes used 94 and 115 µs of CPU per relayed message
+        over the saturation rounds in two runs (load 4.2 and 3.9), ratios 0.65x and 0.74x.
+        Now: a signal is queued without a coroutine, a batch of signals is one flat JSON list
+        `[room, to, text, ...]` (0.6 + 0.7 µs per signal), written on the fan-out's own Redis
+        connection without waiting for the previous batch's answer (a reader task takes the
+        answers): 67 and 84 µs per message in two runs alternating with those (load 3.6 and
+        3.3), ratios 0.90x and 0.84x. What remains: the WebSocket work a single node also
+        does (frame parsing and the ASGI hand-off on A; one socket write per message on B,
+        about 15% of B's samples), uvloop's own loop, each node's periodic database work (the
+        webhook sender's poll every 0.2 s is 5-6% of each node's samples: two nodes pay it
+        twice), and the cross-node part itself: encoding and writing the batch on A (8% of
+        its samples), redis-py's pub/sub read and the JSON decode on B (7-8%).
+
         | server | loop lag (timer firings) | gen 0 collections | gen 1 | gen 2 (full) | quiet, s |
         |---|---|---|---|---|---|
         {pauses("callgate, one node", one)}

@@ -29,7 +29,7 @@ from signaling.protocol import Peer
 
 log = structlog.get_logger(__name__)
 
-BATCH = 256  # most messages taken from the queue per pipeline
+BATCH = 64  # most runs (merged messages, one PUBLISH each) written at once
 MERGE_BYTES = 256 * 1024  # a merged PUBLISH stays well under Redis' pub/sub output buffer limits
 
 # Delete a presence field only while it still names this node: after a person moved to another
@@ -43,8 +43,18 @@ return 0
 """
 
 
-_Signal = tuple[str, str, str]  # a relayed signal: room, to whom, the text as the browser gets it
-_Queued = tuple[str, str, dict[str, Any] | _Signal]  # topic, its Redis channel, the message
+class _Run:
+    """Consecutive messages for one topic, sent as one PUBLISH: relayed signals as a flat list
+    [room, to, text, room, ...] (`signals`), anything else as a list of frames."""
+
+    __slots__ = ("channel", "items", "signals", "size", "topic")
+
+    def __init__(self, topic: str, channel: str, signals: bool) -> None:
+        self.topic = topic
+        self.channel = channel
+        self.signals = signals
+        self.items: list[Any] = []
+        self.size = 0
 
 
 @dataclass(frozen=True)
@@ -129,7 +139,7 @@ class RedisFanout:
         self.node_id = node_id
         self._ttl_s = ttl_s
         self._delete = client.register_script(_DELETE_IF_MINE)
-        self._outbox: deque[_Queued] = deque()
+        self._outbox: deque[_Run] = deque()
         self._flusher: asyncio.Task[None] | None = None
         self._channels: dict[str, str] = {}  # topic -> its Redis channel
         self._prefix_bus = bus.channel("") if isinstance(bus, RedisBus) else ""
@@ -141,42 +151,56 @@ class RedisFanout:
     async def publish(self, data: dict[str, Any], node: str | None = None) -> None:
         """Queue for the bus and return: one writer task sends what is queued in batches, so
         a busy node pays one Redis round trip per batch, not per message, and order is kept.
-        Consecutive messages for the same topic go out as one `batch` message (one PUBLISH,
-        one decode on the receiving node), so the cost per relayed signal falls as the load
-        rises."""
+        Consecutive messages for the same topic go out as one message (`batch`, or `signals`
+        for relayed signals: one PUBLISH, one decode on the receiving node), so the cost per
+        relayed signal falls as the load rises."""
         topic = Topic.ROOM.value if node is None else node_topic(node)
         if not isinstance(self._bus, RedisBus):
             frame = {**data, "node": self.node_id}
             await self._bus.publish(RoomFrame.model_construct(channel=topic, frame=frame))
             return
-        self._queue(topic, data)
+        run = self._run(topic, signals=False)
+        run.items.append(data)
+        run.size += len(data.get("text", "")) + 100
 
     def relay(
         self, node: str, room: str, to: str, text: str
     ) -> Coroutine[Any, Any, None] | None:
         if not isinstance(self._bus, RedisBus):
             return self.publish({"kind": "signal", "room": room, "to": to, "text": text}, node)
-        self._queue(node_topic(node), (room, to, text))
+        run = self._run(node_topic(node), signals=True)
+        run.items += (room, to, text)
+        run.size += len(text) + 100
         return None
 
-    def _queue(self, topic: str, data: dict[str, Any] | _Signal) -> None:
+    def _run(self, topic: str, *, signals: bool) -> _Run:
+        """The run the next message for `topic` joins: the last one queued, or a new one."""
+        outbox = self._outbox
+        if outbox:
+            last = outbox[-1]
+            if last.topic == topic and last.signals is signals and last.size < MERGE_BYTES:
+                return last
         channel = self._channels.get(topic)
         if channel is None:
             if len(self._channels) > 1000:  # (node ids change with every restart)
                 self._channels.clear()
             channel = self._channels[topic] = self._prefix_bus + topic
-        self._outbox.append((topic, channel, data))
+        run = _Run(topic, channel, signals)
+        outbox.append(run)
         if self._flusher is None:
             self._flusher = asyncio.get_running_loop().create_task(self._flush())
+        return run
 
     async def _flush(self) -> None:
+        """Send the queued runs in order, up to BATCH at once; runs queued meanwhile go in
+        the next write (a run leaves the outbox before it is encoded, so nothing joins it
+        after)."""
         try:
             while self._outbox:
                 count = min(len(self._outbox), BATCH)
-                batch = [self._outbox.popleft() for _ in range(count)]
+                runs = [self._outbox.popleft() for _ in range(count)]
                 try:
-                    await self._send([("PUBLISH", channel, text)
-                                      for channel, text in self._merged(batch)])
+                    await self._send([("PUBLISH", run.channel, self._encode(run)) for run in runs])
                 except Exception:  # pub/sub is at most once anyway; the heartbeat repairs presence
                     log.exception("signaling.publish_failed", count=count)
         finally:
@@ -193,32 +217,18 @@ class RedisFanout:
             link = self._link = _Link(self._redis.connection_pool.make_connection())  # type: ignore[no-untyped-call]
         await link.send(commands)
 
-    def _merged(self, batch: list[_Queued]) -> Iterable[tuple[str, str]]:
-        """Runs of the same topic as one encoded event each (channel, text), in order."""
-        run: list[dict[str, Any] | _Signal] = []
-        size = 0
-        for index, (topic, channel, data) in enumerate(batch):
-            run.append(data)
-            size += (len(data[2]) if isinstance(data, tuple) else len(data.get("text", ""))) + 100
-            last = index + 1 == len(batch)
-            if last or batch[index + 1][0] != topic or size >= MERGE_BYTES:
-                yield channel, self._encode(topic, run)
-                run, size = [], 0
-
-    def _encode(self, topic: str, run: list[dict[str, Any] | _Signal]) -> str:
-        if all(type(data) is tuple for data in run):
-            # Signals as one flat list of strings [room, to, text, room, ...]: the cheapest
-            # JSON to write and to read (a dict per signal cost 3 µs more per message).
-            items = [part for data in run for part in data]
-            frame: dict[str, Any] = {"kind": "signals", "node": self.node_id, "items": items}
+    def _encode(self, run: _Run) -> str:
+        frame: dict[str, Any]
+        if run.signals:
+            # A flat list of strings: the cheapest JSON to write and to read (a dict per
+            # signal cost 3 µs more per message).
+            frame = {"kind": "signals", "node": self.node_id, "items": run.items}
+        elif len(run.items) == 1:
+            frame = {**run.items[0], "node": self.node_id}
         else:
-            frames = [_as_frame(data) for data in run]
-            if len(frames) == 1:
-                frame = {**frames[0], "node": self.node_id}
-            else:
-                frame = {"kind": "batch", "node": self.node_id, "items": frames}
+            frame = {"kind": "batch", "node": self.node_id, "items": run.items}
         # Built here from our own frames: no validation on the relay's hot path.
-        return encode(RoomFrame.model_construct(channel=topic, frame=frame))
+        return encode(RoomFrame.model_construct(channel=run.topic, frame=frame))
 
     async def close(self) -> None:
         """Send what is still queued (a moment at most), then stop."""
@@ -324,13 +334,6 @@ class _Link:
         self.broken = True
         with contextlib.suppress(Exception):
             await self.conn.disconnect()
-
-
-def _as_frame(data: dict[str, Any] | _Signal) -> dict[str, Any]:
-    if isinstance(data, tuple):
-        room, to, text = data
-        return {"kind": "signal", "room": room, "to": to, "text": text}
-    return data
 
 
 def node_topic(node: str) -> str:
