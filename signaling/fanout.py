@@ -142,7 +142,7 @@ class RedisFanout:
         self._outbox: deque[_Run] = deque()
         self._flusher: asyncio.Task[None] | None = None
         self._channels: dict[str, str] = {}  # topic -> its Redis channel
-        self._prefix_bus = bus.channel("") if isinstance(bus, RedisBus) else ""
+        self._channel_of = bus.channel if isinstance(bus, RedisBus) else str
         self._link: _Link | None = None  # the writer's own connection, made on first use
 
     def key(self, room: str) -> str:
@@ -184,7 +184,7 @@ class RedisFanout:
         if channel is None:
             if len(self._channels) > 1000:  # (node ids change with every restart)
                 self._channels.clear()
-            channel = self._channels[topic] = self._prefix_bus + topic
+            channel = self._channels[topic] = self._channel_of(topic)
         run = _Run(topic, channel, signals)
         outbox.append(run)
         if self._flusher is None:
