@@ -679,18 +679,20 @@ def report(
         Where the two-node path's CPU goes (py-spy on both nodes during the saturation rounds
         of `python -m bench.signaling --two-nodes`, which runs only the bare relay and the two
         nodes and also prints the nodes' CPU per message over those rounds; not re-measured
-        by this benchmark). At saturation node A merges about 85 signals into one PUBLISH, so
+        by this benchmark). At saturation node A merges 40-85 signals into one PUBLISH, so
         the cost per batch matters less than the cost per message. Before: a redis-py pipeline
         per batch (a pooled connection, a pipeline object, its reset: 45 µs of CPU where the
         write and the read take 15), waited on before the next batch could go, and each
         signal a JSON object `{{kind, room, to, text}}` inside the batch (1.9 µs to write and
-        2.6 µs to read per signal); the nodes used 94 and 115 µs of CPU per relayed message
-        over the saturation rounds in two runs (load 4.2 and 3.9), ratios 0.65x and 0.74x.
+        2.6 µs to read per signal); in three runs (load 4.2, 3.9, 4.2) the nodes used 129,
+        75 (falling behind: 4,175 of 5,000/s relayed) and 135 µs of CPU per relayed message
+        at 5,000/s, 94, 115 and 67 µs over the saturation rounds, ratios 0.65x, 0.74x, 0.70x.
         Now: a signal is queued without a coroutine, a batch of signals is one flat JSON list
         `[room, to, text, ...]` (0.6 + 0.7 µs per signal), written on the fan-out's own Redis
         connection without waiting for the previous batch's answer (a reader task takes the
-        answers): 67 and 84 µs per message in two runs alternating with those (load 3.6 and
-        3.3), ratios 0.90x and 0.84x. What remains: the WebSocket work a single node also
+        answers): in three runs alternating with those (load 3.6, 3.3, 4.1) 121, 95 and 101 µs
+        at 5,000/s, 67, 84 and 82 µs over the saturation rounds, ratios 0.90x, 0.84x, 0.77x.
+        What remains: the WebSocket work a single node also
         does (frame parsing and the ASGI hand-off on A; one socket write per message on B,
         about 15% of B's samples), uvloop's own loop, each node's periodic database work (the
         webhook sender's poll every 0.2 s is 5-6% of each node's samples: two nodes pay it
