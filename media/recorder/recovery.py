@@ -69,13 +69,20 @@ class Recovery:
         now = self._runtime.clock.now()
         async with self._runtime.db.session() as session:
             key = await access_data_key(session, self._runtime.keys, external_id, now)
-            fresh = await session.get(Recording, row.id)
-            if fresh is None:
+            found = await session.get(Recording, row.id)
+            if found is None:
                 return False
             if age is None:
-                await session.delete(fresh)
+                await session.delete(found)
                 return False
-            size, digest = await asyncio.to_thread(self._salvage, fresh, key)
+        # Outside any transaction: re-sealing and uploading may take long, and on SQLite an
+        # open transaction holds the write lock every other writer waits for.
+        size, digest = await asyncio.to_thread(self._salvage, found, key)
+        async with self._runtime.db.session() as session:
+            fresh = await session.get(Recording, row.id)
+            if fresh is None:  # erased meanwhile: the salvaged file must not outlive the row
+                await asyncio.to_thread(self._drop, row.path)
+                return False
             fresh.state = RecordingState.RECOVERED
             fresh.size = size
             fresh.sha256 = digest
@@ -84,6 +91,11 @@ class Recovery:
                 session, self._runtime.settings, fresh.booking_id
             )
         return True
+
+    def _drop(self, relative: str) -> None:
+        """Delete a salvaged file, local and published (the orphan sweep would, later)."""
+        self._store.delete(relative)
+        self._store.delete_published([relative])
 
     def _salvage(self, row: Recording, key: bytes) -> tuple[int, str]:
         """Keep the file's whole chunks, sealed complete, and publish it; a WebM file also
