@@ -176,8 +176,11 @@ async def run() -> str:
         "callgate's figures include the outbox transaction, dispatch (one delivery row per "
         "endpoint), the lease, ordering per booking, the Standard Webhooks signature and the "
         "delivery's own bookkeeping; the baseline does none of that and would lose every "
-        "request made while the receiver is down. Latency at low load is dominated by the "
-        f"sender's idle poll (`webhook_poll_interval_s`, default {poll_ms:.0f} ms): an event "
-        "waits half of it on average. "
+        "request made while the receiver is down. At low load the commit that writes an "
+        "event wakes the sender of its node (`core.outbox.on_outbox_commit`), so an event "
+        "does not wait for the sender's idle poll (`webhook_poll_interval_s`, default "
+        f"{poll_ms:.0f} ms), which finds what other processes wrote and retries that fall "
+        "due; each send also opens the endpoint's signing secret, sealed under the master "
+        "key. "
         f"Reproduce: `.venv/bin/python -m bench webhooks` (run at {stamp} UTC).",
     ])
