@@ -26,6 +26,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Gauge, Histogram
 
+from core.tasks import stop_tasks
+
 PROBE_S = 0.01
 THRESHOLDS = (10_000, 10, 100)
 BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
@@ -94,7 +96,5 @@ class Pauses:
     ) -> None:
         with contextlib.suppress(ValueError):
             gc.callbacks.remove(self._on_gc)
-        if self._probe is not None:
-            self._probe.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._probe
+        probe, self._probe = self._probe, None
+        await stop_tasks([probe])

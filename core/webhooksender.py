@@ -29,6 +29,7 @@ from sqlalchemy.orm import aliased
 from core.bookings import Booking
 from core.outbox import OutboxEvent, on_outbox_commit
 from core.runtime import Runtime
+from core.tasks import stop_tasks
 from core.webhooks import (
     Delivery,
     DeliveryStatus,
@@ -164,10 +165,7 @@ class Sender:
         if self._unlisten is not None:
             self._unlisten()
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await stop_tasks([task])
         await self._client.aclose()
 
     def wake(self) -> None:

@@ -18,7 +18,6 @@ any node takes them. SQLite (one machine) serializes writers anyway.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
@@ -40,6 +39,7 @@ from core.outbox import (
     do_write,
 )
 from core.runtime import Runtime
+from core.tasks import stop_tasks
 from signaling.attendance import LeaveHow, attended, end_all_stays, open_stays
 
 log = structlog.get_logger(__name__)
@@ -78,10 +78,7 @@ class Lifecycle:
         tb: TracebackType | None,
     ) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await stop_tasks([task])
 
     async def _forever(self) -> None:
         while True:

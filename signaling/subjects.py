@@ -16,7 +16,7 @@ import secrets
 from collections.abc import AsyncIterator
 from typing import Any
 
-from sqlalchemy import delete, func, or_, select, true, update
+from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from core.batches import delete_where, table_of
@@ -214,26 +214,20 @@ class SignalingSubjects:
         deliveries and the events they send are never purged. (The outbox lives here as its
         erasure does, `core.outbox.do_scrub`.)"""
         db = self._rt.db
-        deliveries = table_of(Delivery)
-        in_scope = deliveries.c.endpoint_id.in_(
-            select(Endpoint.id).where(cutoff.of_orgs(Endpoint.org_id)).scalar_subquery()
-        )
+        deliveries, events = table_of(Delivery), table_of(OutboxEvent)
         done = (
             (deliveries.c.status != DeliveryStatus.PENDING.value)
             & (deliveries.c.created_at < cutoff.before)
         )
-        purged = await delete_where(
-            db, deliveries, done & (in_scope if not cutoff.everywhere else true()),
-            dry_run=dry_run,
-        )
-        events = table_of(OutboxEvent)
         named = select(Delivery.id).where(Delivery.event_seq == events.c.seq).exists()
-        event_scope = or_(
-            events.c.booking_id.is_not(None) & cutoff.of_bookings(events.c.booking_id),
-            events.c.booking_id.is_(None) & cutoff.of_orgs(func.coalesce(events.c.org_id, "")),
-        )
-        sent = (
-            events.c.dispatched.is_(True) & (events.c.created_at < cutoff.before) & ~named
-            & (event_scope if not cutoff.everywhere else true())
-        )
+        sent = events.c.dispatched.is_(True) & (events.c.created_at < cutoff.before) & ~named
+        if not cutoff.everywhere:  # an endpoint's organization; an event's booking's, or its own
+            endpoints = select(Endpoint.id).where(cutoff.of_orgs(Endpoint.org_id))
+            done = done & deliveries.c.endpoint_id.in_(endpoints.scalar_subquery())
+            sent = sent & or_(
+                events.c.booking_id.is_not(None) & cutoff.of_bookings(events.c.booking_id),
+                events.c.booking_id.is_(None)
+                & cutoff.of_orgs(func.coalesce(events.c.org_id, "")),
+            )
+        purged = await delete_where(db, deliveries, done, dry_run=dry_run)
         return purged + await delete_where(db, events, sent, dry_run=dry_run)

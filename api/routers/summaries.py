@@ -11,7 +11,6 @@ Size (just over 400 lines): every route of the AI outputs shares one reader chec
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import uuid
 from collections.abc import AsyncIterator, Iterable
@@ -49,6 +48,7 @@ from core.events import (
 )
 from core.inputs import Instant
 from core.runtime import Runtime
+from core.tasks import stop_tasks
 from summaries import outputs
 from summaries.jobs import JobKind, get_jobs
 from summaries.provider import AiUnavailable
@@ -231,9 +231,7 @@ async def _job_stream(runtime: Runtime, reader: Reader) -> AsyncIterator[str]:
                     yield chunk
             yield _sse("idle", {"booking_id": str(booking_id)})
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await stop_tasks([task])
 
 
 @router.get(

@@ -21,7 +21,7 @@ from sqlalchemy import func, select
 
 from api.services import Services
 from consent.purposes import Purpose
-from core.accounts import Scope, do_create_key
+from core.accounts import Scope
 from core.bookings import Booking, Participant
 from core.clock import ManualClock
 from core.runtime import Runtime
@@ -30,10 +30,18 @@ from media.recorder import Recorder
 from media.recordings import Recording, TrackKind
 from signaling.tickets import UsedTicket
 from summaries.outputs import Summary, Transcript
-from tests.support.bookings import bearer
+from tests.support.bookings import bearer, operator_key
 from tests.support.consent import decide
 from tests.support.media import EncodedTrack, encode_opus
-from tests.support.privacy import Booked, add_outputs, add_recording, audio, book, person
+from tests.support.privacy import (
+    Booked,
+    add_outputs,
+    add_recording,
+    audio,
+    book,
+    person,
+    purged_at,
+)
 from tests.support.recording import offer_to_recorder
 from tests.support.waiting import eventually
 
@@ -48,11 +56,6 @@ DEPLOYMENT = {"recordings": 30, "transcripts": 90, "summaries": 90, "join_logs":
 def settings_overrides() -> dict[str, Any]:
     return {"retention_interval_s": 1}  # the server's own purge, every second of real time
 
-
-async def operator_key(runtime: Runtime) -> dict[str, str]:
-    async with runtime.db.session() as session:
-        _, key = await do_create_key(session, Scope.OPERATOR, "test", runtime.clock.now())
-    return bearer(key)
 
 
 async def new_org(
@@ -118,17 +121,6 @@ async def held(runtime: Runtime) -> dict[str, dict[str, int]]:
             for org, count in (await session.execute(query.group_by(Booking.org_id))).all():
                 out[org][category] = count
     return out
-
-
-async def purged_at(client: httpx.AsyncClient, admin: dict[str, str], now: datetime) -> None:
-    """Wait for a scheduled run that started at `now` (the test clock's) to have finished."""
-
-    async def ran() -> bool:
-        status = (await client.get("/v1/admin/retention", headers=admin)).json()
-        last = status["last_run"]
-        return last is not None and datetime.fromisoformat(last["started_at"]) >= now
-
-    await eventually(ran, f"a scheduled retention run at {now}")
 
 
 async def test_each_organization_is_purged_by_its_own_periods(

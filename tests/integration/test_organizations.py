@@ -17,14 +17,14 @@ from alembic import command
 from sqlalchemy import Connection, text
 
 from api.app import create_app
-from core.accounts import KEY_PREFIX, Scope, do_create_key
+from core.accounts import KEY_PREFIX, Scope
 from core.clock import ManualClock
 from core.database import create_engine
 from core.migrate import alembic_config
 from core.runtime import Runtime
 from core.settings import Settings
 from tests import support
-from tests.support.bookings import bearer, booking_body, credential_of
+from tests.support.bookings import bearer, booking_body, credential_of, operator_key
 from tests.support.waiting import eventually, services_ready
 
 
@@ -32,11 +32,6 @@ from tests.support.waiting import eventually, services_ready
 def settings_overrides() -> dict[str, Any]:
     return {"webhook_allow_private_targets": True, "consent_operator_name": "Deployment Inc"}
 
-
-async def operator_key(runtime: Runtime) -> dict[str, str]:
-    async with runtime.db.session() as session:
-        _, key = await do_create_key(session, Scope.OPERATOR, "test", runtime.clock.now())
-    return bearer(key)
 
 
 async def new_org(

@@ -20,8 +20,8 @@ from core.outbox import OutboxEvent
 from core.runtime import Runtime
 from core.settings import Settings
 from core.webhooks import Endpoint
-from tests.integration.test_org_retention import operator_key, purged_at
-from tests.support.bookings import bearer, book
+from tests.support.bookings import bearer, book, operator_key
+from tests.support.privacy import purged_at
 from tests.support.waiting import eventually
 from tests.support.webhooks import Mode, Received, Receiver, first_seen
 

@@ -8,6 +8,7 @@ from typing import Any
 import httpx
 from sqlalchemy import func, select
 
+from core.accounts import Scope, do_create_key
 from core.bookings import Booking, Participant
 from core.runtime import Runtime
 
@@ -66,3 +67,10 @@ async def row_counts(runtime: Runtime) -> tuple[int, int]:
         bookings = await session.scalar(select(func.count()).select_from(Booking))
         participants = await session.scalar(select(func.count()).select_from(Participant))
     return int(bookings or 0), int(participants or 0)
+
+
+async def operator_key(runtime: Runtime) -> dict[str, str]:
+    """Headers of a new operator key (the scope that manages organizations)."""
+    async with runtime.db.session() as session:
+        _, key = await do_create_key(session, Scope.OPERATOR, "test", runtime.clock.now())
+    return bearer(key)

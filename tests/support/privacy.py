@@ -21,6 +21,7 @@ from media.storage import RecordingStore
 from summaries.outputs import Segment, Summary, Transcript
 from tests.support.ai import tone
 from tests.support.bookings import bearer, booking_body, credential_of
+from tests.support.waiting import eventually
 
 
 @dataclass(frozen=True)
@@ -132,3 +133,15 @@ async def add_outputs(
 def audio(frequency: float) -> bytes:
     """A one-second Ogg Opus tone, distinct per frequency."""
     return tone(frequency, 1.0)
+
+
+async def purged_at(client: httpx.AsyncClient, admin: dict[str, str], now: datetime) -> None:
+    """Wait for a scheduled retention run that started at `now` (the test clock's) to have
+    finished (the server's own periodic purge, `retention_interval_s`)."""
+
+    async def ran() -> bool:
+        status = (await client.get("/v1/admin/retention", headers=admin)).json()
+        last = status["last_run"]
+        return last is not None and datetime.fromisoformat(last["started_at"]) >= now
+
+    await eventually(ran, f"a scheduled retention run at {now}")
