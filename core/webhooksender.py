@@ -40,6 +40,7 @@ from core.webhooks import (
     do_disable,
     do_seal_secrets,
     headers_for,
+    open_secret,
 )
 
 log = structlog.get_logger(__name__)
@@ -50,6 +51,7 @@ UNREADABLE_SECRET = (  # the delivery's error text when this node cannot sign
 )
 MAX_BODY = 64 * 1024  # what is read of a receiver's answer, at most
 BATCH = 100
+UNREADABLE_REMEMBERED = 1024  # sealed secrets this node found it cannot open, at most
 PARALLEL = 32  # deliveries in flight per node (each to another endpoint or booking)
 RETRYABLE = frozenset({408, 429})
 FIRST_DELAY_S = 5.0
@@ -151,6 +153,11 @@ class Sender:
         self._wake = asyncio.Event()
         self._unlisten: Callable[[], None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        # Sealed secrets (as stored) this node's keys cannot open. Their deliveries are left
+        # to a node that has the master key: not claimed, not charged an attempt, and the
+        # endpoint not counted as failing. A re-sealed secret is another value, so it is
+        # looked at again; a new master key needs a restart, which empties this.
+        self._unreadable: set[str] = set()
 
     async def __aenter__(self) -> Sender:
         self._loop = asyncio.get_running_loop()
@@ -245,18 +252,22 @@ class Sender:
                 earlier.status == DeliveryStatus.PENDING,
             ).exists()
         )
+        where = [
+            Delivery.status == DeliveryStatus.PENDING,
+            Delivery.next_attempt_at <= now,
+            Endpoint.disabled_at.is_(None),
+            ~blocked,
+        ]
+        if self._unreadable:
+            where.append(Endpoint.secret.not_in(self._unreadable))
         async with self._rt.db.session() as session:
             query = (
-                select(Delivery.id).join(Endpoint, Endpoint.id == Delivery.endpoint_id)
-                .where(
-                    Delivery.status == DeliveryStatus.PENDING,
-                    Delivery.next_attempt_at <= now,
-                    Endpoint.disabled_at.is_(None),
-                    ~blocked,
-                )
-                .order_by(Delivery.event_seq).limit(BATCH)
+                select(Delivery.id, Endpoint.id, Endpoint.secret)
+                .join(Endpoint, Endpoint.id == Delivery.endpoint_id)
+                .where(*where).order_by(Delivery.event_seq).limit(BATCH)
             )
-            due = list((await session.scalars(query)).all())
+            candidates = (await session.execute(query)).all()
+        due = [d for d, endpoint, secret in candidates if self._can_open(endpoint, secret)]
         claimed = await self._claim(due, now)
         if not claimed:
             return 0
@@ -276,6 +287,21 @@ class Sender:
         outcomes = await asyncio.gather(*(one(e, ev) for _, e, ev in rows))
         await self._record([(d.id, o) for (d, _, _), o in zip(rows, outcomes, strict=True)])
         return len(rows)
+
+    def _can_open(self, endpoint_id: uuid.UUID, stored: str) -> bool:
+        """Whether this node can sign with the endpoint's secret; the first time it cannot,
+        an error in the log names the endpoint (the operator lists the missing master key in
+        CALLGATE_PREVIOUS_MASTER_KEYS)."""
+        try:
+            open_secret(self._rt.keys, endpoint_id, stored)
+        except InvalidTag:
+            if len(self._unreadable) >= UNREADABLE_REMEMBERED:
+                self._unreadable.clear()  # looked at again, and logged again
+            self._unreadable.add(stored)
+            log.error("webhooks.secret_unreadable", endpoint_id=str(endpoint_id),
+                      error=UNREADABLE_SECRET)
+            return False
+        return True
 
     async def _claim(self, due: list[uuid.UUID], now: datetime) -> list[uuid.UUID]:
         """Compare-and-set the leases in one statement: exactly one node wins each due

@@ -12,8 +12,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any
 
@@ -21,7 +19,6 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from api.app import create_app
 from core.accounts import Scope
 from core.clock import ManualClock
 from core.runtime import Runtime
@@ -29,24 +26,13 @@ from core.settings import Settings
 from tests.support import databases as support
 from tests.support.bookings import bearer, booking_body, credential_of
 from tests.support.consent import decide
+from tests.support.nodes import node
 from tests.support.privacy import add_recording, audio, book, person
 from tests.support.waiting import eventually
 from tests.support.webhooks import Receiver
 
 NEW_MASTER = base64.b64encode(b"n" * 32).decode()
 NEW_SECRET = "rotated-secret-" + "r" * 40
-
-
-@asynccontextmanager
-async def node(settings: Settings, clock: ManualClock, **changes: Any) -> AsyncIterator[
-    httpx.AsyncClient
-]:
-    """The app with `changes` to its settings (a restart with new configuration)."""
-    app = create_app(settings.model_copy(update=changes), clock=clock)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
-            yield c
 
 
 async def rotate_master(settings: Settings) -> str:

@@ -4,6 +4,7 @@ is down, failing or slow, Retry-After, disabling after days of failure, replay, 
 
 from __future__ import annotations
 
+import base64
 import uuid
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
@@ -11,20 +12,24 @@ from typing import Any
 
 import httpx
 import pytest
+from pydantic import SecretStr
 from sqlalchemy import select, update
+from structlog.testing import capture_logs
 
-from api.app import create_app
 from core.accounts import Scope
 from core.clock import ManualClock
 from core.outbox import OutboxEvent
 from core.runtime import Runtime
 from core.settings import Settings
 from core.webhooks import Endpoint
+from tests.support import databases as support
 from tests.support.bookings import bearer, book, operator_key
+from tests.support.nodes import node
 from tests.support.privacy import purged_at
 from tests.support.waiting import eventually
 from tests.support.webhooks import Mode, Received, Receiver, first_seen
 
+NEW_MASTER = base64.b64encode(b"n" * 32).decode()
 BOOKING_EVENTS = ["booking.created", "booking.rescheduled", "booking.cancelled"]
 
 
@@ -379,23 +384,58 @@ async def test_a_secret_an_older_version_kept_in_plaintext_is_sealed_at_start(
         await session.execute(
             update(Endpoint).where(Endpoint.id == uuid.UUID(endpoint["id"])).values(secret=plain)
         )
-    restarted = create_app(settings, clock=clock)
-    async with restarted.router.lifespan_context(restarted):
+    async with node(settings, clock) as again:
 
         async def sealed() -> bool:
             stored, _ = await stored_secrets(runtime, endpoint["id"])
             return plain.removeprefix("whsec_") not in stored
 
         await eventually(sealed, "the restarted node sealed the plaintext secret")
-        transport = httpx.ASGITransport(app=restarted)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as again:
-            await book(again, api_keys[Scope.SCHEDULER], clock.now() + timedelta(days=3))
+        await book(again, api_keys[Scope.SCHEDULER], clock.now() + timedelta(days=3))
 
         async def delivered() -> bool:
             return len(receiver.received) >= 1
 
         await eventually(delivered, "an event signed with the same secret as before")
     assert receiver.received[0].signatures == 1  # verified with the plaintext it was given
+
+
+async def test_a_node_without_the_master_key_leaves_the_delivery_to_a_node_that_has_it(
+    client: httpx.AsyncClient, api_keys: dict[Scope, str], clock: ManualClock,
+    receiver: Receiver, settings: Settings,
+) -> None:
+    """Mid-rotation, one node still runs with the old master key only. It cannot sign for an
+    endpoint sealed under the new key: it says so in its log, and neither takes the delivery
+    nor charges it an attempt (which would push it back by minutes and count the receiver as
+    failing); the node that has the key delivers it."""
+    rotated = {
+        "master_key": SecretStr(NEW_MASTER), "previous_master_keys": [SecretStr(support.MASTER)],
+    }
+
+    async with node(settings, clock, **rotated) as keyed:
+        endpoint = await register(keyed, api_keys, receiver)  # sealed under the new key
+    with capture_logs() as logs:  # only the old-key node (this test's app) is running now
+        await book(client, api_keys[Scope.SCHEDULER], clock.now() + timedelta(days=2))
+
+        def reported() -> bool:
+            return any(entry["event"] == "webhooks.secret_unreadable"
+                       and entry["endpoint_id"] == endpoint["id"] for entry in list(logs))
+
+        await eventually(reported, "the old-key node reports the secret it cannot open")
+    [waiting] = await deliveries(client, api_keys, endpoint["id"])
+    assert (waiting["status"], waiting["attempts"]) == ("pending", 0)
+    shown = await client.get(f"/v1/webhooks/endpoints/{endpoint['id']}", headers=hdr(api_keys))
+    assert shown.json()["failing_since"] is None
+    async with node(settings, clock, **rotated):
+
+        async def delivered() -> bool:
+            [sent] = await deliveries(client, api_keys, endpoint["id"])
+            return bool(sent["status"] == "delivered")
+
+        await eventually(delivered, "the node with the new key delivers the event")
+    [sent] = await deliveries(client, api_keys, endpoint["id"])
+    assert sent["attempts"] == 1
+    assert [r.signatures for r in receiver.received] == [1]
 
 
 @pytest.mark.parametrize("settings_overrides", [{
