@@ -2,8 +2,9 @@
 
 Speaks JSON lines on stdin/stdout: `{"cmd": "offer", "n": N}` -> `{"offers": [sdp, ...]}`
 (N pages sending the pre-encoded 640x480 pattern and tone); `{"answers": [...]}` -> `{"ok":
-true}`; `{"cmd": "count"}` -> `{"audio": frames, "video": frames}` sent so far; `{"cmd":
-"close"}` closes every page. Each reply echoes its request's `seq`.
+true}`; `{"cmd": "count"}` -> `{"audio": frames, "video": frames}` sent so far; `{"cmd": "hold"}`
+stops every track (no further frame; the connections stay up) and answers the final counts
+the same way; `{"cmd": "close"}` closes every page. Each reply echoes its request's `seq`.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import asyncio
 import json
 import sys
 
+import uvloop
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
 from tests.support.media import EncodedTrack, encode_opus, encode_vp8
@@ -53,10 +55,10 @@ async def main() -> None:
             for pc, sdp in zip(fresh, msg["answers"], strict=True):
                 await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
             reply({"ok": True})
-        elif msg.get("cmd") == "count":
+        elif msg.get("cmd") in ("count", "hold"):
             counts = {"audio": 0, "video": 0}
             for track in tracks:
-                counts[track.kind] += track.sent
+                counts[track.kind] += track.hold() if msg["cmd"] == "hold" else track.sent
             reply(dict(counts))
         elif msg.get("cmd") == "close":
             for pc in pages:
@@ -67,4 +69,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    uvloop.run(main())  # the lighter loop: the senders must not be the bottleneck

@@ -50,10 +50,11 @@ from signaling.credentials import credential_hash, join_credential
 from tests.support.recording import withdrawal_commits
 
 ROOT = Path(__file__).resolve().parent.parent
+SERVER_LOOP = True  # uvloop, as `callgate serve` runs the recorder (api.cli)
 WARMUP_S = 3.0
 CPU_WINDOW_S = 12.0
 CAPACITY_WINDOW_S = 6.0
-CAPACITY_STEPS = (10, 50)
+CAPACITY_STEPS = (10, 50, 60)  # 60: where one process starts to lose frames
 SENDER_PROCESSES = 3  # more only crowd the same two cores
 WITHDRAWALS = 24
 DROP_LIMIT = 0.01
@@ -384,6 +385,10 @@ async def capacity(
         written = sum(recorder.frames_written.values()) - written_before
         used = time.process_time() - cpu_before
         cpu = used / (time.monotonic() - wall_before)
+        # Every frame sent against every frame that arrived, from the first on: the senders
+        # stop (connections up), and what is on its way arrives.
+        final = await sender.ask({"cmd": "hold"})
+        all_arrived = await drained(recorder)
         overflows = udp_overflows() - overflows_before
         await recorder.stop(people[0].booking_id)
         await sender.ask({"cmd": "close"})
@@ -391,13 +396,27 @@ async def capacity(
     return Step(
         len(people),
         written / max(arrived - held, 1),
-        arrived / max(sent, 1),
+        all_arrived / max(int(final["audio"]) + int(final["video"]), 1),
         sent / nominal,
         cpu,
         used / max(written, 1),
         os.getloadavg()[0],
         overflows,
     )
+
+
+async def drained(recorder: Recorder) -> int:
+    """The frames that arrived, once no more arrive (0.5 s without one; 5 s at most). A
+    receiver's jitter buffer keeps its newest frames until the next packet, so up to one
+    video and about four audio frames per person never come out: counted as lost."""
+    arrived, deadline = -1, time.monotonic() + 5
+    while time.monotonic() < deadline:
+        now = sum(recorder.frames_arrived.values())
+        if now == arrived:
+            break
+        arrived = now
+        await asyncio.sleep(0.5)
+    return arrived
 
 
 def udp_overflows() -> int:
@@ -737,11 +756,18 @@ def report(
         "estimator sees overuse, which on a busy host is most packets; the recorder now sends "
         "at most four a second per track (`media.recorder.tap.throttle_remb`).",
         "",
+        "The receiving process runs on uvloop, the event loop `callgate serve` runs the "
+        "recorder on (until 2026-12-01 this benchmark ran it on asyncio's own loop, which "
+        "costs more per packet).",
+        "",
         f"People recorded at once by one process ({CAPACITY_WINDOW_S:.0f} s each, audio + "
         "video, counted once every file is being written; the senders spread over "
         f"{SENDER_PROCESSES} processes): frames written of those that arrived (the recorder's "
-        "own losses), frames that arrived of those sent (the network, the kernel's socket "
-        "buffers and aiortc's receive path), the senders' pace against real time, this "
+        "own losses), frames that arrived of all those sent, from the first to the last (the "
+        "network, the kernel's socket buffers and aiortc's receive path; the senders stop at "
+        "the end and what is on its way arrives, but the newest frames a jitter buffer keeps, "
+        "one video and about four audio per person, count as lost), the senders' pace "
+        "against real time, this "
         "process's CPU (1.0 = one core), and the people one core would record at the CPU "
         "this step spent per frame written.",
         "",

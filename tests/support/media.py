@@ -142,6 +142,7 @@ class EncodedTrack(MediaStreamTrack):
         self._packets = packets
         self._index = 0
         self._began: float | None = None
+        self._held = asyncio.Event()
         if kind == "video":
             self._step, self._rate = 1 / FPS, 90_000
         else:
@@ -152,12 +153,20 @@ class EncodedTrack(MediaStreamTrack):
         """Frames handed to the sender so far."""
         return self._index
 
+    def hold(self) -> int:
+        """Hand the sender no further frame (the connection stays up); how many were sent,
+        which is final from now on."""
+        self._held.set()
+        return self._index
+
     async def recv(self) -> av.Packet[Any]:
         if self._began is None:
             self._began = time.monotonic()
         wait = self._began + self._index * self._step - time.monotonic()
         if wait > 0:
             await asyncio.sleep(wait)
+        if self._held.is_set():
+            await asyncio.Future()  # until the connection closes and cancels this
         packet = av.Packet(self._packets[self._index % len(self._packets)])
         packet.pts = round(self._index * self._step * self._rate)
         packet.time_base = fractions.Fraction(1, self._rate)
