@@ -7,7 +7,6 @@ still recognized, and checkpoints signed with the old checkpoint key still verif
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import os
 import subprocess
@@ -31,7 +30,6 @@ from tests.support.privacy import add_recording, audio, book, person
 from tests.support.waiting import eventually
 from tests.support.webhooks import Receiver
 
-NEW_MASTER = base64.b64encode(b"n" * 32).decode()
 NEW_SECRET = "rotated-secret-" + "r" * 40
 
 
@@ -44,7 +42,7 @@ async def rotate_master(settings: Settings) -> str:
         "CALLGATE_DATABASE_URL": settings.database_url,
         "CALLGATE_DATA_DIR": str(settings.data_dir),
         "CALLGATE_SECRET_KEY": support.SECRET,
-        "CALLGATE_MASTER_KEY": NEW_MASTER,
+        "CALLGATE_MASTER_KEY": support.NEW_MASTER,
         "CALLGATE_PREVIOUS_MASTER_KEYS": json.dumps([support.MASTER]),
     })
     program = [sys.executable, "-c", "from api.cli import main; main()", "keys",
@@ -103,7 +101,7 @@ async def rewrap_and_read(
         return out
 
     expected = [plain[p.external_id] for p in booked.people]
-    new, old = SecretStr(NEW_MASTER), SecretStr(support.MASTER)
+    new, old = SecretStr(support.NEW_MASTER), SecretStr(support.MASTER)
     async with node(settings, clock, master_key=new, previous_master_keys=[old]) as c:
         assert await downloads(c) == expected  # no downtime: the old key still unwraps
     assert await rotate_master(settings) == (

@@ -20,6 +20,7 @@ PG_DSN = os.environ.get("CALLGATE_TEST_PG_DSN", "postgresql://postgres@127.0.0.1
 REDIS_URL = os.environ.get("CALLGATE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 SECRET = "test-secret-" + "x" * 40
 MASTER = base64.b64encode(b"k" * 32).decode()
+NEW_MASTER = base64.b64encode(b"n" * 32).decode()  # the master key a rotation moves to
 
 
 T = TypeVar("T")
