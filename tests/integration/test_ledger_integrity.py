@@ -4,6 +4,7 @@ acknowledges it."""
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
@@ -12,12 +13,14 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
+from sqlalchemy import text
 from structlog.testing import capture_logs
 
 from consent.gate import Reason
-from consent.ledger import Entry, hash_of
+from consent.ledger import Entry, hash_of, link
 from consent.live import LiveGate
 from consent.purposes import Decision, Purpose
+from consent.walk import BODY_SQL
 from core.accounts import Scope
 from core.clock import ManualClock
 from core.runtime import Runtime
@@ -235,3 +238,74 @@ async def test_an_intact_ledger_is_witnessed_and_signed_periodically(
     witness = (runtime.settings.data_dir / "consent-witness.jsonl").read_text()
     assert '"seq": 8' in witness
     assert (await client.get("/readyz")).status_code == 200
+
+
+async def hide_behind_the_body(runtime: Runtime) -> None:
+    """Change entry 3, then redefine the generated body so entry 3's is the original again."""
+    async with runtime.db.engine.connect() as conn:
+        original = (await conn.execute(
+            text("SELECT body FROM consent_ledger WHERE seq = 3")
+        )).scalar_one()
+    literal = str(original).replace("'", "''").replace(":", "\\:")  # no bind parameters
+    await unprotected(
+        runtime.db,
+        "UPDATE consent_ledger SET decision = 'granted' WHERE seq = 3",
+        "ALTER TABLE consent_ledger DROP COLUMN body",
+        "ALTER TABLE consent_ledger ADD COLUMN body text GENERATED ALWAYS AS (CASE WHEN seq = 3"
+        f" THEN '{literal}' ELSE {BODY_SQL} END) STORED",
+    )
+
+
+BODY_TRICKS: dict[str, Callable[[Runtime], Awaitable[None]]] = {
+    "expression-dropped": lambda rt: unprotected(
+        rt.db,
+        "ALTER TABLE consent_ledger ALTER COLUMN body DROP EXPRESSION",
+        "UPDATE consent_ledger SET decision = 'granted' WHERE seq = 3",
+    ),
+    "expression-replaced": hide_behind_the_body,
+}
+
+
+@pytest.mark.parametrize("backend", ["postgres"])
+@pytest.mark.parametrize("trick", list(BODY_TRICKS))
+async def test_a_change_hidden_behind_the_stored_body_is_still_found(
+    client: httpx.AsyncClient, runtime: Runtime, clock: ManualClock, world: Seeded, trick: str,
+) -> None:
+    """PostgreSQL keeps each entry's body (a generated column) and walks hash it instead of
+    rendering it; an intruder who stops the database from keeping it, or has it keep the
+    original body for a changed entry, makes the walk render from the columns again."""
+    async with runtime.db.engine.connect() as conn:
+        before = (await conn.execute(
+            text("SELECT body FROM consent_ledger WHERE seq = 3")
+        )).scalar_one()
+    await BODY_TRICKS[trick](runtime)
+    async with runtime.db.engine.connect() as conn:  # the stored body still reads as before
+        assert (await conn.execute(
+            text("SELECT body FROM consent_ledger WHERE seq = 3")
+        )).scalar_one() == before
+    clock.advance(timedelta(seconds=60))
+
+    async def found() -> bool:
+        return (await client.get("/readyz")).status_code == 503
+
+    await eventually(found, f"a change behind the body ({trick}) detected")
+    ready = (await client.get("/readyz")).json()
+    assert "entry 3 (hash_mismatch)" in ready["checks"]["consent_ledger"]
+
+
+@pytest.mark.parametrize("backend", ["postgres"])
+async def test_the_stored_body_is_what_each_entry_hash_covers(
+    client: httpx.AsyncClient, runtime: Runtime, clock: ManualClock, world: Seeded,
+) -> None:
+    """An auditor with only SQL and SHA-256 can check every entry from the `body` column
+    PostgreSQL keeps: its hash links the previous entry's hash to the body's SHA-256."""
+    clock.advance(timedelta(microseconds=123_457))  # a time whose microseconds all show
+    await decide(client, world.people[1], "recording.audio", "granted")
+    async with runtime.db.engine.connect() as conn:
+        rows = (await conn.execute(text(
+            "SELECT seq, body, prev_hash, entry_hash FROM consent_ledger ORDER BY seq"
+        ))).all()
+    assert [row[0] for row in rows] == list(range(1, 10))
+    assert '.123457Z"' in rows[-1][1]
+    for _, body, prev_hash, entry_hash in rows:
+        assert link(prev_hash, hashlib.sha256(body.encode()).hexdigest()) == entry_hash
