@@ -4,7 +4,6 @@ acknowledges it."""
 
 from __future__ import annotations
 
-import hashlib
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
@@ -13,14 +12,14 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
-from sqlalchemy import text
+from sqlalchemy import select, text
 from structlog.testing import capture_logs
 
 from consent.gate import Reason
-from consent.ledger import Entry, hash_of, link
+from consent.ledger import Entry, body_hash_of, hash_of, link
 from consent.live import LiveGate
 from consent.purposes import Decision, Purpose
-from consent.walk import BODY_SQL
+from consent.walk import BODY_HASH_SQL
 from core.accounts import Scope
 from core.clock import ManualClock
 from core.runtime import Runtime
@@ -240,72 +239,109 @@ async def test_an_intact_ledger_is_witnessed_and_signed_periodically(
     assert (await client.get("/readyz")).status_code == 200
 
 
-async def hide_behind_the_body(runtime: Runtime) -> None:
-    """Change entry 3, then redefine the generated body so entry 3's is the original again."""
-    async with runtime.db.engine.connect() as conn:
-        original = (await conn.execute(
-            text("SELECT body FROM consent_ledger WHERE seq = 3")
-        )).scalar_one()
-    literal = str(original).replace("'", "''").replace(":", "\\:")  # no bind parameters
+async def hide_behind_the_digest(runtime: Runtime) -> None:
+    """Change entry 3, then redefine the generated digest so entry 3's is the original again."""
+    original = await stored_digest(runtime, 3)
     await unprotected(
         runtime.db,
         "UPDATE consent_ledger SET decision = 'granted' WHERE seq = 3",
-        "ALTER TABLE consent_ledger DROP COLUMN body",
-        "ALTER TABLE consent_ledger ADD COLUMN body text GENERATED ALWAYS AS (CASE WHEN seq = 3"
-        f" THEN '{literal}' ELSE {BODY_SQL} END) STORED",
+        "ALTER TABLE consent_ledger DROP COLUMN body_sha256",
+        "ALTER TABLE consent_ledger ADD COLUMN body_sha256 text GENERATED ALWAYS AS (CASE WHEN"
+        f" seq = 3 THEN '{original}' ELSE {BODY_HASH_SQL} END) STORED",
     )
+
+
+async def stored_digest(runtime: Runtime, seq: int) -> str:
+    async with runtime.db.engine.connect() as conn:
+        found = await conn.execute(
+            text("SELECT body_sha256 FROM consent_ledger WHERE seq = :seq"), {"seq": seq}
+        )
+        return str(found.scalar_one())
 
 
 BODY_TRICKS: dict[str, Callable[[Runtime], Awaitable[None]]] = {
     "expression-dropped": lambda rt: unprotected(
         rt.db,
-        "ALTER TABLE consent_ledger ALTER COLUMN body DROP EXPRESSION",
+        "ALTER TABLE consent_ledger ALTER COLUMN body_sha256 DROP EXPRESSION",
         "UPDATE consent_ledger SET decision = 'granted' WHERE seq = 3",
     ),
-    "expression-replaced": hide_behind_the_body,
+    "expression-replaced": hide_behind_the_digest,
 }
 
 
 @pytest.mark.parametrize("backend", ["postgres"])
 @pytest.mark.parametrize("trick", list(BODY_TRICKS))
-async def test_a_change_hidden_behind_the_stored_body_is_still_found(
+async def test_a_change_hidden_behind_the_stored_digest_is_still_found(
     client: httpx.AsyncClient, runtime: Runtime, clock: ManualClock, world: Seeded, trick: str,
 ) -> None:
-    """PostgreSQL keeps each entry's body (a generated column) and walks hash it instead of
-    rendering it; an intruder who stops the database from keeping it, or has it keep the
-    original body for a changed entry, makes the walk render from the columns again."""
-    async with runtime.db.engine.connect() as conn:
-        before = (await conn.execute(
-            text("SELECT body FROM consent_ledger WHERE seq = 3")
-        )).scalar_one()
+    """PostgreSQL keeps the digest of each entry's body (a generated column) and walks link it
+    instead of rendering and hashing the body; an intruder who stops the database from keeping
+    it, or has it keep the original digest for a changed entry, makes the walk render and hash
+    every body again."""
+    before = await stored_digest(runtime, 3)
     await BODY_TRICKS[trick](runtime)
-    async with runtime.db.engine.connect() as conn:  # the stored body still reads as before
-        assert (await conn.execute(
-            text("SELECT body FROM consent_ledger WHERE seq = 3")
-        )).scalar_one() == before
+    assert await stored_digest(runtime, 3) == before  # the stored digest still reads as before
     clock.advance(timedelta(seconds=60))
 
     async def found() -> bool:
         return (await client.get("/readyz")).status_code == 503
 
-    await eventually(found, f"a change behind the body ({trick}) detected")
+    await eventually(found, f"a change behind the digest ({trick}) detected")
     ready = (await client.get("/readyz")).json()
     assert "entry 3 (hash_mismatch)" in ready["checks"]["consent_ledger"]
 
 
 @pytest.mark.parametrize("backend", ["postgres"])
-async def test_the_stored_body_is_what_each_entry_hash_covers(
+async def test_the_stored_digest_is_that_of_what_each_entry_hash_covers(
     client: httpx.AsyncClient, runtime: Runtime, clock: ManualClock, world: Seeded,
 ) -> None:
-    """An auditor with only SQL and SHA-256 can check every entry from the `body` column
-    PostgreSQL keeps: its hash links the previous entry's hash to the body's SHA-256."""
+    """The digest PostgreSQL keeps is the SHA-256 of the canonical JSON callgate hashed when it
+    appended the entry, and each entry's hash links the previous hash to it."""
     clock.advance(timedelta(microseconds=123_457))  # a time whose microseconds all show
     await decide(client, world.people[1], "recording.audio", "granted")
+    async with runtime.db.session() as session:
+        entries = list(await session.scalars(select(Entry).order_by(Entry.seq)))
+    assert [e.seq for e in entries] == list(range(1, 10))
+    assert entries[-1].at.microsecond == 123_457
+    for entry in entries:
+        digest = await stored_digest(runtime, entry.seq)
+        assert digest == body_hash_of(entry)
+        assert link(entry.prev_hash, digest) == entry.entry_hash
+
+
+@pytest.mark.parametrize("backend", ["postgres"])
+async def test_a_function_put_before_pg_catalog_cannot_render_the_old_body(
+    client: httpx.AsyncClient, runtime: Runtime, clock: ManualClock, world: Seeded,
+) -> None:
+    """Anyone with the database credentials can create a function and put its schema before
+    pg_catalog on the database's search path; walks still use the built-in functions."""
+    async with runtime.db.session() as session:
+        entry = await session.get(Entry, 3)
+        assert entry is not None
+        database = (await session.execute(text("SELECT current_database()"))).scalar_one()
+    before = f'"decision":"{entry.decision.value}","id":"{entry.id}"'
+    after = f'"decision":"granted","id":"{entry.id}"'
+    await unprotected(
+        runtime.db,
+        "ALTER TABLE consent_ledger ALTER COLUMN body_sha256 DROP EXPRESSION",
+        "UPDATE consent_ledger SET decision = 'granted' WHERE seq = 3",
+        "CREATE SCHEMA intruder",
+        # The body of entry 3 rendered as it was before the change.
+        "CREATE FUNCTION intruder.convert_to(text, name) RETURNS bytea LANGUAGE sql AS "
+        f"$$SELECT pg_catalog.convert_to(pg_catalog.replace($1, '{after}', '{before}'), $2)$$",
+        f'ALTER DATABASE "{database}" SET search_path = intruder, pg_catalog, public',
+    )
+    await runtime.db.engine.dispose()  # every connection from now on has that path
     async with runtime.db.engine.connect() as conn:
-        rows = (await conn.execute(text(
-            "SELECT seq, body, prev_hash, entry_hash FROM consent_ledger ORDER BY seq"
-        ))).all()
-    assert [row[0] for row in rows] == list(range(1, 10))
-    assert '.123457Z"' in rows[-1][1]
-    for _, body, prev_hash, entry_hash in rows:
-        assert link(prev_hash, hashlib.sha256(body.encode()).hexdigest()) == entry_hash
+        lying = await conn.execute(text(
+            "SELECT convert_to('" + after + "', 'UTF8') = convert_to('" + before + "', 'UTF8')"
+        ))
+        assert lying.scalar_one() is True  # unqualified, the intruder's function answers
+    clock.advance(timedelta(seconds=60))
+
+    async def found() -> bool:
+        return (await client.get("/readyz")).status_code == 503
+
+    await eventually(found, "the change detected")
+    ready = (await client.get("/readyz")).json()
+    assert "entry 3 (hash_mismatch)" in ready["checks"]["consent_ledger"]
