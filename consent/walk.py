@@ -110,36 +110,22 @@ Row = tuple[Any, ...]
 entry's fields without "prev" (a sealed entry's body; an unsealed entry's input has "prev"
 inserted before "purpose")."""
 
-# PostgreSQL renders the canonical JSON itself (uuid text, the time) and hands over its bytes:
-# no Python object per field, no decoding, which was most of the cost of a walk. One concat()
-# builds it (each || copied the growing text: twice the database's time), and the five
-# free-text fields go between quotes as stored, unescaped (to_json was a third of the render).
-# That is still exact: legitimate values (purposes, decisions, methods, actors, hex digests)
-# hold no quote, backslash or non-ASCII character, so json.dumps writes them the same; and an
-# edited row cannot render the bytes an entry was hashed over, because those hold the
-# template's quotes only: a value with a quote adds one, and without one each value is exactly
-# the text between two of the template's quotes, so equal bytes mean equal values (typed
-# columns render one way). Any other value is an edit and fails its hash either way.
-PG_ROWS = (
-    "SELECT seq, convert_to(concat('{\"actor\":\"', actor, '\",\"at\":\"', "
-    "to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), "
-    "'\",\"booking\":\"', booking_id, '\",\"decision\":\"', decision, "
-    "'\",\"id\":\"', id, '\",\"method\":\"', method, '\",\"notice_id\":\"', notice_id, "
-    "'\",\"notice_sha256\":\"', notice_sha256, '\",\"purpose\":\"', purpose, "
-    "'\",\"seq\":', seq, ',\"subject\":\"', subject_id, '\"}'), 'UTF8'), "
-    "prev_hash, entry_hash, entry_mac FROM consent_ledger "
-    "WHERE seq >= $1 AND seq < $2 ORDER BY seq"
-)
-
-
 def _part(field: str, width: int) -> str:
     return f"lpad(EXTRACT({field} FROM at AT TIME ZONE 'UTC')::integer::text, {width}, '0')"
 
 
 _MICROS = "EXTRACT(MICROSECONDS FROM at AT TIME ZONE 'UTC')::bigint"
 
-# The same body as PG_ROWS renders, from immutable pg_catalog functions only (a generated
-# column takes nothing else).
+# The canonical JSON of an entry's body, rendered by PostgreSQL from the entry's columns with
+# immutable pg_catalog functions only (a generated column takes nothing else): the text both
+# the kept digest (BODY_HASH_SQL) and the entry-by-entry check (PG_ROWS) hash. The five
+# free-text fields go between quotes as stored, unescaped. That is still exact: legitimate
+# values (purposes, decisions, methods, actors, hex digests) hold no quote, backslash or
+# non-ASCII character, so json.dumps writes them the same; and an edited row cannot render the
+# bytes an entry was hashed over, because those hold the template's quotes only: a value with a
+# quote adds one, and without one each value is exactly the text between two of the template's
+# quotes, so equal bytes mean equal values (typed columns render one way). Any other value is
+# an edit and fails its hash either way.
 BODY_SQL = (
     "'{\"actor\":\"' || actor::text || '\",\"at\":\"' || "
     f"{_part('YEAR', 4)} || '-' || {_part('MONTH', 2)} || '-' || {_part('DAY', 2)} || 'T' || "
@@ -151,6 +137,12 @@ BODY_SQL = (
     "'\",\"notice_id\":\"' || notice_id::text || '\",\"notice_sha256\":\"' || "
     "notice_sha256::text || '\",\"purpose\":\"' || purpose::text || '\",\"seq\":' || "
     "seq::text || ',\"subject\":\"' || subject_id::text || '\"}'"
+)
+
+# Entry by entry, the body rendered and handed over as bytes (no Python object per field).
+PG_ROWS = (
+    f"SELECT seq, convert_to({BODY_SQL}, 'UTF8'), prev_hash, entry_hash, entry_mac "  # noqa: S608 (constants only)
+    "FROM consent_ledger WHERE seq >= $1 AND seq < $2 ORDER BY seq"
 )
 
 # The digest kept beside each entry (`consent_ledger.body_sha256`, migration 0014): the SHA-256
@@ -183,13 +175,13 @@ _PROBE = (  # the columns of consent_ledger as migration 0002 made them
     "notice_id uuid, notice_sha256 varchar(64), method varchar(24), actor varchar(16), "
     f"body_sha256 text GENERATED ALWAYS AS ({BODY_HASH_SQL}) STORED) ON COMMIT DROP"
 )
-_expected_body: weakref.WeakKeyDictionary[Database, str] = weakref.WeakKeyDictionary()
+_expected_digest: weakref.WeakKeyDictionary[Database, str] = weakref.WeakKeyDictionary()
 
 
 async def _expected_expression(db: Database) -> str | None:
     """BODY_HASH_SQL as this server deparses it (the text depends on its version), from a temporary
     table that is rolled back: once per database per process (None if it cannot be made)."""
-    known = _expected_body.get(db)
+    known = _expected_digest.get(db)
     if known is None:
         probe = _GENERATED.replace("$1", "'pg_temp.callgate_body_probe'::pg_catalog.regclass")
         async with db.engine.connect() as conn:
@@ -201,11 +193,11 @@ async def _expected_expression(db: Database) -> str | None:
                     await transaction.rollback()
             except DBAPIError:  # e.g. a role without TEMP: render in every walk
                 return None
-        _expected_body[db] = known
+        _expected_digest[db] = known
     return known
 
 
-async def _bodies_stored(reader: _Reader, expected: str | None) -> bool:
+async def _digests_kept(reader: _Reader, expected: str | None) -> bool:
     """Whether `body_sha256` in the reader's snapshot is generated by exactly BODY_HASH_SQL:
     then every row's digest is that of the body BODY_SQL renders from the row's columns
     (PostgreSQL computes it on every write, and changing the expression recomputes every
@@ -228,9 +220,9 @@ def span_passes(
     previous hashes must be the stored hashes shifted by one; a range of the right size whose
     chain holds from `prev` is the range (each body holds its seq)."""
     count, sealed, digests, prevs, hashes, macs = span
-    if count != stop - start or sealed != count or digests is None or macs is None:
-        return False
-    if len(digests) != 64 * count:
+    if count != stop - start or sealed != count or macs is None or (
+        digests is None or len(digests) != 64 * count
+    ):
         return False
     sha256, older = hashlib.sha256, rules.previous_seal_keys
     keyed = hashlib.blake2b(key=rules.seal_key, digest_size=32)
@@ -298,7 +290,7 @@ async def walk_chain(db: Database, report: ChainReport, rules: WalkRules) -> Non
         readers, last = await _snapshot_readers(
             stack, db, lambda last: (last - expected) // VERIFY_BATCH + 1
         )
-        spans = await _bodies_stored(readers[0], expression)
+        spans = await _digests_kept(readers[0], expression)
         starts = list(range(expected, last + 1, VERIFY_BATCH))
 
         def load(reader: _Reader, start: int) -> Awaitable[Span | list[Row]]:
@@ -470,7 +462,7 @@ async def walk_remembering(
     expression = await _expected_expression(db)
     async with contextlib.AsyncExitStack() as stack:
         readers, last = await _snapshot_readers(stack, db, lambda last: (last + CHUNK - 1) // CHUNK)
-        spans = await _bodies_stored(readers[0], expression)
+        spans = await _digests_kept(readers[0], expression)
         await _walk(readers, report, rules, memory, last, spans)
 
 
