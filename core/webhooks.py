@@ -85,11 +85,9 @@ class Endpoint(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
     def secrets_at(self, keys: Keyring, now: datetime) -> list[str]:
-        """The secrets that sign now: the current one, and the previous one in its grace."""
-        out = [self.current_secret(keys)]
-        if self.previous_secret and self.previous_secret_until and now < self.previous_secret_until:
-            out.append(open_secret(keys, self.id, self.previous_secret))
-        return out
+        """The secrets that sign now, in the clear: the current one, and the previous one in
+        its grace."""
+        return [open_secret(keys, self.id, stored) for stored in signing_secrets(self, now)]
 
     def current_secret(self, keys: Keyring) -> str:
         """The `whsec_` secret in the clear (to sign, or to show once to the caller)."""
@@ -135,6 +133,16 @@ def seal_secret(keys: Keyring, endpoint_id: uuid.UUID, secret: str) -> str:
     """The secret as stored: wrapped under the master key, bound to its endpoint."""
     wrapped = keys.wrap(secret.encode(), _secret_context(endpoint_id))
     return SEALED_PREFIX + base64.b64encode(wrapped).decode()
+
+
+def signing_secrets(endpoint: Endpoint, now: datetime) -> list[str]:
+    """The stored (sealed) secrets that sign now: the current one, and the previous one in
+    its grace."""
+    out = [endpoint.secret]
+    until = endpoint.previous_secret_until
+    if endpoint.previous_secret and until is not None and now < until:
+        out.append(endpoint.previous_secret)
+    return out
 
 
 def open_secret(keys: Keyring, endpoint_id: uuid.UUID, stored: str) -> str:

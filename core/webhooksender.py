@@ -21,7 +21,7 @@ from types import TracebackType
 import httpx
 import structlog
 from cryptography.exceptions import InvalidTag
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy import update as sql_update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
@@ -41,6 +41,7 @@ from core.webhooks import (
     do_seal_secrets,
     headers_for,
     open_secret,
+    signing_secrets,
 )
 
 log = structlog.get_logger(__name__)
@@ -259,15 +260,22 @@ class Sender:
             ~blocked,
         ]
         if self._unreadable:
+            # Both secrets that sign: the current one, and the previous one in its grace (a
+            # receiver may still verify with it only, so signing without it would fail there).
             where.append(Endpoint.secret.not_in(self._unreadable))
+            where.append(or_(
+                Endpoint.previous_secret.is_(None), Endpoint.previous_secret_until.is_(None),
+                Endpoint.previous_secret_until <= now,
+                Endpoint.previous_secret.not_in(self._unreadable),
+            ))
         async with self._rt.db.session() as session:
             query = (
-                select(Delivery.id, Endpoint.id, Endpoint.secret)
+                select(Delivery.id, Endpoint)
                 .join(Endpoint, Endpoint.id == Delivery.endpoint_id)
                 .where(*where).order_by(Delivery.event_seq).limit(BATCH)
             )
             candidates = (await session.execute(query)).all()
-        due = [d for d, endpoint, secret in candidates if self._can_open(endpoint, secret)]
+        due = [d for d, endpoint in candidates if self._can_open(endpoint, now)]
         claimed = await self._claim(due, now)
         if not claimed:
             return 0
@@ -288,19 +296,21 @@ class Sender:
         await self._record([(d.id, o) for (d, _, _), o in zip(rows, outcomes, strict=True)])
         return len(rows)
 
-    def _can_open(self, endpoint_id: uuid.UUID, stored: str) -> bool:
-        """Whether this node can sign with the endpoint's secret; the first time it cannot,
-        an error in the log names the endpoint (the operator lists the missing master key in
+    def _can_open(self, endpoint: Endpoint, now: datetime) -> bool:
+        """Whether this node can sign with every secret the endpoint signs with now (the
+        current one, and the previous one in its grace); the first time it cannot, an error in
+        the log names the endpoint (the operator lists the missing master key in
         CALLGATE_PREVIOUS_MASTER_KEYS)."""
-        try:
-            open_secret(self._rt.keys, endpoint_id, stored)
-        except InvalidTag:
-            if len(self._unreadable) >= UNREADABLE_REMEMBERED:
-                self._unreadable.clear()  # looked at again, and logged again
-            self._unreadable.add(stored)
-            log.error("webhooks.secret_unreadable", endpoint_id=str(endpoint_id),
-                      error=UNREADABLE_SECRET)
-            return False
+        for stored in signing_secrets(endpoint, now):
+            try:
+                open_secret(self._rt.keys, endpoint.id, stored)
+            except InvalidTag:
+                if len(self._unreadable) >= UNREADABLE_REMEMBERED:
+                    self._unreadable.clear()  # looked at again, and logged again
+                self._unreadable.add(stored)
+                log.error("webhooks.secret_unreadable", endpoint_id=str(endpoint.id),
+                          error=UNREADABLE_SECRET)
+                return False
         return True
 
     async def _claim(self, due: list[uuid.UUID], now: datetime) -> list[uuid.UUID]:

@@ -440,6 +440,50 @@ async def test_a_node_without_the_master_key_leaves_the_delivery_to_a_node_that_
     assert [r.signatures for r in receiver.received] == [1]
 
 
+async def test_a_node_that_cannot_open_the_secret_in_its_grace_leaves_the_delivery_too(
+    client: httpx.AsyncClient, api_keys: dict[Scope, str], clock: ManualClock,
+    receiver: Receiver, settings: Settings,
+) -> None:
+    """The previous secret signs next to the new one for the grace period, for receivers
+    still verifying with it. A node that can open the new secret but not the previous one
+    (sealed under a master key it lacks) cannot sign as the receiver expects: it leaves the
+    delivery, uncharged, to a node that can open both."""
+    rotated = {
+        "master_key": SecretStr(support.NEW_MASTER),
+        "previous_master_keys": [SecretStr(support.MASTER)],
+    }
+    async with node(settings, clock, **rotated) as keyed:
+        endpoint = await register(keyed, api_keys, receiver)  # sealed under the new key
+    # Rotated on the old-key node: the new secret is sealed under the old key, the previous
+    # one stays sealed under the new key. The receiver keeps verifying with the previous one.
+    changed = await client.post(
+        f"/v1/webhooks/endpoints/{endpoint['id']}/rotate", headers=hdr(api_keys)
+    )
+    assert changed.status_code == 200, changed.text
+    with capture_logs() as logs:
+        await book(client, api_keys[Scope.SCHEDULER], clock.now() + timedelta(days=2))
+
+        def reported() -> bool:
+            return any(entry["event"] == "webhooks.secret_unreadable"
+                       and entry["endpoint_id"] == endpoint["id"] for entry in list(logs))
+
+        await eventually(reported, "the old-key node reports the secret it cannot open")
+    [waiting] = await deliveries(client, api_keys, endpoint["id"])
+    assert (waiting["status"], waiting["attempts"]) == ("pending", 0)
+    assert receiver.received == []
+    assert receiver.rejected == 0  # nothing was sent that it could not verify
+    async with node(settings, clock, **rotated):
+
+        async def delivered() -> bool:
+            [sent] = await deliveries(client, api_keys, endpoint["id"])
+            return bool(sent["status"] == "delivered")
+
+        await eventually(delivered, "the node that opens both secrets delivers the event")
+    [sent] = await deliveries(client, api_keys, endpoint["id"])
+    assert sent["attempts"] == 1
+    assert [r.signatures for r in receiver.received] == [2]  # verified with the previous one
+
+
 @pytest.mark.parametrize("settings_overrides", [{
     "webhook_allow_private_targets": True, "webhook_timeout_s": 1,
     "webhook_poll_interval_s": 0.05, "lifecycle_sweep_interval_s": 0,
