@@ -7,8 +7,10 @@ never sees a naive datetime, whichever backend is below.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import os
+import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -87,6 +89,25 @@ def private_file(path: Path) -> None:
     os.chmod(path, 0o600)
 
 
+class _SQLiteConnection(sqlite3.Connection):
+    """A connection whose close ends its transaction first.
+
+    sqlite3_close_v2 does not close a connection that still has a statement open (a cursor
+    something still references: a query cancelled between its first row and the rest, whose
+    traceback holds the cursor). The connection lingers as a "zombie", with its transaction
+    and the write lock BEGIN IMMEDIATE took, until that cursor is freed, and every other
+    writer waits busy_timeout and fails with "database is locked". SQLAlchemy closes a
+    connection without a rollback when a cancellation interrupts it (it invalidates it);
+    rolling back here aborts the open statements and releases the lock whatever still
+    references them."""
+
+    def close(self) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            if self.in_transaction:
+                self.rollback()
+        super().close()
+
+
 def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
     """An engine for `url`; on SQLite with WAL, foreign keys and serialized writers."""
     if not is_sqlite(url):
@@ -98,7 +119,9 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         private_file(path)
-    engine = create_async_engine(url, **kwargs)
+    connect_args = dict(kwargs.pop("connect_args", {}))
+    connect_args.setdefault("factory", _SQLiteConnection)
+    engine = create_async_engine(url, connect_args=connect_args, **kwargs)
 
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_conn: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
