@@ -116,7 +116,7 @@ def probed(timings: Timings) -> Iterator[None]:
 
     async def timed(
         db: Any, booking_id: uuid.UUID, subject_id: uuid.UUID, kind: TrackKind, at: datetime
-    ) -> list[str]:
+    ) -> list[records.Taken]:
         started = time.time()
         ids = await claim(db, booking_id, subject_id, kind, at)
         if ids:  # the node whose statement moved the rows: it sends the stop

@@ -147,11 +147,20 @@ async def take_over(db: Database, record_id: uuid.UUID, at: datetime) -> bool:
     return bool(getattr(result, "rowcount", 0))
 
 
+@dataclass(frozen=True)
+class Taken:
+    """A live egress a take-over moved to `ending`."""
+
+    record_id: uuid.UUID
+    room_name: str
+    egress_id: str | None  # None: the node that claimed it has not stored LiveKit's id
+
+
 async def take_over_person(
     db: Database, booking_id: uuid.UUID, subject_id: uuid.UUID, kind: TrackKind, at: datetime
-) -> list[str]:
-    """Move the person's live egresses of `kind` to `ending` in one statement; the egress ids
-    this node must stop (those still unnamed are stopped by the node naming them)."""
+) -> list[Taken]:
+    """Move the person's live egresses of `kind` to `ending` in one statement; what this node
+    must now stop."""
     async with db.session() as session:
         result = await session.execute(
             update(EgressRecord)
@@ -162,9 +171,9 @@ async def take_over_person(
                 EgressRecord.state.in_(LIVE),
             )
             .values(state=EgressState.ENDING, updated_at=at)
-            .returning(EgressRecord.egress_id)
+            .returning(EgressRecord.id, EgressRecord.room_name, EgressRecord.egress_id)
         )
-        return [egress_id for egress_id in result.scalars() if egress_id]
+        return [Taken(record_id, room, egress_id) for record_id, room, egress_id in result]
 
 
 async def reported(db: Database, egress_id: str, state: EgressState, at: datetime) -> None:

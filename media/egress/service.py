@@ -11,15 +11,19 @@ webhooks reach whichever node the load balancer picks, and a withdrawal reaches 
 On start, and every minute, `audit()` compares LiveKit's `ListEgress` with the stored list: an
 egress callgate does not know, or one whose consent is gone, is stopped at once (so a node killed
 mid-recording leaves nothing running that nobody answers for), and an egress that ended while no
-node heard of it has its file taken in or deleted as if its `egress_ended` had arrived.
+node heard of it has its file taken in or deleted as if its `egress_ended` had arrived. An egress
+whose node died before storing LiveKit's id is recognised by the row id in its file name and
+adopted (named), so it is stopped and its file taken in like any other.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
 from collections.abc import Coroutine
 from datetime import timedelta
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -49,6 +53,8 @@ from media.gate import GateSource, gate_confirmed
 from media.storage import Storage
 
 log = structlog.get_logger(__name__)
+
+_ROW_IN_NAME = re.compile(r"-([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})-")
 
 AUDIT_EVERY = timedelta(minutes=1)
 KEEPALIVE_S = 120.0  # idle LiveKit API connections kept open (aiohttp's default: 15 s)
@@ -80,7 +86,7 @@ class Egress:
         self._locks: dict[str, asyncio.Lock] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._ingests: set[asyncio.Task[None]] = set()
-        self.withdrawals = Withdrawals(runtime, self.stop_egress)
+        self.withdrawals = Withdrawals(runtime, self.stop_egress, self.stop_unnamed)
 
     @property
     def enabled(self) -> bool:
@@ -255,7 +261,7 @@ class Egress:
             return  # another node is starting it
         # one file per egress: two egresses of a track within a second (a withdrawal and a
         # new grant) must not share a name, nor one overwrite the other's file
-        name = f"{track.kind.value}-{track.sid}-{record.id}-{{time}}"
+        name = _file_name(track, record.id)
         path = f"{booking_id}/{track.subject_id}/{name}"
         root = self._runtime.settings.egress_output_dir
         if root is not None:  # Egress sees the shared folder at the same path
@@ -291,8 +297,31 @@ class Egress:
         if record.egress_id is None:
             record = await self._named(record)
             if record.egress_id is None:
+                await self.stop_unnamed(record.id, record.room_name)
                 return
         await self.stop_egress(record.egress_id)
+
+    async def stop_unnamed(self, record_id: uuid.UUID, room: str) -> None:
+        """Stop the egress of a claim (moved to `ending`) whose LiveKit id was never stored:
+        the node that claimed it may have died between LiveKit's answer and storing it. It is
+        found in LiveKit's list of the room's active egresses by its file name (which holds
+        the row's id) and named before it is stopped, so its file is taken in as any other's.
+        A start still in flight is not listed yet: the node naming it finds the row `ending`
+        and stops it (a node that dies meanwhile leaves it to the audit)."""
+        assert self._egress_client is not None  # noqa: S101 (only reachable when entered)
+        try:
+            listed = await self._egress_client.egress.list_egress(
+                lk_egress.ListEgressRequest(room_name=room, active=True)
+            )
+        except Exception:  # the audit stops it
+            log.warning("egress.list_failed", room=room, exc_info=True)
+            return
+        for info in listed.items:
+            if _row_of(info.track.file.filepath) == record_id:
+                await records.named(
+                    self._runtime.db, record_id, info.egress_id, self._runtime.clock.now()
+                )
+                await self.stop_egress(info.egress_id)
 
     async def _named(self, record: EgressRecord) -> EgressRecord:
         async with self._runtime.db.session() as session:
@@ -340,6 +369,8 @@ class Egress:
             record = known.get(info.egress_id)
             state = records.state_of(info.status)
             if state in (EgressState.STARTING, EgressState.ACTIVE):
+                if record is None:
+                    record = await self._adopt(info)
                 if record is None or record.state not in records.LIVE:
                     log.warning("egress.unanswered_stopped", egress=info.egress_id)
                     await self.stop_egress(info.egress_id)
@@ -349,6 +380,23 @@ class Egress:
                 await self._reported(info)
         for room in sorted(rooms | await self._open_rooms()):
             await self.reconcile(room)
+
+    async def _adopt(self, info: lk_egress.EgressInfo) -> EgressRecord | None:
+        """The stored claim a running egress was started for, named now, when the node that
+        started it never stored LiveKit's id (it died between the answer and storing it):
+        found by the row id in the egress's file name. None for an egress callgate did not
+        start."""
+        row_id = _row_of(info.track.file.filepath)
+        if row_id is None:
+            return None
+        async with self._runtime.db.session() as session:
+            row = await session.get(EgressRecord, row_id)
+            if row is None or row.egress_id is not None or row.room_name != info.room_name:
+                return None
+        await records.named(self._runtime.db, row_id, info.egress_id, self._runtime.clock.now())
+        log.warning("egress.adopted", egress=info.egress_id, record=str(row_id))
+        row.egress_id = info.egress_id
+        return row
 
     async def _open_rooms(self) -> set[str]:
         """Rooms of bookings inside their join window: a track whose start was missed (the
@@ -391,3 +439,13 @@ class Egress:
             room = await session.scalar(select(Booking.room_name).where(Booking.id == booking_id))
         return [room] if room else []
 
+
+def _file_name(track: Track, record_id: uuid.UUID) -> str:
+    """The name of a track egress's file: the track and the row's id, then Egress's time."""
+    return f"{track.kind.value}-{track.sid}-{record_id}-{{time}}"
+
+
+def _row_of(path: str) -> uuid.UUID | None:
+    """The row id in the name of a file `_file_name` named; None for any other file."""
+    found = _ROW_IN_NAME.search(Path(path).name)
+    return uuid.UUID(found.group(1)) if found else None

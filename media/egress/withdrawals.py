@@ -6,11 +6,14 @@ gate's integrity witness uses), before the `consent.changed` event is even publi
 egresses of that person and kind this node knows (it started them, or read them live in a
 reconcile: every one of them predates the withdrawal, so every one must stop) get their
 StopEgress at once, on the Egress client's kept-alive connections; beside it one statement
-moves the person's live egresses of that kind to `ending` in the database and returns their ids,
-and those this node did not know are stopped next. Nothing waits behind other work of the node,
-nor for a database lock (SQLite's write lock can take hundreds of milliseconds to get under
-load). A stop may so reach Egress twice (from the committing node and from the node whose
-update moved the row); Egress answers the second "not running", which is what was wanted.
+moves the person's live egresses of that kind to `ending` in the database and returns them,
+and those this node did not know are stopped next. One whose LiveKit id was never stored (the
+node that started it died between LiveKit's answer and storing the id) is found in LiveKit's
+list of the room's egresses by its file name, which holds the row's id. Nothing waits behind
+other work of the node, nor for a database lock (SQLite's write lock can take hundreds of
+milliseconds to get under load). A stop may so reach Egress twice (from the committing node
+and from the node whose update moved the row); Egress answers the second "not running", which
+is what was wanted.
 
 Every other node hears the event and starts the same stop as soon as the event arrives (ahead
 of its in-order handling): what it knows at once, and what the update still finds live. The
@@ -39,6 +42,7 @@ log = structlog.get_logger(__name__)
 
 STOPPING = (Decision.DENIED, Decision.WITHDRAWN)
 Stop = Callable[[str], Coroutine[Any, Any, bool]]
+StopUnnamed = Callable[[uuid.UUID, str], Coroutine[Any, Any, None]]
 
 
 def stops(purpose: Purpose, decision: Decision) -> bool:
@@ -48,9 +52,10 @@ def stops(purpose: Purpose, decision: Decision) -> bool:
 class Withdrawals:
     """The stops in flight, by ledger entry (the commit hook's and the event's are one)."""
 
-    def __init__(self, runtime: Runtime, stop: Stop) -> None:
+    def __init__(self, runtime: Runtime, stop: Stop, stop_unnamed: StopUnnamed) -> None:
         self._runtime = runtime
         self._stop = stop
+        self._stop_unnamed = stop_unnamed
         self._running: dict[uuid.UUID, asyncio.Task[None]] = {}
         self._known: dict[str, tuple[uuid.UUID, uuid.UUID, TrackKind]] = {}  # live, by egress id
         self._open = False
@@ -138,19 +143,23 @@ class Withdrawals:
     ) -> None:
         """Stop the person's egresses for `purpose`: those `known` at once, and beside it every
         live one stored (moved to `ending`); no gate, no LiveKit round trip first (stopping is
-        always safe). Those still unnamed are stopped by the node naming them."""
+        always safe). One still unnamed (its node may have died before storing LiveKit's id)
+        is looked up in LiveKit and stopped too (`EgressControl.stop_unnamed`)."""
         known = known or []
         first = [asyncio.create_task(self._stop(egress_id)) for egress_id in known]
         now = self._runtime.clock.now()
         try:
-            ids = await records.take_over_person(
+            taken = await records.take_over_person(
                 self._runtime.db, booking_id, subject_id, _kind(purpose), now
             )
         except Exception:  # the stops already sent stand (the audit finishes the rows)
             await asyncio.gather(*first, return_exceptions=True)
             raise
-        rest = [self._stop(egress_id) for egress_id in ids if egress_id not in known]
-        await asyncio.gather(*first, *rest)
+        rest = [
+            self._stop(t.egress_id) for t in taken if t.egress_id and t.egress_id not in known
+        ]
+        unnamed = [self._stop_unnamed(t.record_id, t.room_name) for t in taken if not t.egress_id]
+        await asyncio.gather(*first, *rest, *unnamed)
 
 def _kind(purpose: Purpose) -> TrackKind:
     return TrackKind.AUDIO if purpose is Purpose.RECORDING_AUDIO else TrackKind.VIDEO

@@ -8,6 +8,7 @@ node stop a recording the node that started it can no longer answer for.
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,10 +18,12 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from playwright.async_api import Browser, Page
+from sqlalchemy import select
 
 from core.accounts import Scope, do_create_key
 from core.clock import ManualClock
 from core.database import Database
+from media.egress.records import EgressRecord
 from tests.standins.egress import EgressStandIn
 from tests.support import REDIS_URL
 from tests.support.bookings import bearer, book, booking_body, credential_of
@@ -162,11 +165,16 @@ async def test_egress_follows_consent_through_the_servers_webhooks(
         await pages[1].context.close()
 
 
+@pytest.mark.parametrize("killed", ["after_storing_the_egress_id", "before_hearing_back"])
 async def test_another_node_stops_a_recording_after_its_node_was_killed(
     browser: Browser, pg_url: str, tmp_path: Path, balancer: Balancer,
     webhook_backends: list[str], livekit_server: LiveKitServer, egress_server: EgressStandIn,
-    egress_dir: Path, redis_prefix: str,
+    egress_dir: Path, redis_prefix: str, killed: str,
 ) -> None:
+    """The node that started an egress dies mid-recording, either once it stored the id
+    LiveKit gave the egress or before LiveKit's answer reached it (nothing in the database
+    names the egress then). The person withdraws on another node: that node stops the egress
+    and takes its file in."""
     overrides = egress_overrides(
         livekit_server, egress_server, egress_dir, redis_url=REDIS_URL, redis_prefix=redis_prefix
     )
@@ -181,12 +189,22 @@ async def test_another_node_stops_a_recording_after_its_node_was_killed(
                 f"/v1/bookings/{booking}/recording/start", headers=host.headers
             )
             assert started.status_code == 200, started.text
+        if killed == "before_hearing_back":
+            egress_server.answering.clear()  # LiveKit starts it, the answer is held
         page = await publish(browser, first.base_url, livekit_server,
                              await token_of(first.base_url, guest))
         await until(
             lambda: _is(recorded(egress_server, booking), {(guest.id, "audio")}),
             "the first node started the guest's audio egress",
         )
+        if killed == "after_storing_the_egress_id":
+
+            async def stored() -> bool:
+                return all(await stored_egress_ids(pg_url, booking))
+
+            await until(stored, "the first node stored the egress id")
+        else:
+            assert await stored_egress_ids(pg_url, booking) == [None]
         first.kill()  # mid-recording
         webhook_backends[:] = [second.base_url]
         async with httpx.AsyncClient(base_url=second.base_url) as http:
@@ -206,8 +224,24 @@ async def test_another_node_stops_a_recording_after_its_node_was_killed(
         assert await asyncio.to_thread(plaintext_left, egress_dir) == []
         await page.context.close()
     finally:
+        egress_server.answering.set()
         first.stop()
         second.stop()
+
+
+async def stored_egress_ids(url: str, booking_id: str) -> list[str | None]:
+    """The LiveKit ids stored for the booking's egresses (None: claimed, not yet named)."""
+    db = Database(url)
+    try:
+        async with db.session() as session:
+            found = await session.scalars(
+                select(EgressRecord.egress_id).where(
+                    EgressRecord.booking_id == uuid.UUID(booking_id)
+                )
+            )
+            return list(found.all())
+    finally:
+        await db.close()
 
 
 async def _booked(server: LiveServer) -> tuple[str, Link, Link]:

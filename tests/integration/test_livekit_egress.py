@@ -141,6 +141,49 @@ async def test_an_egress_callgate_does_not_know_is_stopped_and_its_file_deleted(
         assert (await session.scalars(select(Recording))).all() == []
 
 
+async def test_the_audit_adopts_an_egress_whose_node_died_before_storing_its_id(
+    node: str, client: httpx.AsyncClient, runtime: Runtime, egress_server: EgressStandIn,
+    egress_dir: Path, clock: ManualClock,
+) -> None:
+    """A node claimed the guest's audio track, asked LiveKit to start it and died before it
+    stored the id LiveKit answered: the claim names no egress. The audit recognises the
+    running egress by the claim's id in its file name and adopts it, so it is handled as the
+    guest's recording (here stopped, the room being empty, and its file taken in under the
+    guest's grant), not as an unknown egress whose file is deleted."""
+    await eventually(lambda: egress_server.calls_to("ListEgress"), "the start's audit made")
+    seeded = await seed_booking(runtime, [Purpose.RECORDING_AUDIO])
+    room = await room_of(runtime, seeded.booking_id)
+    guest = seeded.people[1]
+    grant = (await decide(client, guest, "recording.audio", "granted"))["id"]
+    claim = uuid.uuid4()
+    name = f"audio-TR_guest_audio-{claim}-{{time}}"  # as the dead node named it
+    egress_id = egress_server.inject(
+        room, "TR_guest_audio", "audio", str(egress_dir / str(seeded.booking_id) / name)
+    )
+    now = runtime.clock.now()
+    async with runtime.db.session() as session:  # the claim the dead node left, unnamed
+        session.add(EgressRecord(
+            id=claim, egress_id=None, booking_id=seeded.booking_id,
+            participant_id=guest.id, room_name=room, track_sid="TR_guest_audio",
+            kind=TrackKind.AUDIO, consent_entry_ids=[grant], state=EgressState.STARTING,
+            started_at=now, updated_at=now,
+        ))
+    clock.advance(timedelta(minutes=1, seconds=1))  # the minute's audit
+    await eventually(lambda: egress_server.running() == set(), "the adopted egress stopped")
+
+    async def listed() -> list[Recording]:
+        async with runtime.db.session() as session:
+            return list((await session.scalars(select(Recording))).all())
+
+    await eventually(listed, "the file taken in through egress_ended")
+    [recording] = await listed()
+    assert (recording.participant_id, recording.consent_entry_ids) == (guest.id, [grant])
+    async with runtime.db.session() as session:
+        stored = await session.get(EgressRecord, claim)
+    assert stored is not None
+    assert (stored.egress_id, stored.state) == (egress_id, EgressState.COMPLETE)
+
+
 @pytest.mark.parametrize("backend", ["postgres"])
 async def test_two_nodes_told_of_the_same_finished_egress_take_its_file_in_once(
     client: httpx.AsyncClient, runtime: Runtime, services: Services, settings: Settings,

@@ -7,7 +7,9 @@ checks it, and its `egress_started` / `egress_ended` webhooks signed as LiveKit 
 A started Track Egress is active at once. Stopping one writes the file a Track Egress would
 have written at the request's path (`{time}` filled in): Ogg Opus for an audio track, WebM VP8
 for a video track; then it reports the egress complete with that file. `inject()` starts one
-that callgate never asked for (someone else's, or one a crashed node forgot).
+that callgate never asked for (someone else's, or one a crashed node forgot). While `answering`
+is clear, StartTrackEgress starts the egress but holds its answer, as when the node that asked
+dies before it hears back.
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ class EgressStandIn(TwirpStandIn):
         self.stop_requests: list[tuple[str, float]] = []  # (egress id, time.time() received)
         self.kinds: dict[str, str] = {}  # egress id -> "audio" | "video"
         self._sends: set[asyncio.Task[None]] = set()
+        self.answering = asyncio.Event()
+        self.answering.set()
         self.route("livekit.Egress", "StartTrackEgress", eg.TrackEgressRequest, self._start,
                    _record)
         self.route("livekit.Egress", "StopEgress", eg.StopEgressRequest, self._stop, _record)
@@ -84,6 +88,7 @@ class EgressStandIn(TwirpStandIn):
         kind = "video" if "/video-" in request.file.filepath else "audio"
         egress_id = self._begin(request, kind)
         self._webhook("egress_started", self.egresses[egress_id])
+        await self.answering.wait()
         return self.egresses[egress_id]
 
     async def _stop(self, request: Any, _claims: Any) -> Message:
